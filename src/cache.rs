@@ -1,0 +1,222 @@
+//! Cache of fetched error objects. One per wasm VM, i.e. per Envoy worker thread: a hit is
+//! a hash lookup with no host call and no copy (objects are shared `Rc`s). Envoy's shared
+//! data would let workers share entries, but every read would copy the object across the
+//! VM boundary and shared data has no expiry or size bound; with N workers the error
+//! service sees at most N fetches per object per TTL, which is cheap.
+
+use std::collections::HashMap;
+use std::rc::Rc;
+
+pub const MAX_ENTRIES: usize = 512;
+pub const MAX_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Object {
+    pub body: Rc<[u8]>,
+    pub content_type: String,
+    pub cache_control: Option<String>,
+}
+
+struct Entry {
+    object: Rc<Object>,
+    expires_ms: u64,
+    last_used: u64,
+}
+
+pub struct Cache {
+    entries: HashMap<String, Entry>,
+    bytes: usize,
+    tick: u64,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl Default for Cache {
+    fn default() -> Self {
+        Cache::new(MAX_ENTRIES, MAX_BYTES)
+    }
+}
+
+/// Cache key: error service, path after substitution, chosen variant.
+pub fn key(service: usize, path: &str, content_type: &str) -> String {
+    format!("{service}|{path}|{content_type}")
+}
+
+/// How long an object may be reused: the smaller of the configured TTL and the object's
+/// own `max-age` (`s-maxage` first, as we are a shared cache); never for `no-store`,
+/// `private` or `no-cache`.
+pub fn ttl_seconds(cache_control: Option<&str>, configured: u64) -> u64 {
+    let mut ttl = configured;
+    if let Some(cc) = cache_control {
+        let mut max_age = None;
+        let mut s_maxage = None;
+        for directive in cc.split(',') {
+            let d = directive.trim().to_ascii_lowercase();
+            let (name, value) = match d.split_once('=') {
+                Some((n, v)) => (n.trim().to_string(), Some(v.trim().trim_matches('"').to_string())),
+                None => (d.clone(), None),
+            };
+            match name.as_str() {
+                "no-store" | "private" | "no-cache" => return 0,
+                "max-age" => max_age = value.and_then(|v| v.parse::<u64>().ok()).or(Some(0)),
+                "s-maxage" => s_maxage = value.and_then(|v| v.parse::<u64>().ok()).or(Some(0)),
+                _ => {}
+            }
+        }
+        if let Some(age) = s_maxage.or(max_age) {
+            ttl = ttl.min(age);
+        }
+    }
+    ttl
+}
+
+impl Cache {
+    pub fn new(max_entries: usize, max_bytes: usize) -> Cache {
+        Cache { entries: HashMap::new(), bytes: 0, tick: 0, max_entries, max_bytes }
+    }
+
+    pub fn get(&mut self, key: &str, now_ms: u64) -> Option<Rc<Object>> {
+        self.tick += 1;
+        let tick = self.tick;
+        match self.entries.get_mut(key) {
+            Some(e) if e.expires_ms > now_ms => {
+                e.last_used = tick;
+                Some(e.object.clone())
+            }
+            Some(_) => {
+                self.remove(key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Stores an object for `ttl_s` seconds; 0 or an object too large for the cache stores
+    /// nothing. Evicts expired entries, then the least recently used.
+    pub fn put(&mut self, key: String, object: Rc<Object>, ttl_s: u64, now_ms: u64) {
+        let size = object.body.len() + key.len();
+        if ttl_s == 0 || size > self.max_bytes {
+            return;
+        }
+        self.remove(&key);
+        while !self.entries.is_empty()
+            && (self.entries.len() >= self.max_entries || self.bytes + size > self.max_bytes)
+        {
+            self.evict_one(now_ms);
+        }
+        self.tick += 1;
+        self.bytes += size;
+        let expires_ms = now_ms.saturating_add(ttl_s.saturating_mul(1000));
+        self.entries.insert(key, Entry { object, expires_ms, last_used: self.tick });
+    }
+
+    fn evict_one(&mut self, now_ms: u64) {
+        let victim = self
+            .entries
+            .iter()
+            .min_by_key(|(_, e)| (e.expires_ms > now_ms, e.last_used))
+            .map(|(k, _)| k.clone());
+        if let Some(k) = victim {
+            self.remove(&k);
+        }
+    }
+
+    fn remove(&mut self, key: &str) {
+        if let Some(e) = self.entries.remove(key) {
+            self.bytes -= e.object.body.len() + key.len();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(n: usize) -> Rc<Object> {
+        Rc::new(Object { body: vec![b'x'; n].into(), content_type: "text/html".into(), cache_control: None })
+    }
+
+    #[test]
+    fn ttl_rules() {
+        assert_eq!(ttl_seconds(None, 300), 300);
+        assert_eq!(ttl_seconds(Some("max-age=60"), 300), 60);
+        assert_eq!(ttl_seconds(Some("public, max-age=600"), 300), 300);
+        assert_eq!(ttl_seconds(Some("max-age=600, s-maxage=30"), 300), 30);
+        assert_eq!(ttl_seconds(Some("no-store"), 300), 0);
+        assert_eq!(ttl_seconds(Some("private, max-age=60"), 300), 0);
+        assert_eq!(ttl_seconds(Some("No-Cache"), 300), 0);
+        assert_eq!(ttl_seconds(Some("max-age=abc"), 300), 0);
+        assert_eq!(ttl_seconds(Some("public"), 0), 0);
+    }
+
+    #[test]
+    fn hit_until_expiry_then_miss() {
+        let mut c = Cache::default();
+        c.put("k".into(), obj(10), 5, 1_000);
+        assert!(c.get("k", 5_999).is_some());
+        assert!(c.get("k", 6_000).is_none());
+        assert!(c.is_empty());
+        assert_eq!(c.bytes(), 0);
+        assert!(c.get("other", 0).is_none());
+    }
+
+    #[test]
+    fn zero_ttl_and_oversized_not_stored() {
+        let mut c = Cache::new(10, 100);
+        c.put("a".into(), obj(10), 0, 0);
+        c.put("b".into(), obj(200), 60, 0);
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn bounded_in_entries_lru() {
+        let mut c = Cache::new(2, 1_000);
+        c.put("a".into(), obj(1), 60, 0);
+        c.put("b".into(), obj(1), 60, 0);
+        assert!(c.get("a", 1).is_some()); // b is now least recently used
+        c.put("c".into(), obj(1), 60, 2);
+        assert_eq!(c.len(), 2);
+        assert!(c.get("b", 3).is_none());
+        assert!(c.get("a", 3).is_some() && c.get("c", 3).is_some());
+    }
+
+    #[test]
+    fn bounded_in_bytes_expired_first() {
+        let mut c = Cache::new(100, 50);
+        c.put("old".into(), obj(20), 1, 0);
+        c.put("new".into(), obj(20), 60, 0);
+        // "old" expired at 1000 ms: it goes first even though "new" is older in use.
+        assert!(c.get("new", 2_000).is_some());
+        c.put("x".into(), obj(20), 60, 2_000);
+        assert!(c.get("new", 2_001).is_some());
+        assert!(c.get("x", 2_001).is_some());
+        assert!(c.bytes() <= 50);
+    }
+
+    #[test]
+    fn replacing_a_key_keeps_byte_count_right() {
+        let mut c = Cache::default();
+        c.put("k".into(), obj(10), 60, 0);
+        c.put("k".into(), obj(30), 60, 0);
+        assert_eq!(c.len(), 1);
+        assert_eq!(c.bytes(), 31);
+    }
+
+    #[test]
+    fn key_separates_service_path_variant() {
+        assert_ne!(key(0, "/a", "text/html"), key(1, "/a", "text/html"));
+        assert_ne!(key(0, "/a", "text/html"), key(0, "/a", "application/json"));
+    }
+}

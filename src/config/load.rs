@@ -1,0 +1,554 @@
+//! Policy JSON -> validated `Config`. Every refusal names the JSON path of the field.
+
+use super::error::{ConfigError, Result};
+use super::model::*;
+use super::reader::{as_obj, as_str, Obj};
+use crate::matching::codes::{CodeSet, CodeSpec, CodeTable, Source};
+use crate::matching::hosts::{HostIndex, HostPattern};
+use crate::matching::routes::{
+    validate_path_rule_path, HeaderCond, MatchRule, PathCond, PathRules, QueryCond, RouteRule, StrCond,
+};
+use crate::template;
+use regex_lite::Regex;
+use serde_json::Value;
+use std::collections::HashMap;
+
+/// Parses and validates a policy. An empty configuration is an empty policy (the filter
+/// then passes everything through), as Envoy passes an empty string when none is set.
+pub fn load(text: &[u8]) -> Result<Config> {
+    let trimmed = std::str::from_utf8(text)
+        .map_err(|_| ConfigError::new("", "the configuration is not UTF-8"))?
+        .trim();
+    let value: Value = if trimmed.is_empty() {
+        Value::Object(Default::default())
+    } else {
+        serde_json::from_str(trimmed)
+            .map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?
+    };
+    Loader::default().config(&value)
+}
+
+#[derive(Default)]
+struct Loader {
+    services: Vec<ErrorService>,
+    policies: Vec<Policy>,
+    codes: CodeSet,
+    uses_source: bool,
+}
+
+/// What a policy inherits from above it.
+#[derive(Clone, Copy)]
+struct Scope {
+    service: Option<usize>,
+    level: Level,
+}
+
+impl Loader {
+    fn config(mut self, root: &Value) -> Result<Config> {
+        let mut o = as_obj(root, "")?;
+        let top_service = match o.get("errorService") {
+            Some(v) => Some(self.service(v, &o.field_path("errorService"))?),
+            None => None,
+        };
+        let proxy_policy = match o.opt_obj("defaultCustomErrorResponsePolicy")? {
+            Some(p) => Some(self.policy(p, Scope { service: top_service, level: Level::Proxy })?.0),
+            None => None,
+        };
+
+        let mut matchers = Vec::new();
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        for (path, v) in o.opt_array("pathMatchers")? {
+            let m = self.path_matcher(as_obj(v, &path)?, top_service)?;
+            if by_name.insert(m.name.clone(), matchers.len()).is_some() {
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!("path matcher \"{}\" is defined twice", m.name),
+                ));
+            }
+            matchers.push(m);
+        }
+
+        let mut hosts = HostIndex::default();
+        let mut named = vec![false; matchers.len()];
+        let mut host_origin: HashMap<usize, String> = HashMap::new();
+        for (path, v) in o.opt_array("hostRules")? {
+            let mut hr = as_obj(v, &path)?;
+            hr.opt_str("description")?;
+            let name = hr.req_str("pathMatcher")?;
+            let Some(&mi) = by_name.get(name) else {
+                return Err(ConfigError::new(
+                    hr.field_path("pathMatcher"),
+                    format!("no path matcher is named \"{name}\""),
+                ));
+            };
+            named[mi] = true;
+            let list = hr.opt_array("hosts")?;
+            if list.is_empty() {
+                return Err(ConfigError::new(hr.field_path("hosts"), "must list at least one host"));
+            }
+            for (hp, hv) in list {
+                let raw = as_str(hv, &hp)?;
+                let pattern = HostPattern::parse(raw).map_err(|e| ConfigError::new(&hp, e))?;
+                if let Some(prev) = hosts.insert(pattern, mi) {
+                    let owner = host_origin.get(&prev).cloned().unwrap_or_default();
+                    return Err(ConfigError::new(
+                        &hp,
+                        format!("host \"{raw}\" is already named by a host rule ({owner})"),
+                    ));
+                }
+                host_origin.entry(mi).or_insert_with(|| path.clone());
+            }
+            hr.finish()?;
+        }
+        o.finish()?;
+
+        let warnings = matchers
+            .iter()
+            .zip(&named)
+            .filter(|(_, n)| !**n)
+            .map(|(m, _)| format!("path matcher \"{}\" is not named by any host rule: it is never used", m.name))
+            .collect();
+
+        Ok(Config {
+            services: self.services,
+            policies: self.policies,
+            proxy_policy,
+            hosts,
+            matchers,
+            codes: self.codes,
+            uses_source: self.uses_source,
+            warnings,
+        })
+    }
+
+    fn service(&mut self, v: &Value, path: &str) -> Result<usize> {
+        let svc = match v {
+            Value::String(s) => {
+                let cluster = cluster_name(s, path)?;
+                ErrorService {
+                    authority: cluster.clone(),
+                    cluster,
+                    timeout_ms: DEFAULT_TIMEOUT_MS,
+                    max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                    cache_ttl_s: DEFAULT_CACHE_TTL_S,
+                }
+            }
+            _ => {
+                let mut o = as_obj(v, path)?;
+                let cluster = cluster_name(o.req_str("cluster")?, &o.field_path("cluster"))?;
+                let authority = match o.opt_str("authority")? {
+                    Some(a) => {
+                        if a.is_empty() || !a.bytes().all(|b| b.is_ascii_graphic()) {
+                            return Err(ConfigError::new(o.field_path("authority"), "must be a host name without spaces"));
+                        }
+                        a.to_string()
+                    }
+                    None => cluster.clone(),
+                };
+                let svc = ErrorService {
+                    cluster,
+                    authority,
+                    timeout_ms: o.opt_uint("timeoutMs", 1, 60_000)?.unwrap_or(DEFAULT_TIMEOUT_MS),
+                    max_body_bytes: o
+                        .opt_uint("maxBodyBytes", 1, 16 * 1024 * 1024)?
+                        .map_or(DEFAULT_MAX_BODY_BYTES, |n| n as usize),
+                    cache_ttl_s: o.opt_uint("cacheTtlSeconds", 0, 86_400 * 365)?.unwrap_or(DEFAULT_CACHE_TTL_S),
+                };
+                o.finish()?;
+                svc
+            }
+        };
+        if let Some(i) = self.services.iter().position(|s| *s == svc) {
+            return Ok(i);
+        }
+        self.services.push(svc);
+        Ok(self.services.len() - 1)
+    }
+
+    fn path_matcher(&mut self, mut o: Obj<'_>, top_service: Option<usize>) -> Result<PathMatcher> {
+        let name = o.req_str("name")?.to_string();
+        if name.is_empty() {
+            return Err(ConfigError::new(o.field_path("name"), "must not be empty"));
+        }
+        o.opt_str("description")?;
+        let (default_policy, service) = match o.opt_obj("defaultCustomErrorResponsePolicy")? {
+            Some(p) => {
+                let (i, svc) = self.policy(p, Scope { service: top_service, level: Level::Host })?;
+                (Some(i), svc)
+            }
+            None => (None, top_service),
+        };
+        let path_rules = o.opt_array("pathRules")?;
+        let route_rules = o.opt_array("routeRules")?;
+        if !path_rules.is_empty() && !route_rules.is_empty() {
+            return Err(ConfigError::new(
+                o.field_path("routeRules"),
+                "a path matcher has either pathRules or routeRules, not both",
+            ));
+        }
+        let routing = if !path_rules.is_empty() {
+            let mut pr = PathRules::default();
+            for (rp, rv) in path_rules {
+                let mut r = as_obj(rv, &rp)?;
+                r.opt_str("description")?;
+                let policy_obj = r
+                    .opt_obj("customErrorResponsePolicy")?
+                    .ok_or_else(|| ConfigError::new(r.field_path("customErrorResponsePolicy"), "is required"))?;
+                let (policy, _) = self.policy(policy_obj, Scope { service, level: Level::PathRule })?;
+                let paths = r.opt_array("paths")?;
+                if paths.is_empty() {
+                    return Err(ConfigError::new(r.field_path("paths"), "must list at least one path"));
+                }
+                for (pp, pv) in paths {
+                    let p = as_str(pv, &pp)?;
+                    validate_path_rule_path(p).map_err(|e| ConfigError::new(&pp, e))?;
+                    if pr.insert(p, policy).is_some() {
+                        return Err(ConfigError::new(&pp, format!("path \"{p}\" appears in two path rules")));
+                    }
+                }
+                r.finish()?;
+            }
+            Routing::Paths(pr)
+        } else if !route_rules.is_empty() {
+            let mut rules = Vec::new();
+            let mut priorities: HashMap<u64, String> = HashMap::new();
+            for (rp, rv) in route_rules {
+                let mut r = as_obj(rv, &rp)?;
+                r.opt_str("description")?;
+                let priority = r
+                    .opt_uint("priority", 0, 2_147_483_647)?
+                    .ok_or_else(|| ConfigError::new(r.field_path("priority"), "is required"))?;
+                if let Some(prev) = priorities.insert(priority, rp.clone()) {
+                    return Err(ConfigError::new(
+                        r.field_path("priority"),
+                        format!("priority {priority} is already used by {prev}"),
+                    ));
+                }
+                let mut match_rules = Vec::new();
+                for (mp, mv) in r.opt_array("matchRules")? {
+                    match_rules.push(self.match_rule(as_obj(mv, &mp)?)?);
+                }
+                let policy_obj = r
+                    .opt_obj("customErrorResponsePolicy")?
+                    .ok_or_else(|| ConfigError::new(r.field_path("customErrorResponsePolicy"), "is required"))?;
+                let (policy, _) = self.policy(policy_obj, Scope { service, level: Level::RouteRule })?;
+                r.finish()?;
+                rules.push(RouteRule { priority, match_rules, policy });
+            }
+            rules.sort_by_key(|r| r.priority);
+            Routing::Routes(rules)
+        } else {
+            Routing::None
+        };
+        o.finish()?;
+        Ok(PathMatcher { name, default_policy, routing })
+    }
+
+    fn match_rule(&mut self, mut o: Obj<'_>) -> Result<MatchRule> {
+        let ignore_case = o.opt_bool("ignoreCase")?.unwrap_or(false);
+        let prefix = o.opt_str("prefixMatch")?;
+        let full = o.opt_str("fullPathMatch")?;
+        let regex = o.opt_str("regexMatch")?;
+        let given = [prefix.is_some(), full.is_some(), regex.is_some()].iter().filter(|b| **b).count();
+        if given > 1 {
+            return Err(ConfigError::new(
+                o.path(),
+                "at most one of prefixMatch, fullPathMatch and regexMatch may be set",
+            ));
+        }
+        let path = if let Some(p) = prefix {
+            check_match_path(p, &o.field_path("prefixMatch"))?;
+            PathCond::Prefix(p.to_string())
+        } else if let Some(p) = full {
+            check_match_path(p, &o.field_path("fullPathMatch"))?;
+            PathCond::Full(p.to_string())
+        } else if let Some(r) = regex {
+            PathCond::Regex(compile_regex(r, ignore_case, &o.field_path("regexMatch"))?)
+        } else {
+            PathCond::Any
+        };
+        let mut headers = Vec::new();
+        for (hp, hv) in o.opt_array("headerMatches")? {
+            let mut h = as_obj(hv, &hp)?;
+            let name = h.req_str("headerName")?;
+            if name.is_empty() || !name.bytes().all(is_token_byte) {
+                return Err(ConfigError::new(h.field_path("headerName"), format!("\"{name}\" is not a header name")));
+            }
+            let invert = h.opt_bool("invertMatch")?.unwrap_or(false);
+            let cond = str_cond(&mut h, true)?;
+            h.finish()?;
+            headers.push(HeaderCond { name: name.to_ascii_lowercase(), cond, invert });
+        }
+        let mut query = Vec::new();
+        for (qp, qv) in o.opt_array("queryParameterMatches")? {
+            let mut q = as_obj(qv, &qp)?;
+            let name = q.req_str("name")?.to_string();
+            if name.is_empty() {
+                return Err(ConfigError::new(q.field_path("name"), "must not be empty"));
+            }
+            let cond = str_cond(&mut q, false)?;
+            q.finish()?;
+            query.push(QueryCond { name, cond });
+        }
+        let route_name = o.opt_str("routeName")?.map(str::to_string);
+        o.finish()?;
+        Ok(MatchRule { path, ignore_case, headers, query, route_name })
+    }
+
+    /// Returns the policy's index and the error service its rules use.
+    fn policy(&mut self, mut o: Obj<'_>, scope: Scope) -> Result<(usize, Option<usize>)> {
+        let service = match o.get("errorService") {
+            Some(v) => Some(self.service(v, &o.field_path("errorService"))?),
+            None => scope.service,
+        };
+        let mut rules = Vec::new();
+        let mut seen: Vec<(CodeSpec, Source, String)> = Vec::new();
+        for (rp, rv) in o.opt_array("errorResponseRules")? {
+            let rule = self.rule(as_obj(rv, &rp)?, scope.level, service)?;
+            for (i, spec) in rule.specs.iter().enumerate() {
+                if let Some((_, _, prev)) = seen.iter().find(|(s, src, _)| s == spec && src.overlaps(rule.source)) {
+                    return Err(ConfigError::new(
+                        format!("{rp}.matchResponseCodes[{i}]"),
+                        format!("this code or range is already matched by {prev} in the same policy"),
+                    ));
+                }
+                seen.push((*spec, rule.source, rp.clone()));
+                for c in spec.lo..=spec.hi {
+                    self.codes.insert(c);
+                }
+            }
+            rules.push(rule);
+        }
+        o.finish()?;
+        let table = CodeTable::build(&rules.iter().map(|r| (r.specs.clone(), r.source)).collect::<Vec<_>>());
+        self.policies.push(Policy { rules, table });
+        Ok((self.policies.len() - 1, service))
+    }
+
+    fn rule(&mut self, mut o: Obj<'_>, level: Level, service: Option<usize>) -> Result<Rule> {
+        let id = o.path().to_string();
+        let codes = o.opt_array("matchResponseCodes")?;
+        if codes.is_empty() {
+            return Err(ConfigError::new(o.field_path("matchResponseCodes"), "must list at least one code"));
+        }
+        let mut specs = Vec::new();
+        for (cp, cv) in codes {
+            specs.push(CodeSpec::parse(as_str(cv, &cp)?).map_err(|e| ConfigError::new(&cp, e))?);
+        }
+        let source = match o.opt_str("source")? {
+            None | Some("any") => Source::Any,
+            Some("upstream") => Source::Upstream,
+            Some("proxy") => Source::Proxy,
+            Some(other) => {
+                return Err(ConfigError::new(
+                    o.field_path("source"),
+                    format!("\"{other}\" is not one of \"any\", \"upstream\", \"proxy\""),
+                ))
+            }
+        };
+        if source != Source::Any {
+            self.uses_source = true;
+        }
+        let service = match o.get("errorService") {
+            Some(v) => Some(self.service(v, &o.field_path("errorService"))?),
+            None => service,
+        };
+        let passthrough = o.opt_bool("passthrough")?.unwrap_or(false);
+        let override_code = match o.opt_uint("overrideResponseCode", 200, 599)? {
+            Some(c @ (204 | 205 | 304)) => {
+                return Err(ConfigError::new(
+                    o.field_path("overrideResponseCode"),
+                    format!("{c} cannot carry a body, so it cannot serve an error page"),
+                ))
+            }
+            other => other.map(|c| c as u16),
+        };
+        let default = variant(&mut o, service, true)?;
+        let template = o.opt_bool("template")?.unwrap_or(false);
+        let mut variants = Vec::new();
+        for (vp, vv) in o.opt_array("variants")? {
+            let mut v = as_obj(vv, &vp)?;
+            let parsed = variant(&mut v, service, false)?;
+            if parsed.path.is_none() && parsed.body.is_none() {
+                return Err(ConfigError::new(&vp, "a variant needs a path or a body"));
+            }
+            v.finish()?;
+            variants.push(parsed);
+        }
+        let mut headers = Vec::new();
+        if let Some(mut h) = o.opt_obj("headers")? {
+            let names: Vec<String> = h.keys();
+            for name in names {
+                let hp = h.field_path(&name);
+                let value = h.take_str(&name)?;
+                check_set_header(&name, value, &hp)?;
+                headers.push((name.to_ascii_lowercase(), value.to_string()));
+            }
+            h.finish()?;
+        }
+        o.opt_str("description")?;
+        let kind = if passthrough {
+            if default.path.is_some() || default.body.is_some() || !variants.is_empty() || override_code.is_some() {
+                return Err(ConfigError::new(
+                    o.field_path("passthrough"),
+                    "a passthrough rule leaves the response as it is: it cannot also have path, body, variants or overrideResponseCode",
+                ));
+            }
+            RuleKind::Passthrough
+        } else {
+            if default.path.is_none() && default.body.is_none() {
+                return Err(ConfigError::new(
+                    o.path(),
+                    "a rule needs a path (fetched from the error service), a body, or \"passthrough\": true",
+                ));
+            }
+            RuleKind::Serve(Box::new(Serve { override_code, default, variants, headers, template, service }))
+        };
+        o.finish()?;
+        Ok(Rule { id, level, specs, source, kind })
+    }
+}
+
+/// Reads `path`, `body` and `contentType` of a rule or a variant.
+fn variant(o: &mut Obj<'_>, service: Option<usize>, is_rule: bool) -> Result<Variant> {
+    let path = o.opt_str("path")?;
+    if let Some(p) = path {
+        check_object_path(p, &o.field_path("path"))?;
+        if service.is_none() {
+            return Err(ConfigError::new(
+                o.field_path("path"),
+                "no errorService is in scope for this rule (set errorService at the top, on the policy or on the rule)",
+            ));
+        }
+    }
+    let body = o.opt_str("body")?;
+    if let Some(b) = body {
+        template::validate(b).map_err(|e| ConfigError::new(o.field_path("body"), e))?;
+    }
+    let content_type = match o.opt_str("contentType")? {
+        Some(ct) => {
+            check_content_type(ct, &o.field_path("contentType"))?;
+            ct.to_string()
+        }
+        None if is_rule => DEFAULT_CONTENT_TYPE.to_string(),
+        None => return Err(ConfigError::new(o.field_path("contentType"), "is required for a variant")),
+    };
+    Ok(Variant { content_type, path: path.map(str::to_string), body: body.map(str::to_string) })
+}
+
+fn cluster_name(s: &str, path: &str) -> Result<String> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::new(path, "must be the name of an Envoy cluster (no spaces)"));
+    }
+    Ok(s.to_string())
+}
+
+fn check_match_path(p: &str, path: &str) -> Result<()> {
+    if !p.starts_with('/') {
+        return Err(ConfigError::new(path, format!("\"{p}\" must start with \"/\"")));
+    }
+    Ok(())
+}
+
+/// An error object's path: starts with `/`, does not end with `/`, only `{status}` as a
+/// placeholder, and nothing that could break the `:path` header of the call.
+fn check_object_path(p: &str, path: &str) -> Result<()> {
+    if !p.starts_with('/') {
+        return Err(ConfigError::new(path, format!("\"{p}\" must start with \"/\"")));
+    }
+    if p.ends_with('/') {
+        return Err(ConfigError::new(path, format!("\"{p}\" must not end with \"/\"")));
+    }
+    if !p.bytes().all(|b| b.is_ascii_graphic()) || p.contains('#') {
+        return Err(ConfigError::new(path, format!("\"{p}\" must be printable ASCII without spaces or \"#\"")));
+    }
+    let without = p.replace("{status}", "");
+    if without.contains(['{', '}']) {
+        return Err(ConfigError::new(path, format!("\"{p}\": the only placeholder is {{status}}")));
+    }
+    Ok(())
+}
+
+fn check_content_type(ct: &str, path: &str) -> Result<()> {
+    let essence = ct.split(';').next().unwrap_or("").trim();
+    let ok = essence
+        .split_once('/')
+        .is_some_and(|(t, s)| !t.is_empty() && !s.is_empty() && t.bytes().all(is_token_byte) && s.bytes().all(is_token_byte));
+    if !ok || !valid_header_value(ct) {
+        return Err(ConfigError::new(path, format!("\"{ct}\" is not a media type such as \"text/html; charset=utf-8\"")));
+    }
+    Ok(())
+}
+
+/// Headers a rule may not set: framing and pseudo headers belong to Envoy, content-type
+/// to `contentType`.
+const RESERVED_HEADERS: &[&str] = &[
+    "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
+    "trailer", "proxy-connection", "content-type", "host",
+];
+
+fn check_set_header(name: &str, value: &str, path: &str) -> Result<()> {
+    let lower = name.to_ascii_lowercase();
+    if name.is_empty() || !name.bytes().all(is_token_byte) {
+        return Err(ConfigError::new(path, format!("\"{name}\" is not a header name")));
+    }
+    if RESERVED_HEADERS.contains(&lower.as_str()) {
+        return Err(ConfigError::new(path, format!("\"{name}\" cannot be set by a rule")));
+    }
+    if !valid_header_value(value) {
+        return Err(ConfigError::new(path, "a header value must not contain control characters (CR, LF, NUL)"));
+    }
+    Ok(())
+}
+
+pub fn valid_header_value(v: &str) -> bool {
+    v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
+}
+
+pub fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn compile_regex(re: &str, ignore_case: bool, path: &str) -> Result<Regex> {
+    // Google Cloud's regexMatch must match the whole path (RE2 full match).
+    let anchored = if ignore_case { format!("(?i)^(?:{re})$") } else { format!("^(?:{re})$") };
+    if re.len() > 1024 {
+        return Err(ConfigError::new(path, "a regex is limited to 1024 characters"));
+    }
+    regex_lite::RegexBuilder::new(&anchored)
+        .size_limit(1 << 20)
+        .nest_limit(64)
+        .build()
+        .map_err(|e| ConfigError::new(path, format!("invalid regex: {}", e.to_string().lines().last().unwrap_or("").trim())))
+}
+
+fn str_cond(o: &mut Obj<'_>, header: bool) -> Result<StrCond> {
+    let mut found: Vec<StrCond> = Vec::new();
+    if let Some(s) = o.opt_str("exactMatch")? {
+        found.push(StrCond::Exact(s.to_string()));
+    }
+    if header {
+        if let Some(s) = o.opt_str("prefixMatch")? {
+            found.push(StrCond::Prefix(s.to_string()));
+        }
+        if let Some(s) = o.opt_str("suffixMatch")? {
+            found.push(StrCond::Suffix(s.to_string()));
+        }
+    }
+    if let Some(r) = o.opt_str("regexMatch")? {
+        found.push(StrCond::Regex(compile_regex(r, false, &o.field_path("regexMatch"))?));
+    }
+    if let Some(b) = o.opt_bool("presentMatch")? {
+        found.push(StrCond::Present(b));
+    }
+    let kinds = if header {
+        "exactMatch, prefixMatch, suffixMatch, regexMatch, presentMatch"
+    } else {
+        "exactMatch, regexMatch, presentMatch"
+    };
+    match found.len() {
+        1 => Ok(found.remove(0)),
+        0 => Err(ConfigError::new(o.path(), format!("needs one of {kinds}"))),
+        _ => Err(ConfigError::new(o.path(), format!("only one of {kinds} may be set"))),
+    }
+}

@@ -1,0 +1,11 @@
+//! Policy configuration: the JSON contract (`../shared/policy-spec.md`) parsed, validated
+//! and compiled into the structures matching walks.
+
+pub mod error;
+pub mod load;
+pub mod model;
+mod reader;
+
+pub use error::ConfigError;
+pub use load::load;
+pub use model::*;

@@ -1,0 +1,126 @@
+//! The compiled, validated policy: what the decision code walks on every error response.
+//! Built once by `load`; never changed afterwards.
+
+use crate::matching::codes::{CodeSet, CodeSpec, CodeTable, Source};
+use crate::matching::hosts::HostIndex;
+use crate::matching::routes::{PathRules, RouteRule};
+
+pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
+pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
+pub const DEFAULT_CACHE_TTL_S: u64 = 300;
+pub const DEFAULT_CONTENT_TYPE: &str = "text/html; charset=utf-8";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ErrorService {
+    pub cluster: String,
+    /// `:authority` of the call; the cluster name when not configured.
+    pub authority: String,
+    pub timeout_ms: u64,
+    pub max_body_bytes: usize,
+    /// 0 disables caching for this service.
+    pub cache_ttl_s: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Proxy,
+    Host,
+    PathRule,
+    RouteRule,
+}
+
+impl Level {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Level::Proxy => "proxy",
+            Level::Host => "host",
+            Level::PathRule => "pathRule",
+            Level::RouteRule => "routeRule",
+        }
+    }
+}
+
+/// One representation of the error object.
+#[derive(Debug, Clone)]
+pub struct Variant {
+    pub content_type: String,
+    /// Path on the error service; may contain `{status}`.
+    pub path: Option<String>,
+    /// Inline object, or the fallback when the fetch of `path` fails.
+    pub body: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Serve {
+    pub override_code: Option<u16>,
+    /// The rule's own `path`/`body`/`contentType`.
+    pub default: Variant,
+    pub variants: Vec<Variant>,
+    /// Response headers to set on the replacement (lower-case names).
+    pub headers: Vec<(String, String)>,
+    /// Render `{{...}}` variables in fetched objects too.
+    pub template: bool,
+    pub service: Option<usize>,
+}
+
+#[derive(Debug, Clone)]
+pub enum RuleKind {
+    Passthrough,
+    Serve(Box<Serve>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// The rule's JSON path in the policy, e.g. `pathMatchers[0].pathRules[1]
+    /// .customErrorResponsePolicy.errorResponseRules[0]`: what logs and `explain` print.
+    pub id: String,
+    pub level: Level,
+    pub specs: Vec<CodeSpec>,
+    pub source: Source,
+    pub kind: RuleKind,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub rules: Vec<Rule>,
+    pub table: CodeTable,
+}
+
+#[derive(Debug, Clone)]
+pub enum Routing {
+    None,
+    Paths(PathRules),
+    Routes(Vec<RouteRule>),
+}
+
+#[derive(Debug, Clone)]
+pub struct PathMatcher {
+    pub name: String,
+    pub default_policy: Option<usize>,
+    pub routing: Routing,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub services: Vec<ErrorService>,
+    pub policies: Vec<Policy>,
+    pub proxy_policy: Option<usize>,
+    pub hosts: HostIndex,
+    pub matchers: Vec<PathMatcher>,
+    /// Every code some rule covers: any other status passes with no further work.
+    pub codes: CodeSet,
+    /// Whether some rule depends on `source` (then the adapter must read code details).
+    pub uses_source: bool,
+    /// Non-fatal findings, logged at load (e.g. a path matcher no host rule names).
+    pub warnings: Vec<String>,
+}
+
+impl Config {
+    pub fn rule(&self, policy: usize, rule: usize) -> Option<&Rule> {
+        self.policies.get(policy).and_then(|p| p.rules.get(rule))
+    }
+
+    pub fn service(&self, i: Option<usize>) -> Option<&ErrorService> {
+        i.and_then(|i| self.services.get(i))
+    }
+}

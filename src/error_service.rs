@@ -1,0 +1,165 @@
+//! The call to the error service and the judgement of its answer. Built from configuration
+//! and the numeric status only (plus a few request facts in dedicated `x-` headers): the
+//! client's cookies, authorization and other headers never reach the error service.
+
+use crate::config::ErrorService;
+use crate::config::load::{is_token_byte, valid_header_value};
+
+/// The error object's path on the error service, `{status}` replaced by the original code.
+pub fn object_path(template: &str, original_status: u16) -> String {
+    template.replace("{status}", &original_status.to_string())
+}
+
+pub struct CallFacts<'a> {
+    pub original_status: u16,
+    pub format: &'a str,
+    pub original_uri: &'a str,
+    pub original_host: &'a str,
+    pub request_id: &'a str,
+}
+
+/// Headers of the `GET`: nothing from the client but the sanitised facts below.
+pub fn call_headers(svc: &ErrorService, path: &str, f: &CallFacts<'_>) -> Vec<(&'static str, String)> {
+    let mut h = vec![
+        (":method", "GET".to_string()),
+        (":path", path.to_string()),
+        (":authority", svc.authority.clone()),
+        ("x-code", f.original_status.to_string()),
+        ("x-format", clean(f.format)),
+    ];
+    for (name, value) in [("x-original-uri", f.original_uri), ("x-original-host", f.original_host), ("x-request-id", f.request_id)] {
+        if !value.is_empty() {
+            h.push((name, clean(value)));
+        }
+    }
+    h
+}
+
+/// Drops anything that could split a header (request values were validated by Envoy,
+/// but the call must stay well-formed whatever reaches us).
+fn clean(v: &str) -> String {
+    v.chars().filter(|c| !c.is_control()).take(2048).collect()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchFailure {
+    /// `dispatch_http_call` refused (unknown cluster, bad headers).
+    Dispatch,
+    /// No response: connect failure or reset.
+    Unreachable,
+    /// No response within `timeoutMs`.
+    Timeout,
+    /// A status other than 2xx.
+    Status,
+    /// Body over `maxBodyBytes`.
+    TooLarge,
+}
+
+impl FetchFailure {
+    pub const ALL: [FetchFailure; 5] =
+        [FetchFailure::Dispatch, FetchFailure::Unreachable, FetchFailure::Timeout, FetchFailure::Status, FetchFailure::TooLarge];
+
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            FetchFailure::Dispatch => "dispatch",
+            FetchFailure::Unreachable => "unreachable",
+            FetchFailure::Timeout => "timeout",
+            FetchFailure::Status => "status",
+            FetchFailure::TooLarge => "too_large",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Meta {
+    pub content_type: String,
+    pub cache_control: Option<String>,
+}
+
+/// Judges the answer. `headers` are the call's response headers (empty when Envoy
+/// reports a failure); `elapsed_ms` tells a timeout from a connect failure, since Envoy
+/// reports both the same way.
+pub fn evaluate(
+    svc: &ErrorService,
+    headers: &[(String, Vec<u8>)],
+    body_size: usize,
+    elapsed_ms: u64,
+    default_content_type: &str,
+) -> Result<Meta, FetchFailure> {
+    let get = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_slice());
+    let Some(status) = get(":status") else {
+        // Envoy's timeout fires at timeoutMs; allow some scheduling slack.
+        return Err(if elapsed_ms + 50 >= svc.timeout_ms { FetchFailure::Timeout } else { FetchFailure::Unreachable });
+    };
+    let status = std::str::from_utf8(status).ok().and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
+    if !(200..300).contains(&status) {
+        return Err(FetchFailure::Status);
+    }
+    if body_size > svc.max_body_bytes {
+        return Err(FetchFailure::TooLarge);
+    }
+    let header_text = |name: &str| {
+        get(name)
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && valid_header_value(v))
+            .map(str::to_string)
+    };
+    let content_type = header_text("content-type")
+        .filter(|ct| ct.split(';').next().is_some_and(|e| e.trim().split('/').all(|p| !p.is_empty() && p.bytes().all(is_token_byte))))
+        .unwrap_or_else(|| default_content_type.to_string());
+    Ok(Meta { content_type, cache_control: header_text("cache-control") })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc() -> ErrorService {
+        ErrorService { cluster: "e".into(), authority: "errors.internal".into(), timeout_ms: 1000, max_body_bytes: 100, cache_ttl_s: 60 }
+    }
+
+    fn h(pairs: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect()
+    }
+
+    #[test]
+    fn path_substitution() {
+        assert_eq!(object_path("/shop/{status}.html", 404), "/shop/404.html");
+        assert_eq!(object_path("/a.html", 404), "/a.html");
+    }
+
+    #[test]
+    fn headers_carry_facts_only() {
+        let f = CallFacts { original_status: 502, format: "text/html", original_uri: "/x?y\r\nevil: 1", original_host: "h", request_id: "" };
+        let hs = call_headers(&svc(), "/e/502.html", &f);
+        assert!(hs.contains(&(":authority", "errors.internal".to_string())));
+        assert!(hs.contains(&("x-code", "502".to_string())));
+        assert!(hs.contains(&("x-original-uri", "/x?yevil: 1".to_string())));
+        assert!(!hs.iter().any(|(k, _)| *k == "x-request-id"));
+        assert!(!hs.iter().any(|(k, _)| *k == "cookie" || *k == "authorization"));
+    }
+
+    #[test]
+    fn good_answer() {
+        let m = evaluate(&svc(), &h(&[(":status", b"200"), ("content-type", b"text/html"), ("cache-control", b"max-age=5")]), 10, 3, "x/y").unwrap();
+        assert_eq!(m, Meta { content_type: "text/html".into(), cache_control: Some("max-age=5".into()) });
+    }
+
+    #[test]
+    fn missing_or_bad_headers_fall_back_to_variant_type() {
+        let m = evaluate(&svc(), &h(&[(":status", b"200"), ("content-type", b"text/html\r\nx: y"), ("cache-control", &[0xff, 0xfe])]), 10, 3, "text/plain").unwrap();
+        assert_eq!(m.content_type, "text/plain");
+        assert_eq!(m.cache_control, None);
+    }
+
+    #[test]
+    fn failures() {
+        assert_eq!(evaluate(&svc(), &[], 0, 10, "t/t"), Err(FetchFailure::Unreachable));
+        assert_eq!(evaluate(&svc(), &[], 0, 990, "t/t"), Err(FetchFailure::Timeout));
+        assert_eq!(evaluate(&svc(), &h(&[(":status", b"404")]), 0, 1, "t/t"), Err(FetchFailure::Status));
+        assert_eq!(evaluate(&svc(), &h(&[(":status", b"xx")]), 0, 1, "t/t"), Err(FetchFailure::Status));
+        assert_eq!(evaluate(&svc(), &h(&[(":status", b"200")]), 101, 1, "t/t"), Err(FetchFailure::TooLarge));
+        assert!(evaluate(&svc(), &h(&[(":status", b"200")]), 100, 1, "t/t").is_ok());
+    }
+}

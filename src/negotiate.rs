@@ -1,0 +1,139 @@
+//! Content negotiation: pick the error object's variant from the request's `Accept`
+//! (q-values, `type/*`, `*/*`), as browsers get HTML and API clients JSON.
+
+use crate::config::{Serve, Variant};
+
+struct Range<'a> {
+    kind: &'a str,
+    sub: &'a str,
+    q: f32,
+}
+
+fn parse_accept(accept: &str) -> Vec<Range<'_>> {
+    accept
+        .split(',')
+        .filter_map(|item| {
+            let mut parts = item.split(';');
+            let media = parts.next()?.trim();
+            let (kind, sub) = media.split_once('/')?;
+            let mut q = 1.0;
+            for p in parts {
+                if let Some((k, v)) = p.split_once('=') {
+                    if k.trim().eq_ignore_ascii_case("q") {
+                        q = v.trim().parse::<f32>().ok().filter(|q| (0.0..=1.0).contains(q)).unwrap_or(0.0);
+                    }
+                }
+            }
+            Some(Range { kind: kind.trim(), sub: sub.trim(), q })
+        })
+        .collect()
+}
+
+/// The q-value the client gives a content type: that of the most specific matching range.
+fn quality(ranges: &[Range<'_>], content_type: &str) -> f32 {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let (kind, sub) = essence.split_once('/').unwrap_or((essence, ""));
+    let mut best: Option<(u8, f32)> = None;
+    for r in ranges {
+        let specificity = if r.kind.eq_ignore_ascii_case(kind) && r.sub.eq_ignore_ascii_case(sub) {
+            3
+        } else if r.kind.eq_ignore_ascii_case(kind) && r.sub == "*" {
+            2
+        } else if r.kind == "*" && r.sub == "*" {
+            1
+        } else {
+            continue;
+        };
+        if best.map_or(true, |(s, _)| specificity > s) {
+            best = Some((specificity, r.q));
+        }
+    }
+    best.map_or(0.0, |(_, q)| q)
+}
+
+/// The variant to serve: highest q-value wins, ties go to declaration order (the rule's
+/// own object first). No `Accept`, or nothing acceptable: the rule's own object, since an
+/// error page is still better than a 406.
+pub fn choose<'s>(serve: &'s Serve, accept: Option<&str>) -> &'s Variant {
+    if serve.variants.is_empty() {
+        return &serve.default;
+    }
+    let Some(accept) = accept.filter(|a| !a.trim().is_empty()) else {
+        return &serve.default;
+    };
+    let ranges = parse_accept(accept);
+    let mut best = &serve.default;
+    let mut best_q = quality(&ranges, &best.content_type);
+    for v in &serve.variants {
+        let q = quality(&ranges, &v.content_type);
+        if q > best_q {
+            best = v;
+            best_q = q;
+        }
+    }
+    best
+}
+
+/// The content type's essence (`text/html`), sent to the error service as `x-format`.
+pub fn essence(content_type: &str) -> &str {
+    content_type.split(';').next().unwrap_or("").trim()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve() -> Serve {
+        let v = |ct: &str, p: &str| Variant { content_type: ct.into(), path: Some(p.into()), body: None };
+        Serve {
+            override_code: None,
+            default: v("text/html; charset=utf-8", "/e.html"),
+            variants: vec![v("application/json", "/e.json"), v("text/plain", "/e.txt")],
+            headers: vec![],
+            template: false,
+            service: Some(0),
+        }
+    }
+
+    fn pick(accept: Option<&str>) -> String {
+        let s = serve();
+        choose(&s, accept).path.clone().unwrap()
+    }
+
+    #[test]
+    fn browsers_get_html() {
+        assert_eq!(pick(Some("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8")), "/e.html");
+    }
+
+    #[test]
+    fn api_clients_get_json() {
+        assert_eq!(pick(Some("application/json")), "/e.json");
+        assert_eq!(pick(Some("application/*")), "/e.json");
+    }
+
+    #[test]
+    fn q_values_decide() {
+        assert_eq!(pick(Some("text/html;q=0.5, application/json;q=0.9")), "/e.json");
+        assert_eq!(pick(Some("text/html;q=0.9, application/json;q=0.5")), "/e.html");
+        assert_eq!(pick(Some("text/*;q=0.3, text/plain")), "/e.txt");
+    }
+
+    #[test]
+    fn wildcard_ties_go_to_the_default() {
+        assert_eq!(pick(Some("*/*")), "/e.html");
+        assert_eq!(pick(None), "/e.html");
+        assert_eq!(pick(Some("")), "/e.html");
+    }
+
+    #[test]
+    fn nothing_acceptable_gives_default() {
+        assert_eq!(pick(Some("image/png")), "/e.html");
+        assert_eq!(pick(Some("application/json;q=0")), "/e.html");
+    }
+
+    #[test]
+    fn most_specific_range_sets_quality() {
+        // json refused explicitly even though */* would accept it
+        assert_eq!(pick(Some("application/json;q=0, */*;q=0.1, text/plain;q=0.05")), "/e.html");
+    }
+}

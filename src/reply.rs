@@ -1,0 +1,184 @@
+//! What the client gets instead of the original error: status, headers and body.
+
+use crate::cache::Object;
+use crate::config::{Serve, Variant};
+use crate::fallback;
+use crate::template::{self, Escape, Vars};
+use std::rc::Rc;
+
+/// Where the served body came from (for the access log and counters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Cache,
+    Fetched,
+    Inline,
+    Fallback,
+}
+
+impl Outcome {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Outcome::Cache => "cache",
+            Outcome::Fetched => "fetched",
+            Outcome::Inline => "inline",
+            Outcome::Fallback => "fallback",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub content_type: String,
+    pub cache_control: Option<String>,
+    pub body: Rc<[u8]>,
+    pub outcome: Outcome,
+}
+
+/// Original response headers that survive the replacement: they carry meaning for the
+/// client (auth challenges, back-off, CORS, tracing), not the backend's error page.
+pub fn preserved(name: &str) -> bool {
+    matches!(name, "www-authenticate" | "proxy-authenticate" | "retry-after" | "allow" | "x-request-id")
+        || name.starts_with("access-control-")
+}
+
+pub fn served_status(serve: &Serve, original: u16) -> u16 {
+    serve.override_code.unwrap_or(original)
+}
+
+/// The reply from an inline body or a fetched object; `None` object means the fetch
+/// failed (the variant's body, else the rule's body, else the built-in page).
+pub fn build(serve: &Serve, variant: &Variant, object: Option<(Rc<Object>, Outcome)>, vars: &Vars<'_>) -> Reply {
+    let status = vars.status;
+    match object {
+        Some((obj, outcome)) => {
+            let body = if serve.template {
+                render(&obj.body, &obj.content_type, vars)
+            } else {
+                obj.body.clone()
+            };
+            Reply { status, content_type: obj.content_type.clone(), cache_control: obj.cache_control.clone(), body, outcome }
+        }
+        None => {
+            let inline = variant
+                .body
+                .as_ref()
+                .map(|b| (b, &variant.content_type))
+                .or_else(|| serve.default.body.as_ref().map(|b| (b, &serve.default.content_type)));
+            match inline {
+                Some((body, ct)) => {
+                    let outcome = if variant.path.is_some() { Outcome::Fallback } else { Outcome::Inline };
+                    let text = template::render(body, vars, Escape::for_content_type(ct));
+                    Reply { status, content_type: ct.clone(), cache_control: None, body: text.into_bytes().into(), outcome }
+                }
+                None => Reply {
+                    status,
+                    content_type: variant.content_type.clone(),
+                    cache_control: None,
+                    body: fallback::page(status, &variant.content_type).into_bytes().into(),
+                    outcome: Outcome::Fallback,
+                },
+            }
+        }
+    }
+}
+
+fn render(body: &Rc<[u8]>, content_type: &str, vars: &Vars<'_>) -> Rc<[u8]> {
+    match std::str::from_utf8(body) {
+        Ok(text) if template::has_variables(text) => {
+            template::render(text, vars, Escape::for_content_type(content_type)).into_bytes().into()
+        }
+        _ => body.clone(),
+    }
+}
+
+/// The full header list of the replacement: `:status`, the preserved original headers,
+/// content type and length, the object's cache-control, then the rule's own headers.
+pub fn headers(reply: &Reply, serve: &Serve, original: &[(String, String)]) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = Vec::with_capacity(8);
+    out.push((":status".into(), reply.status.to_string()));
+    for (k, v) in original {
+        let lower = k.to_ascii_lowercase();
+        if preserved(&lower) && !serve.headers.iter().any(|(n, _)| *n == lower) {
+            out.push((lower, v.clone()));
+        }
+    }
+    out.push(("content-type".into(), reply.content_type.clone()));
+    out.push(("content-length".into(), reply.body.len().to_string()));
+    if let Some(cc) = &reply.cache_control {
+        out.push(("cache-control".into(), cc.clone()));
+    }
+    for (k, v) in &serve.headers {
+        out.push((k.clone(), v.clone()));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn serve(default: Variant) -> Serve {
+        Serve { override_code: None, default, variants: vec![], headers: vec![("retry-after".into(), "120".into())], template: false, service: Some(0) }
+    }
+
+    fn vars(path: &str) -> Vars<'_> {
+        Vars { status: 503, original_status: 503, path, ..Default::default() }
+    }
+
+    fn html(path: Option<&str>, body: Option<&str>) -> Variant {
+        Variant { content_type: "text/html".into(), path: path.map(Into::into), body: body.map(Into::into) }
+    }
+
+    #[test]
+    fn fetched_object_served_as_is() {
+        let s = serve(html(Some("/e"), None));
+        let obj = Rc::new(Object { body: b"<h1>{{path}}</h1>".to_vec().into(), content_type: "text/html".into(), cache_control: Some("max-age=1".into()) });
+        let r = build(&s, &s.default, Some((obj, Outcome::Fetched)), &vars("/<x>"));
+        assert_eq!(&*r.body, b"<h1>{{path}}</h1>");
+        assert_eq!(r.outcome, Outcome::Fetched);
+        assert_eq!(r.cache_control.as_deref(), Some("max-age=1"));
+    }
+
+    #[test]
+    fn fetched_object_templated_when_asked() {
+        let mut s = serve(html(Some("/e"), None));
+        s.template = true;
+        let obj = Rc::new(Object { body: b"<h1>{{path}}</h1>".to_vec().into(), content_type: "text/html".into(), cache_control: None });
+        let r = build(&s, &s.default, Some((obj, Outcome::Cache)), &vars("/<x>"));
+        assert_eq!(&*r.body, b"<h1>/&lt;x&gt;</h1>");
+    }
+
+    #[test]
+    fn failed_fetch_uses_rule_body_else_builtin() {
+        let s = serve(html(Some("/e"), Some("down {{status}}")));
+        let r = build(&s, &s.default, None, &vars("/"));
+        assert_eq!(&*r.body, b"down 503");
+        assert_eq!(r.outcome, Outcome::Fallback);
+        let s = serve(html(Some("/e"), None));
+        let r = build(&s, &s.default, None, &vars("/"));
+        assert!(std::str::from_utf8(&r.body).unwrap().contains("503 Service Unavailable"));
+        assert_eq!(r.outcome, Outcome::Fallback);
+    }
+
+    #[test]
+    fn inline_body() {
+        let s = serve(html(None, Some("<p>{{path}}</p>")));
+        let r = build(&s, &s.default, None, &vars("/<script>"));
+        assert_eq!(&*r.body, b"<p>/&lt;script&gt;</p>");
+        assert_eq!(r.outcome, Outcome::Inline);
+    }
+
+    #[test]
+    fn header_list_keeps_only_preserved() {
+        let s = serve(html(None, Some("x")));
+        let r = build(&s, &s.default, None, &vars("/"));
+        let orig: Vec<(String, String)> = [("Set-Cookie", "a=b"), ("server", "x"), ("WWW-Authenticate", "Basic"), ("access-control-allow-origin", "*"), ("retry-after", "5"), ("content-length", "999")]
+            .iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let hs = headers(&r, &s, &orig);
+        let names: Vec<&str> = hs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, [":status", "www-authenticate", "access-control-allow-origin", "content-type", "content-length", "retry-after"]);
+        assert!(hs.contains(&("retry-after".into(), "120".into())), "rule header wins over the original");
+        assert!(hs.contains(&("content-length".into(), "1".into())));
+    }
+}

@@ -1,0 +1,193 @@
+//! `{{variable}}` templates in error objects, escaped for the object's content type, so
+//! that a request path such as `/<script>` comes back as text, never as markup.
+
+pub const VARIABLES: &[&str] =
+    &["status", "originalStatus", "requestId", "host", "path", "method", "source", "codeDetails"];
+
+/// How a value must be escaped to stay data inside an object of a content type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Escape {
+    Html,
+    JsonString,
+    Text,
+}
+
+impl Escape {
+    pub fn for_content_type(ct: &str) -> Escape {
+        let ct = ct.to_ascii_lowercase();
+        if ct.contains("json") {
+            Escape::JsonString
+        } else if ct.contains("html") || ct.contains("xml") || ct.contains("svg") {
+            Escape::Html
+        } else {
+            Escape::Text
+        }
+    }
+}
+
+/// Values for the template variables.
+#[derive(Debug, Clone, Default)]
+pub struct Vars<'a> {
+    pub status: u16,
+    pub original_status: u16,
+    pub request_id: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub method: &'a str,
+    pub source: &'a str,
+    pub code_details: &'a str,
+}
+
+impl Vars<'_> {
+    fn get(&self, name: &str) -> Option<String> {
+        Some(match name {
+            "status" => self.status.to_string(),
+            "originalStatus" => self.original_status.to_string(),
+            "requestId" => self.request_id.to_string(),
+            "host" => self.host.to_string(),
+            "path" => self.path.to_string(),
+            "method" => self.method.to_string(),
+            "source" => self.source.to_string(),
+            "codeDetails" => self.code_details.to_string(),
+            _ => return None,
+        })
+    }
+}
+
+/// Refuses unknown variables at load (a typo would otherwise reach users verbatim).
+pub fn validate(text: &str) -> Result<(), String> {
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { return Ok(()) };
+        let name = after[..end].trim();
+        if !VARIABLES.contains(&name) {
+            return Err(format!(
+                "unknown template variable \"{{{{{name}}}}}\" (known: {})",
+                VARIABLES.join(", ")
+            ));
+        }
+        rest = &after[end + 2..];
+    }
+    Ok(())
+}
+
+pub fn has_variables(text: &str) -> bool {
+    text.contains("{{")
+}
+
+/// Replaces known `{{variables}}`; anything else is left as written.
+pub fn render(text: &str, vars: &Vars<'_>, escape: Escape) -> String {
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after.find("}}") {
+            Some(end) => match vars.get(after[..end].trim()) {
+                Some(value) => {
+                    push_escaped(&mut out, &value, escape);
+                    rest = &after[end + 2..];
+                }
+                None => {
+                    out.push_str("{{");
+                    rest = after;
+                }
+            },
+            None => {
+                out.push_str(&rest[start..]);
+                rest = "";
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+pub fn push_escaped(out: &mut String, value: &str, escape: Escape) {
+    for c in value.chars() {
+        match escape {
+            Escape::Html => match c {
+                '<' => out.push_str("&lt;"),
+                '>' => out.push_str("&gt;"),
+                '&' => out.push_str("&amp;"),
+                '"' => out.push_str("&quot;"),
+                '\'' => out.push_str("&#39;"),
+                c if c.is_control() => out.push_str(&format!("&#{};", c as u32)),
+                c => out.push(c),
+            },
+            Escape::JsonString => match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                // `<` escaped too, so a JSON body sniffed as HTML still carries no markup.
+                '<' => out.push_str("\\u003c"),
+                '>' => out.push_str("\\u003e"),
+                '&' => out.push_str("\\u0026"),
+                c if (c as u32) < 0x20 || c == '\u{2028}' || c == '\u{2029}' => {
+                    out.push_str(&format!("\\u{:04x}", c as u32))
+                }
+                c => out.push(c),
+            },
+            Escape::Text => {
+                if c.is_control() && c != '\t' {
+                    out.push('?');
+                } else {
+                    out.push(c);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars<'a>(path: &'a str) -> Vars<'a> {
+        Vars { status: 503, original_status: 502, request_id: "r-1", host: "h", path, method: "GET", source: "proxy", code_details: "x" }
+    }
+
+    #[test]
+    fn renders_known_variables() {
+        let out = render("{{status}} {{ originalStatus }} {{requestId}} {{path}}", &vars("/a"), Escape::Text);
+        assert_eq!(out, "503 502 r-1 /a");
+    }
+
+    #[test]
+    fn leaves_unknown_and_unclosed() {
+        assert_eq!(render("{{nope}} {{status", &vars("/"), Escape::Text), "{{nope}} {{status");
+    }
+
+    #[test]
+    fn escapes_html() {
+        let out = render("<p>{{path}}</p>", &vars("/<script>alert('x')&\"</script>"), Escape::Html);
+        assert_eq!(out, "<p>/&lt;script&gt;alert(&#39;x&#39;)&amp;&quot;&lt;/script&gt;</p>");
+        assert!(!out.contains("<script>"));
+    }
+
+    #[test]
+    fn escapes_json_string() {
+        let out = render("{\"path\":\"{{path}}\"}", &vars("/a\"b\\c\n<x>"), Escape::JsonString);
+        assert_eq!(out, "{\"path\":\"/a\\\"b\\\\c\\u000a\\u003cx\\u003e\"}");
+        let parsed: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(parsed["path"], "/a\"b\\c\n<x>");
+    }
+
+    #[test]
+    fn escape_by_content_type() {
+        assert_eq!(Escape::for_content_type("application/problem+json"), Escape::JsonString);
+        assert_eq!(Escape::for_content_type("text/html; charset=utf-8"), Escape::Html);
+        assert_eq!(Escape::for_content_type("image/svg+xml"), Escape::Html);
+        assert_eq!(Escape::for_content_type("text/plain"), Escape::Text);
+    }
+
+    #[test]
+    fn validate_names() {
+        assert!(validate("{{status}} {{ path }}").is_ok());
+        assert!(validate("no vars").is_ok());
+        assert_eq!(
+            validate("{{stauts}}").unwrap_err(),
+            "unknown template variable \"{{stauts}}\" (known: status, originalStatus, requestId, host, path, method, source, codeDetails)"
+        );
+    }
+}
