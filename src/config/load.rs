@@ -320,6 +320,10 @@ impl Loader {
             rules.push(rule);
         }
         o.finish()?;
+        let policy_index = self.policies.len();
+        for (i, r) in rules.iter_mut().enumerate() {
+            r.at = (policy_index, i);
+        }
         let table = CodeTable::build(&rules.iter().map(|r| (r.specs.clone(), r.source)).collect::<Vec<_>>());
         self.policies.push(Policy { rules, table });
         Ok((self.policies.len() - 1, service))
@@ -405,7 +409,7 @@ impl Loader {
             RuleKind::Serve(Box::new(Serve { override_code, default, variants, headers, template, service }))
         };
         o.finish()?;
-        Ok(Rule { id, level, specs, source, kind })
+        Ok(Rule { id, at: (0, 0), level, specs, source, kind })
     }
 }
 

@@ -74,6 +74,8 @@ pub struct Rule {
     /// The rule's JSON path in the policy, e.g. `pathMatchers[0].pathRules[1]
     /// .customErrorResponsePolicy.errorResponseRules[0]`: what logs and `explain` print.
     pub id: String,
+    /// (policy index, rule index) in `Config::policies`.
+    pub at: (usize, usize),
     pub level: Level,
     pub specs: Vec<CodeSpec>,
     pub source: Source,

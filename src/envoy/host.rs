@@ -1,0 +1,213 @@
+//! The only place that talks to the proxy-wasm host. The SDK's `hostcalls` panic on any
+//! status they do not expect (e.g. `BadArgument` when Envoy has no request header map for
+//! a local reply), and a panic kills the VM; so the calls used on the request path are
+//! declared here directly and every status is handled. Only `dispatch_http_call` goes
+//! through the SDK, because its dispatcher must register the token to route the answer.
+
+use proxy_wasm::hostcalls;
+use proxy_wasm::types::{BufferType, MapType, MetricType};
+use std::ptr::null_mut;
+use std::time::Duration;
+
+const OK: u32 = 0;
+
+#[allow(clashing_extern_declarations)]
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_get_header_map_value(map: u32, key: *const u8, key_len: usize, out: *mut *mut u8, out_len: *mut usize) -> u32;
+    fn proxy_get_header_map_pairs(map: u32, out: *mut *mut u8, out_len: *mut usize) -> u32;
+    fn proxy_set_header_map_pairs(map: u32, data: *const u8, len: usize) -> u32;
+    fn proxy_get_buffer_bytes(buf: u32, start: usize, max: usize, out: *mut *mut u8, out_len: *mut usize) -> u32;
+    fn proxy_set_buffer_bytes(buf: u32, start: usize, size: usize, data: *const u8, len: usize) -> u32;
+    fn proxy_get_property(path: *const u8, path_len: usize, out: *mut *mut u8, out_len: *mut usize) -> u32;
+    fn proxy_set_property(path: *const u8, path_len: usize, value: *const u8, value_len: usize) -> u32;
+    fn proxy_continue_stream(stream: u32) -> u32;
+    fn proxy_send_local_response(
+        status: u32, details: *const u8, details_len: usize, body: *const u8, body_len: usize,
+        headers: *const u8, headers_len: usize, grpc_status: i32,
+    ) -> u32;
+    fn proxy_get_current_time_nanoseconds(out: *mut u64) -> u32;
+    fn proxy_define_metric(kind: u32, name: *const u8, name_len: usize, out: *mut u32) -> u32;
+    fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+}
+
+/// Takes ownership of a host-allocated buffer (allocated through the SDK's exported
+/// `proxy_on_memory_allocate`, i.e. Rust's global allocator).
+unsafe fn owned(ptr: *mut u8, len: usize) -> Vec<u8> {
+    if ptr.is_null() {
+        Vec::new()
+    } else {
+        Vec::from_raw_parts(ptr, len, len)
+    }
+}
+
+fn map_value(map: MapType, key: &str) -> Option<Vec<u8>> {
+    let mut ptr = null_mut();
+    let mut len = 0;
+    // SAFETY: pointers are valid for the call; the host fills them on OK.
+    let status = unsafe { proxy_get_header_map_value(map as u32, key.as_ptr(), key.len(), &mut ptr, &mut len) };
+    (status == OK).then(|| unsafe { owned(ptr, len) })
+}
+
+fn text(bytes: Vec<u8>) -> String {
+    String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
+pub fn response_header(name: &str) -> Option<String> {
+    map_value(MapType::HttpResponseHeaders, name).map(text)
+}
+
+pub fn request_header(name: &str) -> Option<String> {
+    map_value(MapType::HttpRequestHeaders, name).map(text)
+}
+
+fn pairs(map: MapType) -> Vec<(String, Vec<u8>)> {
+    let mut ptr = null_mut();
+    let mut len = 0;
+    // SAFETY: as above.
+    let status = unsafe { proxy_get_header_map_pairs(map as u32, &mut ptr, &mut len) };
+    if status != OK {
+        return Vec::new();
+    }
+    deserialize_map(&unsafe { owned(ptr, len) })
+}
+
+pub fn response_headers() -> Vec<(String, String)> {
+    pairs(MapType::HttpResponseHeaders).into_iter().map(|(k, v)| (k, text(v))).collect()
+}
+
+pub fn call_response_headers() -> Vec<(String, Vec<u8>)> {
+    pairs(MapType::HttpCallResponseHeaders)
+}
+
+pub fn set_response_headers(headers: &[(String, String)]) -> bool {
+    let data = serialize_map(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
+    // SAFETY: data outlives the call.
+    unsafe { proxy_set_header_map_pairs(MapType::HttpResponseHeaders as u32, data.as_ptr(), data.len()) == OK }
+}
+
+/// Replaces the current response body chunk (`size` bytes from 0) with `value`.
+pub fn replace_response_body(size: usize, value: &[u8]) -> bool {
+    // SAFETY: value outlives the call.
+    unsafe { proxy_set_buffer_bytes(BufferType::HttpResponseBody as u32, 0, size, value.as_ptr(), value.len()) == OK }
+}
+
+pub fn call_response_body(size: usize) -> Option<Vec<u8>> {
+    buffer(BufferType::HttpCallResponseBody, size)
+}
+
+pub fn plugin_configuration(size: usize) -> Option<Vec<u8>> {
+    buffer(BufferType::PluginConfiguration, size)
+}
+
+fn buffer(kind: BufferType, size: usize) -> Option<Vec<u8>> {
+    if size == 0 {
+        return Some(Vec::new());
+    }
+    let mut ptr = null_mut();
+    let mut len = 0;
+    // SAFETY: as above.
+    let status = unsafe { proxy_get_buffer_bytes(kind as u32, 0, size, &mut ptr, &mut len) };
+    (status == OK).then(|| unsafe { owned(ptr, len) })
+}
+
+pub fn property(path: &[&str]) -> Option<String> {
+    let p = path.join("\0");
+    let mut ptr = null_mut();
+    let mut len = 0;
+    // SAFETY: as above.
+    let status = unsafe { proxy_get_property(p.as_ptr(), p.len(), &mut ptr, &mut len) };
+    (status == OK).then(|| text(unsafe { owned(ptr, len) }))
+}
+
+/// Sets filter state `wasm.<name>`, readable by the access log as
+/// `%FILTER_STATE(wasm.<name>:PLAIN)%`.
+pub fn set_filter_state(name: &str, value: &str) {
+    // SAFETY: as above.
+    unsafe {
+        proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len());
+    }
+}
+
+pub fn resume_response() -> bool {
+    // SAFETY: no pointers.
+    unsafe { proxy_continue_stream(proxy_wasm::types::StreamType::HttpResponse as u32) == OK }
+}
+
+/// A local reply. `headers` must not contain pseudo headers.
+pub fn send_response(status: u16, headers: &[(String, String)], body: &[u8]) -> bool {
+    let data = serialize_map(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
+    let details = "custom_error_page";
+    // SAFETY: all buffers outlive the call.
+    unsafe {
+        proxy_send_local_response(
+            status as u32, details.as_ptr(), details.len(), body.as_ptr(), body.len(),
+            data.as_ptr(), data.len(), -1,
+        ) == OK
+    }
+}
+
+pub fn dispatch(cluster: &str, headers: &[(&'static str, String)], timeout_ms: u64) -> Option<u32> {
+    let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    hostcalls::dispatch_http_call(cluster, hs, None, vec![], Duration::from_millis(timeout_ms)).ok()
+}
+
+pub fn now_ms() -> u64 {
+    let mut ns = 0u64;
+    // SAFETY: as above.
+    if unsafe { proxy_get_current_time_nanoseconds(&mut ns) } == OK {
+        ns / 1_000_000
+    } else {
+        0
+    }
+}
+
+pub fn define_counter(name: &str) -> Option<u32> {
+    let mut id = 0;
+    // SAFETY: as above.
+    let status = unsafe { proxy_define_metric(MetricType::Counter as u32, name.as_ptr(), name.len(), &mut id) };
+    (status == OK).then_some(id)
+}
+
+pub fn increment(id: Option<u32>) {
+    if let Some(id) = id {
+        // SAFETY: no pointers.
+        unsafe {
+            proxy_increment_metric(id, 1);
+        }
+    }
+}
+
+/// proxy-wasm map encoding: count, (key len, value len)*, then each `key\0value\0`.
+fn serialize_map<'a>(items: impl Iterator<Item = (&'a str, &'a [u8])> + Clone) -> Vec<u8> {
+    let count = items.clone().count();
+    let mut out = Vec::with_capacity(4 + count * 8 + items.clone().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>());
+    out.extend_from_slice(&(count as u32).to_le_bytes());
+    for (k, v) in items.clone() {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in items {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+fn deserialize_map(data: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let read_u32 = |at: usize| -> Option<usize> {
+        data.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let Some(count) = read_u32(0) else { return Vec::new() };
+    let mut out = Vec::with_capacity(count.min(256));
+    let mut p = 4 + count * 8;
+    for i in 0..count {
+        let (Some(kl), Some(vl)) = (read_u32(4 + i * 8), read_u32(8 + i * 8)) else { break };
+        let (Some(k), Some(v)) = (data.get(p..p + kl), data.get(p + kl + 1..p + kl + 1 + vl)) else { break };
+        out.push((String::from_utf8_lossy(k).into_owned(), v.to_vec()));
+        p += kl + vl + 2;
+    }
+    out
+}
