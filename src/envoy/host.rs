@@ -57,8 +57,31 @@ pub fn response_header(name: &str) -> Option<String> {
     map_value(MapType::HttpResponseHeaders, name).map(text)
 }
 
-pub fn request_header(name: &str) -> Option<String> {
-    map_value(MapType::HttpRequestHeaders, name).map(text)
+/// All request headers in the host's serialised form (one host call, no parsing).
+pub fn request_headers_raw() -> Vec<u8> {
+    let mut ptr = null_mut();
+    let mut len = 0;
+    // SAFETY: as above.
+    let status = unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut ptr, &mut len) };
+    if status != OK {
+        return Vec::new();
+    }
+    unsafe { owned(ptr, len) }
+}
+
+/// A header from `request_headers_raw` (lower-case name); several values joined by ",".
+pub fn find_header(raw: &[u8], name: &str) -> Option<String> {
+    let mut found: Option<String> = None;
+    for (k, v) in deserialize_map(raw) {
+        if k == name {
+            let v = text(v);
+            found = Some(match found {
+                Some(prev) => prev + "," + &v,
+                None => v,
+            });
+        }
+    }
+    found
 }
 
 fn pairs(map: MapType) -> Vec<(String, Vec<u8>)> {

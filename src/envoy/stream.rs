@@ -55,11 +55,15 @@ pub(crate) struct Stream {
     id: u32,
     worker: Rc<Worker>,
     phase: Phase,
+    /// The request headers as Envoy serialised them, kept unparsed: Envoy no longer lets
+    /// a filter read request headers (or `request.*` properties) once the request phase
+    /// has continued, so this one copy is all the response path can know of the request.
+    request: Vec<u8>,
 }
 
 impl Stream {
     pub fn new(id: u32, worker: Rc<Worker>) -> Stream {
-        Stream { id, worker, phase: Phase::Idle }
+        Stream { id, worker, phase: Phase::Idle, request: Vec::new() }
     }
 
     fn config(&self) -> Rc<Config> {
@@ -67,7 +71,7 @@ impl Stream {
     }
 
     fn intercept(&mut self, status: u16, end_of_stream: bool) -> Action {
-        let mut facts = Facts::new(status);
+        let mut facts = Facts::new(status, std::mem::take(&mut self.request));
         if facts.excluded() {
             return Action::Continue;
         }
@@ -227,6 +231,11 @@ impl Context for Stream {
 }
 
 impl HttpContext for Stream {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.request = host::request_headers_raw();
+        Action::Continue
+    }
+
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
         if !matches!(self.phase, Phase::Idle) {
             return Action::Continue;
@@ -271,8 +280,13 @@ impl HttpContext for Stream {
     }
 }
 
+fn remember(slot: &mut Option<String>, raw: &[u8], name: &str) -> String {
+    slot.get_or_insert_with(|| host::find_header(raw, name).unwrap_or_default()).clone()
+}
+
 /// Request facts, read from Envoy on first use and kept. Only the error path reads them.
 struct Facts {
+    request: Vec<u8>,
     status: u16,
     served: u16,
     authority: Option<String>,
@@ -283,12 +297,16 @@ struct Facts {
 }
 
 impl Facts {
-    fn new(status: u16) -> Facts {
-        Facts { status, served: status, authority: None, path: None, method: None, request_id: None, code_details: None }
+    fn new(status: u16, request: Vec<u8>) -> Facts {
+        Facts { request, status, served: status, authority: None, path: None, method: None, request_id: None, code_details: None }
     }
 
     fn method(&mut self) -> String {
-        self.method.get_or_insert_with(|| host::request_header(":method").unwrap_or_default()).clone()
+        remember(&mut self.method, &self.request, ":method")
+    }
+
+    fn req(&self, name: &str) -> Option<String> {
+        host::find_header(&self.request, name)
     }
 
     fn is_head(&self) -> bool {
@@ -296,7 +314,7 @@ impl Facts {
     }
 
     fn request_id(&mut self) -> String {
-        self.request_id.get_or_insert_with(|| host::request_header("x-request-id").unwrap_or_default()).clone()
+        remember(&mut self.request_id, &self.request, "x-request-id")
     }
 
     fn code_details(&mut self) -> String {
@@ -313,7 +331,7 @@ impl Facts {
             return true;
         }
         let grpc = |ct: Option<String>| ct.is_some_and(|c| c.to_ascii_lowercase().starts_with("application/grpc"));
-        grpc(host::request_header("content-type")) || grpc(host::response_header("content-type"))
+        grpc(self.req("content-type")) || grpc(host::response_header("content-type"))
     }
 
     fn vars(&mut self) -> Vars<'_> {
@@ -337,15 +355,15 @@ impl Facts {
 
 impl RequestView for Facts {
     fn authority(&mut self) -> String {
-        self.authority.get_or_insert_with(|| host::request_header(":authority").unwrap_or_default()).clone()
+        remember(&mut self.authority, &self.request, ":authority")
     }
 
     fn path(&mut self) -> String {
-        self.path.get_or_insert_with(|| host::request_header(":path").unwrap_or_default()).clone()
+        remember(&mut self.path, &self.request, ":path")
     }
 
     fn header(&mut self, name: &str) -> Option<String> {
-        host::request_header(name)
+        self.req(name)
     }
 
     fn route_name(&mut self) -> Option<String> {

@@ -1,0 +1,52 @@
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from harness import Envoy  # noqa: E402
+from servers import ErrorServiceHandler, Running, UpstreamHandler  # noqa: E402
+
+
+@pytest.hookimpl(tryfirst=True, hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    rep = outcome.get_result()
+    setattr(item, "rep_" + rep.when, rep)
+
+
+@pytest.fixture
+def upstream():
+    s = Running(UpstreamHandler)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def errors():
+    s = Running(ErrorServiceHandler)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def start_envoy(request, tmp_path, upstream, errors):
+    """start_envoy(policy) -> a ready Envoy; stopped (and its log dumped on failure) after."""
+    started = []
+
+    def start(policy, expect_ready=True, config=None):
+        d = tmp_path / f"envoy{len(started)}"
+        d.mkdir()
+        e = Envoy(d, policy, upstream, errors, config=config)
+        started.append(e)
+        e.start(expect_ready=expect_ready)
+        return e
+
+    yield start
+    failed = getattr(request.node, "rep_call", None) is not None and request.node.rep_call.failed
+    for e in started:
+        e.stop()
+        if failed:
+            print(f"----- envoy log ({e.log}) -----\n{e.log_text()[-20000:]}")
+            print(f"----- access log -----\n" + "\n".join(e.access_lines()[-50:]))

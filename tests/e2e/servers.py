@@ -1,0 +1,130 @@
+"""Loopback HTTP servers for the end-to-end tests: a test upstream that answers any
+status, and a test error service whose pages, delays and failures each test sets.
+Both record what they receive, so tests can assert what crossed the proxy."""
+
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _Base(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _record(self):
+        self.server.owner.requests.append(
+            {"method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
+        )
+
+    def _send(self, status, body=b"", headers=(), chunked=False):
+        self.send_response(status)
+        for k, v in headers:
+            self.send_header(k, v)
+        if chunked:
+            self.send_header("transfer-encoding", "chunked")
+            self.end_headers()
+            if self.command != "HEAD":
+                for i in range(0, len(body), 16384):
+                    part = body[i : i + 16384]
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                self.wfile.write(b"0\r\n\r\n")
+        else:
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+
+class UpstreamHandler(_Base):
+    """`/status/NNN[?ct=..&bytes=N&chunked=1&delay_ms=N&empty=1]` answers NNN; anything
+    else 200. Error responses carry headers that must never leak to the client."""
+
+    def do_GET(self):
+        self._record()
+        url = urlsplit(self.path)
+        q = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        if "delay_ms" in q:
+            time.sleep(int(q["delay_ms"]) / 1000)
+        parts = url.path.strip("/").split("/")
+        if len(parts) >= 2 and parts[0] == "status" and parts[1].isdigit():
+            status = int(parts[1])
+            if "bytes" in q:
+                body = b"U" * int(q["bytes"])
+            elif "empty" in q:
+                body = b""
+            else:
+                body = b"UPSTREAM-ERROR-BODY status=%d secret=s3cr3t" % status
+            headers = [
+                ("content-type", q.get("ct", "text/plain")),
+                ("set-cookie", "session=upstream-secret"),
+                ("x-upstream-secret", "leak"),
+                ("retry-after", "7"),
+                ("access-control-allow-origin", "https://app.example"),
+            ]
+            if status == 401:
+                headers.append(("www-authenticate", 'Basic realm="test"'))
+            self._send(status, body, headers, chunked="chunked" in q)
+            return
+        self._send(200, b"hello from upstream", [("content-type", "text/plain")])
+
+    do_HEAD = do_GET
+    do_POST = do_GET
+    do_DELETE = do_GET
+
+
+class ErrorServiceHandler(_Base):
+    """Serves `owner.pages[path]`: dict(status, body, ct, headers, delay_ms, hang)."""
+
+    def do_GET(self):
+        self._record()
+        path = urlsplit(self.path).path
+        page = self.server.owner.pages.get(path)
+        if page is None:
+            self._send(404, b"no such error page", [("content-type", "text/plain")])
+            return
+        if page.get("delay_ms"):
+            time.sleep(page["delay_ms"] / 1000)
+        if page.get("reset"):
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        headers = [("content-type", page.get("ct", "text/html; charset=utf-8"))]
+        headers += list(page.get("headers", []))
+        self._send(page.get("status", 200), page["body"].encode() if isinstance(page["body"], str) else page["body"], headers)
+
+
+class Running:
+    def __init__(self, handler):
+        self.requests = []
+        self.pages = {}
+        self.httpd = _Server(("127.0.0.1", 0), handler)
+        self.httpd.owner = self
+        self.port = self.httpd.server_address[1]
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def requests_to(self, path):
+        return [r for r in self.requests if urlsplit(r["path"]).path == path]
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def dead_port():
+    """A loopback port with nothing listening (bound then closed)."""
+    return free_port()

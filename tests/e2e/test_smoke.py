@@ -1,0 +1,33 @@
+def basic_policy():
+    return {
+        "errorService": {"cluster": "error_pages", "authority": "errors.internal", "timeoutMs": 500},
+        "defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+            {"matchResponseCodes": ["404"], "path": "/errors/404.html"},
+            {"matchResponseCodes": ["5xx"], "path": "/errors/5xx.html", "overrideResponseCode": 503},
+            {"matchResponseCodes": ["418"], "body": "<p>teapot {{path}}</p>"},
+        ]},
+    }
+
+
+def test_fetch_then_cache(start_envoy, errors, upstream):
+    errors.pages["/errors/404.html"] = {"body": "<h1>branded 404</h1>"}
+    e = start_envoy(basic_policy())
+    r = e.request("/status/404")
+    assert r.status == 404, r
+    assert r.body == b"<h1>branded 404</h1>", r
+    assert r.header("set-cookie") is None
+    r = e.request("/status/404")
+    assert r.body == b"<h1>branded 404</h1>", r
+    assert len(errors.requests_to("/errors/404.html")) == 1
+    r = e.request("/status/418")
+    assert r.status == 418 and r.body == b"<p>teapot /status/418</p>", r
+    r = e.request("/dead")
+    assert r.status == 503, r
+    r = e.request("/hello")
+    assert r.status == 200 and r.body == b"hello from upstream"
+    r = e.request("/status/404?empty=1")
+    assert r.status == 404 and r.body == b"<h1>branded 404</h1>", r
+    r = e.request("/status/404", method="HEAD")
+    assert r.status == 404 and r.body == b"", r
+    print(e.access_lines())
+    print(e.stats("custom_error"))
