@@ -1,0 +1,35 @@
+# One command each: `make run` (demo), `make test` (everything), `make bench`.
+WASM := target/wasm32-wasip1/release/custom_error_pages.wasm
+PY := .tools/venv/bin/python
+
+.PHONY: setup build test unit e2e run bench soak clean
+
+setup:
+	scripts/setup.sh
+
+build: setup
+	cargo build --release --target wasm32-wasip1
+	@ls -l $(WASM) | awk '{printf "built %s (%d bytes, %.1f KiB)\n", $$9, $$5, $$5/1024}'
+
+unit:
+	cargo test --quiet
+
+e2e: build
+	$(PY) -m pytest -q tests/e2e
+
+test: setup unit e2e
+
+run: build
+	scripts/demo.sh
+
+bench: build
+	scripts/setup.sh bench
+	$(PY) bench/run.py
+
+soak: build
+	scripts/setup.sh bench
+	$(PY) bench/run.py --soak
+
+clean:
+	cargo clean
+	rm -rf .tools

@@ -1,0 +1,301 @@
+//! Loading: every refusal names its field and reason; every accepted shape decides as
+//! Google Cloud's load balancer would. Each "match" case has its "no match" twin.
+
+use custom_error_pages::config::{load, Level};
+use custom_error_pages::decide::Decision;
+use custom_error_pages::request::StaticRequest;
+use serde_json::json;
+
+fn err(policy: serde_json::Value) -> String {
+    match load(policy.to_string().as_bytes()) {
+        Ok(_) => panic!("policy should be refused: {policy}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+fn svc() -> serde_json::Value {
+    json!({"cluster": "error_pages"})
+}
+
+#[test]
+fn spec_example_loads() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/spec-example.json")).unwrap();
+    let cfg = load(text.as_bytes()).unwrap();
+    assert_eq!(cfg.matchers.len(), 2);
+    assert_eq!(cfg.warnings, vec!["path matcher \"api\" is not named by any host rule: it is never used".to_string()]);
+}
+
+#[test]
+fn empty_configuration_is_an_empty_policy() {
+    let cfg = load(b"").unwrap();
+    assert!(cfg.codes.is_empty());
+    let cfg = load(b"  {}  ").unwrap();
+    assert!(!cfg.interested_in(404));
+}
+
+#[test]
+fn refusals_name_field_and_reason() {
+    let cases: Vec<(serde_json::Value, &str)> = vec![
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "x", "colour": 1}]}}),
+         "defaultCustomErrorResponsePolicy.errorResponseRules[0].colour: unknown field"),
+        (json!({"hostRuless": []}), "hostRuless: unknown field"),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["4x4"], "body": "x"}]}}),
+         "defaultCustomErrorResponsePolicy.errorResponseRules[0].matchResponseCodes[0]: \"4x4\" is not a code (400-599), a class (\"4xx\", \"5xx\") or a range (\"502-504\")"),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["504-502"], "body": "x"}]}}),
+         "defaultCustomErrorResponsePolicy.errorResponseRules[0].matchResponseCodes[0]: \"504-502\" is an empty range (start after end)"),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["302"], "body": "x"}]}}),
+         "matchResponseCodes[0]: \"302\" is outside the error codes 400-599"),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+            {"matchResponseCodes": ["404"], "body": "x"}, {"matchResponseCodes": ["500", "404"], "body": "y"}]}}),
+         "defaultCustomErrorResponsePolicy.errorResponseRules[1].matchResponseCodes[1]: this code or range is already matched by defaultCustomErrorResponsePolicy.errorResponseRules[0] in the same policy"),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+            {"matchResponseCodes": ["4xx"], "body": "x"}, {"matchResponseCodes": ["400-499"], "body": "y"}]}}),
+         "errorResponseRules[1].matchResponseCodes[0]: this code or range is already matched"),
+        (json!({"errorService": svc(), "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "path": "errors/404.html"}]}}),
+         "defaultCustomErrorResponsePolicy.errorResponseRules[0].path: \"errors/404.html\" must start with \"/\""),
+        (json!({"errorService": svc(), "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "path": "/errors/"}]}}),
+         "errorResponseRules[0].path: \"/errors/\" must not end with \"/\""),
+        (json!({"errorService": svc(), "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "path": "/e/{code}.html"}]}}),
+         "errorResponseRules[0].path: \"/e/{code}.html\": the only placeholder is {status}"),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "x", "overrideResponseCode": 700}]}}),
+         "errorResponseRules[0].overrideResponseCode: 700 is outside 200-599"),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "x", "overrideResponseCode": 199}]}}),
+         "errorResponseRules[0].overrideResponseCode: 199 is outside 200-599"),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "x", "overrideResponseCode": 204}]}}),
+         "errorResponseRules[0].overrideResponseCode: 204 cannot carry a body"),
+        (json!({"hostRules": [{"hosts": ["a.com"], "pathMatcher": "m"}], "pathMatchers": [{"name": "m", "routeRules": [
+            {"priority": 1, "matchRules": [{"regexMatch": "/(unclosed"}], "customErrorResponsePolicy": {"errorResponseRules": []}}]}]}),
+         "pathMatchers[0].routeRules[0].matchRules[0].regexMatch: invalid regex"),
+        (json!({"hostRules": [{"hosts": ["a.com"], "pathMatcher": "missing"}], "pathMatchers": [{"name": "m"}]}),
+         "hostRules[0].pathMatcher: no path matcher is named \"missing\""),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"]}]}}),
+         "defaultCustomErrorResponsePolicy.errorResponseRules[0]: a rule needs a path (fetched from the error service), a body, or \"passthrough\": true"),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "path": "/e.html"}]}}),
+         "defaultCustomErrorResponsePolicy.errorResponseRules[0].path: no errorService is in scope for this rule"),
+        (json!({"pathMatchers": [{"name": "m", "pathRules": [{"paths": ["/a"], "customErrorResponsePolicy": {}}],
+                                  "routeRules": [{"priority": 1, "customErrorResponsePolicy": {}}]}]}),
+         "pathMatchers[0].routeRules: a path matcher has either pathRules or routeRules, not both"),
+        (json!({"pathMatchers": [{"name": "m", "routeRules": [{"priority": 1, "customErrorResponsePolicy": {}}, {"priority": 1, "customErrorResponsePolicy": {}}]}]}),
+         "pathMatchers[0].routeRules[1].priority: priority 1 is already used by pathMatchers[0].routeRules[0]"),
+        (json!({"pathMatchers": [{"name": "m"}, {"name": "m"}]}), "pathMatchers[1].name: path matcher \"m\" is defined twice"),
+        (json!({"hostRules": [{"hosts": ["a.com"], "pathMatcher": "m"}, {"hosts": ["A.com"], "pathMatcher": "m"}], "pathMatchers": [{"name": "m"}]}),
+         "hostRules[1].hosts[0]: host \"A.com\" is already named by a host rule"),
+        (json!({"pathMatchers": [{"name": "m", "pathRules": [{"paths": ["/a*"], "customErrorResponsePolicy": {}}]}]}),
+         "pathMatchers[0].pathRules[0].paths[0]: \"/a*\": \"*\" is only allowed at the end, after a \"/\""),
+        (json!({"pathMatchers": [{"name": "m", "routeRules": [{"priority": 1, "matchRules": [{"prefixMatch": "/a", "fullPathMatch": "/b"}], "customErrorResponsePolicy": {}}]}]}),
+         "pathMatchers[0].routeRules[0].matchRules[0]: at most one of prefixMatch, fullPathMatch and regexMatch may be set"),
+        (json!({"pathMatchers": [{"name": "m", "routeRules": [{"priority": 1, "matchRules": [{"headerMatches": [{"headerName": "x"}]}], "customErrorResponsePolicy": {}}]}]}),
+         "pathMatchers[0].routeRules[0].matchRules[0].headerMatches[0]: needs one of exactMatch, prefixMatch, suffixMatch, regexMatch, presentMatch"),
+        (json!({"pathMatchers": [{"name": "m", "routeRules": [{"priority": 1, "matchRules": [{"queryParameterMatches": [{"name": "q", "exactMatch": "1", "presentMatch": true}]}], "customErrorResponsePolicy": {}}]}]}),
+         "queryParameterMatches[0]: only one of exactMatch, regexMatch, presentMatch may be set"),
+        (json!({"pathMatchers": [{"name": "m", "routeRules": [{"priority": 1, "matchRules": [{"queryParameterMatches": [{"name": "q", "regexMatch": "(["}]}], "customErrorResponsePolicy": {}}]}]}),
+         "queryParameterMatches[0].regexMatch: invalid regex"),
+        (json!({"errorService": ""}), "errorService: must be the name of an Envoy cluster"),
+        (json!({"errorService": {"cluster": "e", "timeoutMs": 0}}), "errorService.timeoutMs: 0 is outside 1-60000"),
+        (json!({"errorService": {"cluster": "e", "timeoutMs": "1s"}}), "errorService.timeoutMs: expected a whole number, found a string"),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "{{stauts}}"}]}}),
+         "errorResponseRules[0].body: unknown template variable \"{{stauts}}\""),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "x", "headers": {"retry-after": "1\r\nx: y"}}]}}),
+         "errorResponseRules[0].headers.retry-after: a header value must not contain control characters"),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "x", "headers": {"content-length": "1"}}]}}),
+         "errorResponseRules[0].headers.content-length: \"content-length\" cannot be set by a rule"),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "x", "source": "backend"}]}}),
+         "errorResponseRules[0].source: \"backend\" is not one of \"any\", \"upstream\", \"proxy\""),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "passthrough": true, "body": "x"}]}}),
+         "errorResponseRules[0].passthrough: a passthrough rule leaves the response as it is"),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "x", "contentType": "html"}]}}),
+         "errorResponseRules[0].contentType: \"html\" is not a media type"),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "x", "variants": [{"contentType": "application/json"}]}]}}),
+         "errorResponseRules[0].variants[0]: a variant needs a path or a body"),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": [], "body": "x"}]}}),
+         "errorResponseRules[0].matchResponseCodes: must list at least one code"),
+        (json!({"hostRules": [{"hosts": [], "pathMatcher": "m"}], "pathMatchers": [{"name": "m"}]}), "hostRules[0].hosts: must list at least one host"),
+        (json!({"hostRules": [{"hosts": ["a*b.com"], "pathMatcher": "m"}], "pathMatchers": [{"name": "m"}]}), "hostRules[0].hosts[0]: \"a*b.com\""),
+        (json!([1, 2]), "<policy>: expected an object, found an array"),
+        (json!({"hostRules": {"hosts": []}}), "hostRules: expected an array, found an object"),
+    ];
+    for (policy, want) in cases {
+        let got = err(policy.clone());
+        assert!(got.contains(want), "policy {policy}\n  got:  {got}\n  want: {want}");
+    }
+}
+
+#[test]
+fn invalid_json_is_refused_with_position() {
+    let e = load(b"{\"errorService\": ").unwrap_err();
+    assert_eq!(e.path, "");
+    assert!(e.reason.starts_with("not valid JSON: "), "{e}");
+    assert!(e.to_string().contains("line 1"), "{e}");
+}
+
+#[test]
+fn same_code_for_different_sources_is_allowed_but_not_overlapping() {
+    let ok = json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+        {"matchResponseCodes": ["503"], "body": "p", "source": "proxy"},
+        {"matchResponseCodes": ["503"], "body": "u", "source": "upstream"}]}});
+    assert!(load(ok.to_string().as_bytes()).is_ok());
+    let bad = json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+        {"matchResponseCodes": ["503"], "body": "p", "source": "proxy"},
+        {"matchResponseCodes": ["503"], "body": "u"}]}});
+    assert!(err(bad).contains("errorResponseRules[1].matchResponseCodes[0]: this code or range is already matched"));
+}
+
+// ---- decisions ----
+
+fn req(host: &str, path: &str) -> StaticRequest {
+    StaticRequest { authority: host.into(), path: path.into(), ..Default::default() }
+}
+
+/// (level, rule id) of the decision, or "none"/"passthrough".
+fn decide(policy: &serde_json::Value, status: u16, r: &mut StaticRequest) -> String {
+    let cfg = load(policy.to_string().as_bytes()).unwrap();
+    match cfg.decide(status, r) {
+        Decision::None => "none".into(),
+        Decision::Passthrough(rule) => format!("passthrough {}", rule.id),
+        Decision::Serve(rule, serve) => {
+            let what = serve.default.path.clone().or(serve.default.body.clone()).unwrap_or_default();
+            format!("{} {}", rule.level.as_str(), what)
+        }
+    }
+}
+
+fn four_levels() -> serde_json::Value {
+    json!({
+        "errorService": "error_pages",
+        "defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+            {"matchResponseCodes": ["4xx"], "path": "/proxy/4xx"},
+            {"matchResponseCodes": ["5xx"], "path": "/proxy/5xx"},
+            {"matchResponseCodes": ["401"], "path": "/proxy/401"}]},
+        "hostRules": [{"hosts": ["shop.example.com", "*.example.org"], "pathMatcher": "shop"},
+                      {"hosts": ["api.example.com"], "pathMatcher": "api"}],
+        "pathMatchers": [{
+            "name": "shop",
+            "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "path": "/shop/404"},
+                                                                         {"matchResponseCodes": ["502-504"], "path": "/shop/50x"}]},
+            "pathRules": [{"paths": ["/images/*", "/logo.png"], "customErrorResponsePolicy": {"errorResponseRules": [
+                {"matchResponseCodes": ["404"], "path": "/images/missing.svg", "overrideResponseCode": 200}]}},
+                          {"paths": ["/images/icons/*"], "customErrorResponsePolicy": {"errorResponseRules": [
+                {"matchResponseCodes": ["4xx"], "path": "/icons/4xx"}]}}]
+        }, {
+            "name": "api",
+            "routeRules": [
+                {"priority": 10, "matchRules": [{"prefixMatch": "/api/"}], "customErrorResponsePolicy": {"errorResponseRules": [
+                    {"matchResponseCodes": ["5xx"], "body": "{\"error\":\"api\"}", "contentType": "application/json"}]}},
+                {"priority": 1, "matchRules": [{"prefixMatch": "/api/", "headerMatches": [{"headerName": "x-beta", "exactMatch": "1"}]},
+                                               {"fullPathMatch": "/beta", "ignoreCase": true}],
+                 "customErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["5xx"], "path": "/beta/5xx"}]}},
+                {"priority": 5, "matchRules": [{"regexMatch": "/v[0-9]+/.*", "queryParameterMatches": [{"name": "debug", "presentMatch": true}]}],
+                 "customErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["5xx"], "passthrough": true}]}},
+                {"priority": 7, "matchRules": [{"routeName": "checkout"}],
+                 "customErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["503"], "path": "/checkout/503"}]}}]
+        }]
+    })
+}
+
+#[test]
+fn proxy_level_applies_to_unnamed_hosts() {
+    let p = four_levels();
+    assert_eq!(decide(&p, 404, &mut req("other.net", "/x")), "proxy /proxy/4xx");
+    assert_eq!(decide(&p, 502, &mut req("other.net", "/x")), "proxy /proxy/5xx");
+    assert_eq!(decide(&p, 401, &mut req("other.net", "/x")), "proxy /proxy/401");
+    assert_eq!(decide(&p, 302, &mut req("other.net", "/x")), "none");
+    assert_eq!(decide(&p, 200, &mut req("other.net", "/x")), "none");
+}
+
+#[test]
+fn host_level_wins_for_its_codes_and_defers_for_others() {
+    let p = four_levels();
+    assert_eq!(decide(&p, 404, &mut req("shop.example.com", "/x")), "host /shop/404");
+    assert_eq!(decide(&p, 503, &mut req("SHOP.example.com:8443", "/x")), "host /shop/50x");
+    // per-code fall-through: the shop has no 403 and no 500 rule
+    assert_eq!(decide(&p, 403, &mut req("shop.example.com", "/x")), "proxy /proxy/4xx");
+    assert_eq!(decide(&p, 500, &mut req("shop.example.com", "/x")), "proxy /proxy/5xx");
+    // wildcard host and its no-match twin (the apex)
+    assert_eq!(decide(&p, 404, &mut req("a.example.org", "/x")), "host /shop/404");
+    assert_eq!(decide(&p, 404, &mut req("example.org", "/x")), "proxy /proxy/4xx");
+}
+
+#[test]
+fn path_rules_longest_match_then_fall_through() {
+    let p = four_levels();
+    assert_eq!(decide(&p, 404, &mut req("shop.example.com", "/images/a.png")), "pathRule /images/missing.svg");
+    assert_eq!(decide(&p, 404, &mut req("shop.example.com", "/logo.png?v=1")), "pathRule /images/missing.svg");
+    assert_eq!(decide(&p, 404, &mut req("shop.example.com", "/images/icons/x.png")), "pathRule /icons/4xx");
+    assert_eq!(decide(&p, 403, &mut req("shop.example.com", "/images/icons/x.png")), "pathRule /icons/4xx");
+    // path rule has no 403 -> host has none -> proxy
+    assert_eq!(decide(&p, 403, &mut req("shop.example.com", "/images/a.png")), "proxy /proxy/4xx");
+    // path rule has no 503 -> host's range
+    assert_eq!(decide(&p, 503, &mut req("shop.example.com", "/images/a.png")), "host /shop/50x");
+    // no-match twins
+    assert_eq!(decide(&p, 404, &mut req("shop.example.com", "/images")), "host /shop/404");
+    assert_eq!(decide(&p, 404, &mut req("shop.example.com", "/logo.png/x")), "host /shop/404");
+}
+
+#[test]
+fn route_rules_priority_header_query_regex_route_name() {
+    let p = four_levels();
+    assert_eq!(decide(&p, 503, &mut req("api.example.com", "/api/users")), "routeRule {\"error\":\"api\"}");
+    let mut beta = req("api.example.com", "/api/users");
+    beta.headers.push(("X-Beta".into(), "1".into()));
+    assert_eq!(decide(&p, 503, &mut beta), "routeRule /beta/5xx");
+    let mut not_beta = req("api.example.com", "/api/users");
+    not_beta.headers.push(("x-beta".into(), "2".into()));
+    assert_eq!(decide(&p, 503, &mut not_beta), "routeRule {\"error\":\"api\"}");
+    assert_eq!(decide(&p, 500, &mut req("api.example.com", "/BETA")), "routeRule /beta/5xx");
+    assert_eq!(decide(&p, 500, &mut req("api.example.com", "/v2/x?debug")), "passthrough pathMatchers[1].routeRules[2].customErrorResponsePolicy.errorResponseRules[0]");
+    assert_eq!(decide(&p, 500, &mut req("api.example.com", "/v2/x")), "proxy /proxy/5xx");
+    let mut checkout = req("api.example.com", "/cart");
+    checkout.route_name = Some("checkout".into());
+    assert_eq!(decide(&p, 503, &mut checkout), "routeRule /checkout/503");
+    assert_eq!(decide(&p, 502, &mut checkout), "proxy /proxy/5xx");
+    checkout.route_name = Some("cart".into());
+    assert_eq!(decide(&p, 503, &mut checkout), "proxy /proxy/5xx");
+}
+
+#[test]
+fn source_splits_proxy_and_upstream_errors() {
+    let p = json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+        {"matchResponseCodes": ["503"], "body": "proxy-made", "source": "proxy"},
+        {"matchResponseCodes": ["5xx"], "body": "any"}]}});
+    let mut r = req("h", "/");
+    r.from_proxy = true;
+    assert_eq!(decide(&p, 503, &mut r), "proxy proxy-made");
+    r.from_proxy = false;
+    assert_eq!(decide(&p, 503, &mut r), "proxy any");
+}
+
+#[test]
+fn override_code_and_levels_recorded() {
+    let cfg = load(four_levels().to_string().as_bytes()).unwrap();
+    match cfg.decide(404, &mut req("shop.example.com", "/images/x")) {
+        Decision::Serve(rule, serve) => {
+            assert_eq!(serve.override_code, Some(200));
+            assert_eq!(rule.level, Level::PathRule);
+            assert_eq!(rule.id, "pathMatchers[0].pathRules[0].customErrorResponsePolicy.errorResponseRules[0]");
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn error_service_inheritance() {
+    let p = json!({
+        "errorService": "top",
+        "hostRules": [{"hosts": ["*"], "pathMatcher": "m"}],
+        "pathMatchers": [{"name": "m",
+            "defaultCustomErrorResponsePolicy": {"errorService": {"cluster": "matcher", "timeoutMs": 200}, "errorResponseRules": [
+                {"matchResponseCodes": ["500"], "path": "/m"}]},
+            "pathRules": [{"paths": ["/a/*"], "customErrorResponsePolicy": {"errorResponseRules": [
+                {"matchResponseCodes": ["404"], "path": "/a"},
+                {"matchResponseCodes": ["410"], "path": "/b", "errorService": "rule"}]}}]}]
+    });
+    let cfg = load(p.to_string().as_bytes()).unwrap();
+    let cluster = |status, path: &str| match cfg.decide(status, &mut req("x", path)) {
+        Decision::Serve(_, s) => cfg.service(s.service).unwrap().cluster.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(cluster(500, "/"), "matcher");
+    assert_eq!(cluster(404, "/a/x"), "matcher");
+    assert_eq!(cluster(410, "/a/x"), "rule");
+    assert_eq!(cfg.service(Some(0)).unwrap().cluster, "top");
+}
