@@ -93,7 +93,15 @@ pub fn evaluate(
     };
     let status = std::str::from_utf8(status).ok().and_then(|s| s.parse::<u16>().ok()).unwrap_or(0);
     if !(200..300).contains(&status) {
-        return Err(FetchFailure::Status);
+        // Envoy answers a failed call itself (503 on connect failure or reset, 504 on
+        // timeout); those answers lack the header Envoy's router adds to every response
+        // that really came from the error service.
+        let from_envoy = get("x-envoy-upstream-service-time").is_none();
+        return Err(match status {
+            504 if from_envoy && elapsed_ms + 50 >= svc.timeout_ms => FetchFailure::Timeout,
+            503 | 504 if from_envoy => FetchFailure::Unreachable,
+            _ => FetchFailure::Status,
+        });
     }
     if body_size > svc.max_body_bytes {
         return Err(FetchFailure::TooLarge);
@@ -158,6 +166,11 @@ mod tests {
         assert_eq!(evaluate(&svc(), &[], 0, 10, "t/t"), Err(FetchFailure::Unreachable));
         assert_eq!(evaluate(&svc(), &[], 0, 990, "t/t"), Err(FetchFailure::Timeout));
         assert_eq!(evaluate(&svc(), &h(&[(":status", b"404")]), 0, 1, "t/t"), Err(FetchFailure::Status));
+        let real = |s: &'static [u8]| h(&[(":status", s), ("x-envoy-upstream-service-time", b"3")]);
+        assert_eq!(evaluate(&svc(), &real(b"503"), 0, 1, "t/t"), Err(FetchFailure::Status));
+        assert_eq!(evaluate(&svc(), &real(b"504"), 0, 1000, "t/t"), Err(FetchFailure::Status));
+        assert_eq!(evaluate(&svc(), &h(&[(":status", b"503")]), 0, 1, "t/t"), Err(FetchFailure::Unreachable));
+        assert_eq!(evaluate(&svc(), &h(&[(":status", b"504")]), 0, 1000, "t/t"), Err(FetchFailure::Timeout));
         assert_eq!(evaluate(&svc(), &h(&[(":status", b"xx")]), 0, 1, "t/t"), Err(FetchFailure::Status));
         assert_eq!(evaluate(&svc(), &h(&[(":status", b"200")]), 101, 1, "t/t"), Err(FetchFailure::TooLarge));
         assert!(evaluate(&svc(), &h(&[(":status", b"200")]), 100, 1, "t/t").is_ok());

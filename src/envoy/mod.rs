@@ -2,6 +2,7 @@
 //! one HTTP context per request (`stream`). Everything decided here comes from the
 //! host-free engine in the crate root.
 
+mod facts;
 mod host;
 mod metrics;
 mod stream;

@@ -1,54 +1,78 @@
 //! One request's life in the filter. All work happens on the response path; a response
 //! whose status no rule covers costs one header read.
 //!
-//! How the replacement reaches the client, and why:
-//! - The upstream response still has a body coming: rewrite status and headers in place
-//!   and swap the body chunk by chunk. Envoy reads the upstream response to its end, so
-//!   the upstream connection stays in the pool (a local reply here would reset the
-//!   upstream request and close the connection, as Envoy's native filter does).
-//! - The upstream response is complete (no body, or it ended while the error object was
-//!   being fetched): a local reply. Nothing upstream is cut short, and it is the only way
-//!   to add a body to a response that has none.
+//! How the replacement reaches the client, and why (measured against Envoy 1.40):
+//! - Pausing in `on_http_response_headers` stops *all* iteration in Envoy: the upstream
+//!   body is buffered by Envoy (with flow control) and no body callback reaches the
+//!   filter until it resumes. So headers are paused only while an error object is being
+//!   fetched.
+//! - Once the replacement is known, the original headers are rewritten in place and sent;
+//!   the original body is dropped chunk by chunk and the object goes out with the *last*
+//!   chunk. Envoy reads the upstream response to its end and the client does not have its
+//!   page before that, so it cannot close early; the upstream connection goes back to the
+//!   pool. (A local reply at this point resets the upstream request and closes that
+//!   connection: what Envoy's native `custom_response` filter does on every error.)
+//! - An original body over `MAX_DROP_BYTES` is not waited for: the object goes out with
+//!   the chunk that crosses the limit.
+//! - The upstream response has no body (HEAD, `content-length: 0`, Envoy's own replies
+//!   without body): nothing can carry the object in place, so a local reply. The
+//!   upstream exchange is complete, nothing is cut short.
 
+use super::facts::Facts;
 use super::host;
 use super::Worker;
 use crate::cache::{self, Object};
-use crate::config::{Config, Serve, Variant};
+use crate::config::{Config, RuleKind, Serve, Variant};
 use crate::decide::Decision;
 use crate::error_service::{self, CallFacts, FetchFailure};
 use crate::negotiate;
 use crate::reply::{self, Outcome, Reply};
 use crate::request::RequestView;
-use crate::template::Vars;
 use log::{debug, warn};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::rc::Rc;
 
-/// What this request is waiting for, replacing loose flags.
+/// Original error body we drop while waiting for its end before we send the object anyway.
+const MAX_DROP_BYTES: usize = 64 * 1024;
+
+/// Where this request is, replacing loose flags.
 enum Phase {
     /// Nothing decided yet (or nothing to do).
     Idle,
     /// Headers paused while the error object is fetched.
-    Fetching(Box<Pending>),
-    /// Headers rewritten; the next body chunk becomes the error object, later ones vanish.
-    Replacing { body: Rc<[u8]>, sent: bool },
-    /// Our reply is out (or the response was left alone on purpose). Also the marker that
-    /// keeps the filter from touching its own local reply if Envoy runs it through again.
+    Fetching(Box<Fetch>),
+    /// Replacement headers sent; the original body is dropped and the object goes out with
+    /// its last chunk.
+    Streaming { body: Rc<[u8]>, sent: bool, dropped: usize },
+    /// Our reply is out, or the response is left alone on purpose. Also the marker that
+    /// keeps the filter off its own local reply if Envoy runs it through the chain.
     Done,
 }
 
 /// A fetch in flight and what is needed to finish the reply when it answers.
-struct Pending {
-    token: u32,
+struct Fetch {
+    call: Call,
     rule: (usize, usize),
     variant: Option<usize>,
+    facts: Facts,
+    /// The upstream response ended with its headers (no body to carry the object).
+    headers_only: bool,
+}
+
+/// The dispatched call to the error service.
+struct Call {
+    token: u32,
     service: usize,
     cache_key: String,
     started_ms: u64,
-    facts: Facts,
-    /// The upstream response ended (its body was swallowed while we waited).
-    upstream_done: bool,
+}
+
+/// A replacement ready to send: full header list (with `:status`) and body.
+struct Ready {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Rc<[u8]>,
 }
 
 pub(crate) struct Stream {
@@ -70,6 +94,7 @@ impl Stream {
         self.worker.config.clone()
     }
 
+    /// Decides; returns the header action.
     fn intercept(&mut self, status: u16, end_of_stream: bool) -> Action {
         let mut facts = Facts::new(status, std::mem::take(&mut self.request));
         if facts.excluded() {
@@ -90,59 +115,56 @@ impl Stream {
         host::increment(self.worker.metrics.intercepted);
         let accept = facts.header("accept");
         let variant = negotiate::choose(serve, accept.as_deref());
-        let variant_index = serve.variants.iter().position(|v| std::ptr::eq(v, variant));
         facts.served = reply::served_status(serve, status);
-
-        let Some(path_template) = &variant.path else {
-            let reply = reply::build(serve, variant, None, &facts.vars());
-            return self.deliver(reply, serve, &rule.id, &facts, end_of_stream);
-        };
-        let Some((service_index, svc)) = serve.service.and_then(|i| config.services.get(i).map(|s| (i, s))) else {
-            // Validation makes this unreachable; serve the fallback rather than fail.
-            let reply = reply::build(serve, variant, None, &facts.vars());
-            return self.deliver(reply, serve, &rule.id, &facts, end_of_stream);
-        };
-        let path = error_service::object_path(path_template, status);
-        let key = cache::key(service_index, &path, &variant.content_type);
-        let now = host::now_ms();
-        let hit = self.worker.cache.borrow_mut().get(&key, now);
-        if let Some(object) = hit {
-            host::increment(self.worker.metrics.cache_hit);
-            let reply = reply::build(serve, variant, Some((object, Outcome::Cache)), &facts.vars());
-            return self.deliver(reply, serve, &rule.id, &facts, end_of_stream);
-        }
-        let format = negotiate::essence(&variant.content_type).to_string();
-        let uri = facts.path();
-        let host_name = facts.authority();
-        let request_id = facts.request_id();
-        let call = CallFacts { original_status: status, format: &format, original_uri: &uri, original_host: &host_name, request_id: &request_id };
-        let headers = error_service::call_headers(svc, &path, &call);
-        match host::dispatch(&svc.cluster, &headers, svc.timeout_ms) {
-            Some(token) => {
-                debug!("[ctx {}] {status}: fetching {path} from {} for {}", self.id, svc.cluster, rule.id);
-                self.phase = Phase::Fetching(Box::new(Pending {
-                    token,
-                    rule: rule.at,
-                    variant: variant_index,
-                    service: service_index,
-                    cache_key: key,
-                    started_ms: now,
-                    facts,
-                    upstream_done: end_of_stream,
-                }));
-                Action::Pause
+        match self.lookup(serve, variant, &mut facts) {
+            Ok(object) => {
+                let r = reply::build(serve, variant, object, &facts.vars());
+                let ready = self.prepare(r, serve, &rule.id, &facts);
+                self.send(ready, end_of_stream)
             }
-            None => {
-                warn!("[ctx {}] cannot call error service cluster \"{}\" (is it defined?)", self.id, svc.cluster);
-                host::increment(self.worker.metrics.fetch_failed(FetchFailure::Dispatch));
-                let reply = reply::build(serve, variant, None, &facts.vars());
-                self.deliver(reply, serve, &rule.id, &facts, end_of_stream)
+            Err(call) => {
+                let variant = serve.variants.iter().position(|v| std::ptr::eq(v, variant));
+                self.phase = Phase::Fetching(Box::new(Fetch { call, rule: rule.at, variant, facts, headers_only: end_of_stream }));
+                Action::Pause
             }
         }
     }
 
-    /// Sends the reply the way the module comment explains; returns the header action.
-    fn deliver(&mut self, reply: Reply, serve: &Serve, rule_id: &str, facts: &Facts, upstream_done: bool) -> Action {
+    /// The object from the cache, or none to fetch (inline body) — or a fetch dispatched.
+    fn lookup(&self, serve: &Serve, variant: &Variant, facts: &mut Facts) -> Result<Option<(Rc<Object>, Outcome)>, Call> {
+        let config = &self.worker.config;
+        let Some(path_template) = &variant.path else { return Ok(None) };
+        // Validation guarantees a service for every path; without one, serve the fallback.
+        let Some((service, svc)) = serve.service.and_then(|i| config.services.get(i).map(|s| (i, s))) else {
+            return Ok(None);
+        };
+        let path = error_service::object_path(path_template, facts.status);
+        let key = cache::key(service, &path, &variant.content_type);
+        let now = host::now_ms();
+        if let Some(object) = self.worker.cache.borrow_mut().get(&key, now) {
+            host::increment(self.worker.metrics.cache_hit);
+            return Ok(Some((object, Outcome::Cache)));
+        }
+        let format = negotiate::essence(&variant.content_type).to_string();
+        let (uri, host_name, request_id) = (facts.path(), facts.authority(), facts.request_id());
+        let call = CallFacts { original_status: facts.status, format: &format, original_uri: &uri, original_host: &host_name, request_id: &request_id };
+        let headers = error_service::call_headers(svc, &path, &call);
+        match host::dispatch(&svc.cluster, &headers, svc.timeout_ms) {
+            Some(token) => {
+                debug!("[ctx {}] {}: fetching {path} from {}", self.id, facts.status, svc.cluster);
+                Err(Call { token, service, cache_key: key, started_ms: now })
+            }
+            None => {
+                warn!("[ctx {}] cannot call error service cluster \"{}\" (is it defined?)", self.id, svc.cluster);
+                host::increment(self.worker.metrics.fetch_failed(FetchFailure::Dispatch));
+                Ok(None)
+            }
+        }
+    }
+
+    /// Counts, records for the access log, and assembles the header list while the
+    /// original response headers are still readable.
+    fn prepare(&self, reply: Reply, serve: &Serve, rule_id: &str, facts: &Facts) -> Ready {
         let m = &self.worker.metrics;
         host::increment(match reply.outcome {
             Outcome::Cache | Outcome::Fetched => None, // counted where they happen
@@ -150,43 +172,52 @@ impl Stream {
             Outcome::Fallback => m.fallback,
         });
         record(facts.status, reply.status, rule_id, reply.outcome.as_str());
-        let original = host::response_headers();
-        let mut headers = reply::headers(&reply, serve, &original);
-        if upstream_done {
-            // Local reply: Envoy sets `:status` and, for HEAD, drops the body itself.
-            headers.retain(|(k, _)| !k.starts_with(':') && k != "content-length");
-            if !host::send_response(reply.status, &headers, &reply.body) {
+        let headers = reply::headers(&reply, serve, &host::response_headers());
+        Ready { status: reply.status, headers, body: reply.body }
+    }
+
+    /// Sends a ready replacement (see the module comment); returns the header action.
+    fn send(&mut self, ready: Ready, headers_only: bool) -> Action {
+        if headers_only {
+            // Envoy sets `:status` and content-length, and drops the body for HEAD itself.
+            let headers: Vec<(String, String)> =
+                ready.headers.into_iter().filter(|(k, _)| !k.starts_with(':') && k != "content-length").collect();
+            if !host::send_response(ready.status, &headers, &ready.body) {
                 warn!("[ctx {}] local reply refused by Envoy; the original response stands", self.id);
+                host::resume_response();
             }
             self.phase = Phase::Done;
             return Action::Pause;
         }
-        if facts.is_head() {
-            // No body will be forwarded for HEAD; keep the headers honest about the object.
-            self.phase = Phase::Done;
-        } else {
-            self.phase = Phase::Replacing { body: reply.body.clone(), sent: false };
-        }
+        // The body goes out with the last original chunk; should the original end in
+        // trailers instead, no length must promise bytes that never come.
+        let headers: Vec<(String, String)> = ready.headers.into_iter().filter(|(k, _)| k != "content-length").collect();
         host::set_response_headers(&headers);
+        self.phase = Phase::Streaming { body: ready.body, sent: false, dropped: 0 };
         Action::Continue
     }
 
-    fn finish_fetch(&mut self, mut pending: Box<Pending>, body_size: usize) {
+    fn finish_fetch(&mut self, mut fetch: Box<Fetch>, body_size: usize) {
         let config = self.config();
-        let Some(rule) = config.rule(pending.rule.0, pending.rule.1) else { return self.resume_untouched() };
-        let crate::config::RuleKind::Serve(serve) = &rule.kind else { return self.resume_untouched() };
-        let variant: &Variant = pending.variant.and_then(|i| serve.variants.get(i)).unwrap_or(&serve.default);
-        let Some(svc) = config.services.get(pending.service) else { return self.resume_untouched() };
+        let found = config.rule(fetch.rule.0, fetch.rule.1).and_then(|rule| match &rule.kind {
+            RuleKind::Serve(serve) => Some((rule, serve)),
+            RuleKind::Passthrough => None,
+        });
+        let (Some((rule, serve)), Some(svc)) = (found, config.services.get(fetch.call.service)) else {
+            self.phase = Phase::Done;
+            host::resume_response();
+            return;
+        };
+        let variant: &Variant = fetch.variant.and_then(|i| serve.variants.get(i)).unwrap_or(&serve.default);
         let now = host::now_ms();
         let headers = host::call_response_headers();
-        let judged = error_service::evaluate(svc, &headers, body_size, now.saturating_sub(pending.started_ms), &variant.content_type);
-        let object = match judged {
+        let object = match error_service::evaluate(svc, &headers, body_size, now.saturating_sub(fetch.call.started_ms), &variant.content_type) {
             Ok(meta) => match host::call_response_body(body_size) {
                 Some(body) => {
                     host::increment(self.worker.metrics.fetched);
                     let ttl = cache::ttl_seconds(meta.cache_control.as_deref(), svc.cache_ttl_s);
                     let object = Rc::new(Object { body: body.into(), content_type: meta.content_type, cache_control: meta.cache_control });
-                    self.worker.cache.borrow_mut().put(pending.cache_key.clone(), object.clone(), ttl, now);
+                    self.worker.cache.borrow_mut().put(std::mem::take(&mut fetch.call.cache_key), object.clone(), ttl, now);
                     Some((object, Outcome::Fetched))
                 }
                 None => {
@@ -200,16 +231,11 @@ impl Stream {
                 None
             }
         };
-        let reply = reply::build(serve, variant, object, &pending.facts.vars());
-        let action = self.deliver(reply, serve, &rule.id, &pending.facts, pending.upstream_done);
-        if matches!(action, Action::Continue) {
+        let r = reply::build(serve, variant, object, &fetch.facts.vars());
+        let ready = self.prepare(r, serve, &rule.id, &fetch.facts);
+        if matches!(self.send(ready, fetch.headers_only), Action::Continue) {
             host::resume_response();
         }
-    }
-
-    fn resume_untouched(&mut self) {
-        self.phase = Phase::Done;
-        host::resume_response();
     }
 }
 
@@ -224,7 +250,7 @@ fn record(original: u16, served: u16, rule: &str, outcome: &str) {
 impl Context for Stream {
     fn on_http_call_response(&mut self, token: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
         match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::Fetching(p) if p.token == token => self.finish_fetch(p, body_size),
+            Phase::Fetching(fetch) if fetch.call.token == token => self.finish_fetch(fetch, body_size),
             other => self.phase = other,
         }
     }
@@ -250,130 +276,14 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
-        match &mut self.phase {
-            Phase::Idle | Phase::Done => Action::Continue,
-            Phase::Fetching(p) => {
-                // The original body never reaches the client; drop it as it arrives so
-                // nothing accumulates in Envoy's buffer, whatever its size.
-                host::replace_response_body(body_size, &[]);
-                p.upstream_done = end_of_stream;
-                Action::Pause
-            }
-            Phase::Replacing { body, sent } => {
-                if *sent {
-                    host::replace_response_body(body_size, &[]);
-                } else {
-                    host::replace_response_body(body_size, body);
-                    *sent = true;
-                }
-                Action::Continue
-            }
-        }
-    }
-
-    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
-        if let Phase::Fetching(p) = &mut self.phase {
-            p.upstream_done = true;
-            return Action::Pause;
+        if let Phase::Streaming { body, sent, dropped } = &mut self.phase {
+            // The original body never reaches the client: each chunk is dropped as it
+            // arrives (nothing accumulates), and the last one carries the object.
+            *dropped += body_size;
+            let now = !*sent && (end_of_stream || *dropped > MAX_DROP_BYTES);
+            host::replace_response_body(body_size, if now { body } else { &[] });
+            *sent |= now;
         }
         Action::Continue
-    }
-}
-
-fn remember(slot: &mut Option<String>, raw: &[u8], name: &str) -> String {
-    slot.get_or_insert_with(|| host::find_header(raw, name).unwrap_or_default()).clone()
-}
-
-/// Request facts, read from Envoy on first use and kept. Only the error path reads them.
-struct Facts {
-    request: Vec<u8>,
-    status: u16,
-    served: u16,
-    authority: Option<String>,
-    path: Option<String>,
-    method: Option<String>,
-    request_id: Option<String>,
-    code_details: Option<String>,
-}
-
-impl Facts {
-    fn new(status: u16, request: Vec<u8>) -> Facts {
-        Facts { request, status, served: status, authority: None, path: None, method: None, request_id: None, code_details: None }
-    }
-
-    fn method(&mut self) -> String {
-        remember(&mut self.method, &self.request, ":method")
-    }
-
-    fn req(&self, name: &str) -> Option<String> {
-        host::find_header(&self.request, name)
-    }
-
-    fn is_head(&self) -> bool {
-        self.method.as_deref() == Some("HEAD")
-    }
-
-    fn request_id(&mut self) -> String {
-        remember(&mut self.request_id, &self.request, "x-request-id")
-    }
-
-    fn code_details(&mut self) -> String {
-        self.code_details
-            .get_or_insert_with(|| host::property(&["response", "code_details"]).unwrap_or_default())
-            .clone()
-    }
-
-    /// Never touched: CONNECT tunnels and gRPC (whose errors travel in trailers and must
-    /// stay machine-readable).
-    fn excluded(&mut self) -> bool {
-        let method = self.method();
-        if method == "CONNECT" {
-            return true;
-        }
-        let grpc = |ct: Option<String>| ct.is_some_and(|c| c.to_ascii_lowercase().starts_with("application/grpc"));
-        grpc(self.req("content-type")) || grpc(host::response_header("content-type"))
-    }
-
-    fn vars(&mut self) -> Vars<'_> {
-        self.authority();
-        self.path();
-        self.request_id();
-        self.code_details();
-        let source = if self.from_proxy() { "proxy" } else { "upstream" };
-        Vars {
-            status: self.served,
-            original_status: self.status,
-            request_id: self.request_id.as_deref().unwrap_or(""),
-            host: self.authority.as_deref().unwrap_or(""),
-            path: self.path.as_deref().unwrap_or(""),
-            method: self.method.as_deref().unwrap_or(""),
-            source,
-            code_details: self.code_details.as_deref().unwrap_or(""),
-        }
-    }
-}
-
-impl RequestView for Facts {
-    fn authority(&mut self) -> String {
-        remember(&mut self.authority, &self.request, ":authority")
-    }
-
-    fn path(&mut self) -> String {
-        remember(&mut self.path, &self.request, ":path")
-    }
-
-    fn header(&mut self, name: &str) -> Option<String> {
-        self.req(name)
-    }
-
-    fn route_name(&mut self) -> Option<String> {
-        host::property(&["xds", "route_name"]).filter(|s| !s.is_empty())
-    }
-
-    /// Envoy marks responses that came from a backend with code details `via_upstream`;
-    /// everything else (no healthy upstream, connect failure, timeout, reset, no route,
-    /// a filter's local reply) the proxy made itself.
-    fn from_proxy(&mut self) -> bool {
-        self.code_details() != "via_upstream"
     }
 }

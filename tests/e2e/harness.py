@@ -138,7 +138,7 @@ class Envoy:
         self.logfile = open(self.log, "wb")
         self.proc = subprocess.Popen(
             [ENVOY, "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart", "-l", "info",
-             "--component-log-level", "wasm:debug"],
+             "--component-log-level", os.environ.get("ENVOY_COMPONENT_LOG", "wasm:debug")],
             stdout=self.logfile, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + timeout

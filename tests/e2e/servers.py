@@ -25,7 +25,7 @@ class _Base(BaseHTTPRequestHandler):
             {"method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
         )
 
-    def _send(self, status, body=b"", headers=(), chunked=False):
+    def _send(self, status, body=b"", headers=(), chunked=False, chunk_delay=0.0):
         self.send_response(status)
         for k, v in headers:
             self.send_header(k, v)
@@ -36,6 +36,9 @@ class _Base(BaseHTTPRequestHandler):
                 for i in range(0, len(body), 16384):
                     part = body[i : i + 16384]
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
+                    if chunk_delay:
+                        self.wfile.flush()
+                        time.sleep(chunk_delay)
                 self.wfile.write(b"0\r\n\r\n")
         else:
             self.send_header("content-length", str(len(body)))
@@ -45,7 +48,7 @@ class _Base(BaseHTTPRequestHandler):
 
 
 class UpstreamHandler(_Base):
-    """`/status/NNN[?ct=..&bytes=N&chunked=1&delay_ms=N&empty=1]` answers NNN; anything
+    """`[/prefix]/status/NNN[?ct=..&bytes=N&chunked=1&delay_ms=N&empty=1]` answers NNN; anything
     else 200. Error responses carry headers that must never leak to the client."""
 
     def do_GET(self):
@@ -55,8 +58,9 @@ class UpstreamHandler(_Base):
         if "delay_ms" in q:
             time.sleep(int(q["delay_ms"]) / 1000)
         parts = url.path.strip("/").split("/")
-        if len(parts) >= 2 and parts[0] == "status" and parts[1].isdigit():
-            status = int(parts[1])
+        codes = [b for a, b in zip(parts, parts[1:]) if a == "status" and b.isdigit()]
+        if codes:
+            status = int(codes[0])
             if "bytes" in q:
                 body = b"U" * int(q["bytes"])
             elif "empty" in q:
@@ -72,7 +76,7 @@ class UpstreamHandler(_Base):
             ]
             if status == 401:
                 headers.append(("www-authenticate", 'Basic realm="test"'))
-            self._send(status, body, headers, chunked="chunked" in q)
+            self._send(status, body, headers, chunked="chunked" in q, chunk_delay=int(q.get("chunk_delay_ms", 0)) / 1000)
             return
         self._send(200, b"hello from upstream", [("content-type", "text/plain")])
 
