@@ -42,6 +42,7 @@ impl Config {
             if let Some(m) = self.hosts.lookup(&authority).and_then(|i| self.matchers.get(i)) {
                 chain[1] = m.default_policy;
                 chain[0] = match &m.routing {
+                    _ if !m.rule_codes.contains(status) => None,
                     Routing::None => None,
                     Routing::Paths(pr) => pr.lookup(&req.path()),
                     Routing::Routes(rr) => {

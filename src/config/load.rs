@@ -6,7 +6,7 @@ use super::reader::{as_obj, as_str, Obj};
 use crate::matching::codes::{CodeSet, CodeSpec, CodeTable, Source};
 use crate::matching::hosts::{HostIndex, HostPattern};
 use crate::matching::routes::{
-    validate_path_rule_path, HeaderCond, MatchRule, PathCond, PathRules, QueryCond, RouteRule, StrCond,
+    literal_prefix, validate_path_rule_path, HeaderCond, MatchRule, PathCond, PathRules, QueryCond, RouteRule, StrCond,
 };
 use crate::template;
 use regex_lite::Regex;
@@ -186,6 +186,8 @@ impl Loader {
                 "a path matcher has either pathRules or routeRules, not both",
             ));
         }
+        let codes_before = self.codes.clone();
+        self.codes = CodeSet::default();
         let routing = if !path_rules.is_empty() {
             let mut pr = PathRules::default();
             for (rp, rv) in path_rules {
@@ -240,8 +242,12 @@ impl Loader {
         } else {
             Routing::None
         };
+        // Codes that some path/route rule of this matcher covers: for any other code the
+        // (linear) route-rule walk cannot change the decision and is skipped.
+        let rule_codes = std::mem::replace(&mut self.codes, codes_before);
+        self.codes.extend(&rule_codes);
         o.finish()?;
-        Ok(PathMatcher { name, default_policy, routing })
+        Ok(PathMatcher { name, default_policy, routing, rule_codes })
     }
 
     fn match_rule(&mut self, mut o: Obj<'_>) -> Result<MatchRule> {
@@ -263,7 +269,8 @@ impl Loader {
             check_match_path(p, &o.field_path("fullPathMatch"))?;
             PathCond::Full(p.to_string())
         } else if let Some(r) = regex {
-            PathCond::Regex(compile_regex(r, ignore_case, &o.field_path("regexMatch"))?)
+            let prefix = if ignore_case { String::new() } else { literal_prefix(r) };
+            PathCond::Regex(compile_regex(r, ignore_case, &o.field_path("regexMatch"))?, prefix)
         } else {
             PathCond::Any
         };

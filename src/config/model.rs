@@ -100,6 +100,8 @@ pub struct PathMatcher {
     pub name: String,
     pub default_policy: Option<usize>,
     pub routing: Routing,
+    /// Codes covered by some path/route rule policy of this matcher.
+    pub rule_codes: CodeSet,
 }
 
 #[derive(Debug, Clone)]

@@ -71,7 +71,27 @@ pub enum PathCond {
     Any,
     Prefix(String),
     Full(String),
-    Regex(Regex),
+    /// A full-path regex and the literal text every match must start with: regex-lite
+    /// has no literal prefilter, and most path regexes start with a fixed segment, so a
+    /// `starts_with` rejects most paths before the regex runs.
+    Regex(Regex, String),
+}
+
+/// The literal start of a regex (before any metacharacter), usable as a prefilter when
+/// matching is case-sensitive. Stops before a char that a quantifier could make optional.
+pub fn literal_prefix(re: &str) -> String {
+    let mut out = String::new();
+    let mut chars = re.chars().peekable();
+    while let Some(c) = chars.next() {
+        if "\\.[](){}*+?|^$".contains(c) {
+            break;
+        }
+        if matches!(chars.peek(), Some('*' | '?' | '{')) {
+            break;
+        }
+        out.push(c);
+    }
+    out
 }
 
 #[derive(Debug, Clone)]
@@ -119,8 +139,8 @@ pub struct MatchRule {
 }
 
 impl MatchRule {
-    pub fn matches(&self, req: &mut dyn RequestView, full_path: &str) -> bool {
-        let path = path_only(full_path);
+    /// `path` is `full_path` without its query (computed once by the caller).
+    pub fn matches(&self, req: &mut dyn RequestView, full_path: &str, path: &str) -> bool {
         let path_ok = match &self.path {
             PathCond::Any => true,
             PathCond::Prefix(p) if self.ignore_case => path
@@ -130,7 +150,7 @@ impl MatchRule {
             PathCond::Full(p) if self.ignore_case => path.eq_ignore_ascii_case(p),
             PathCond::Full(p) => path == p,
             // Compiled anchored (and case-insensitive when asked) at load.
-            PathCond::Regex(r) => r.is_match(path),
+            PathCond::Regex(r, literal) => path.starts_with(literal.as_str()) && r.is_match(path),
         };
         if !path_ok {
             return false;
@@ -168,9 +188,10 @@ pub struct RouteRule {
 
 /// Route rules sorted by priority; the first rule with a matching match rule wins.
 pub fn first_route(rules: &[RouteRule], req: &mut dyn RequestView, full_path: &str) -> Option<usize> {
+    let path = path_only(full_path);
     rules
         .iter()
-        .find(|r| r.match_rules.is_empty() || r.match_rules.iter().any(|m| m.matches(req, full_path)))
+        .find(|r| r.match_rules.is_empty() || r.match_rules.iter().any(|m| m.matches(req, full_path, path)))
         .map(|r| r.policy)
 }
 
@@ -195,7 +216,7 @@ mod tests {
 
     fn check(m: &MatchRule, path: &str, headers: &[(&str, &str)], route: Option<&str>) -> bool {
         let mut r = req(path, headers, route);
-        m.matches(&mut r, path)
+        m.matches(&mut r, path, path_only(path))
     }
 
     #[test]
@@ -242,9 +263,20 @@ mod tests {
     }
 
     #[test]
+    fn literal_prefixes() {
+        assert_eq!(literal_prefix("/svc1/[a-z]+"), "/svc1/");
+        assert_eq!(literal_prefix("/ab?c"), "/a");
+        assert_eq!(literal_prefix("/a*"), "/");
+        assert_eq!(literal_prefix("/x{2}"), "/");
+        assert_eq!(literal_prefix("(/a|/b)"), "");
+        assert_eq!(literal_prefix("/a.b"), "/a");
+        assert_eq!(literal_prefix("/a\\.b"), "/a");
+    }
+
+    #[test]
     fn regex_path() {
         let mut m = any_rule();
-        m.path = PathCond::Regex(Regex::new("^(?:/v[0-9]+/.*)$").unwrap());
+        m.path = PathCond::Regex(Regex::new("^(?:/v[0-9]+/.*)$").unwrap(), literal_prefix("/v[0-9]+/.*"));
         assert!(check(&m, "/v2/users?x", &[], None));
         assert!(!check(&m, "/x/v2/users", &[], None));
     }
