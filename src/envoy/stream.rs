@@ -258,7 +258,10 @@ impl Context for Stream {
 
 impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        self.request = host::request_headers_raw();
+        // A policy without rules never needs the request: keep the success path bare.
+        if !self.worker.config.codes.is_empty() {
+            self.request = host::request_headers_raw();
+        }
         Action::Continue
     }
 

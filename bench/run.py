@@ -1,0 +1,405 @@
+#!/usr/bin/env python3
+"""`make bench`: one Envoy (--concurrency 1) with one listener per variant, nginx as backend
+and error service, wrk as load; variants alternated over rounds; medians, min-max and p99
+written to bench/REPORT.md. `--soak` measures Envoy's RSS over 1,000,000 intercepted errors
+instead (bench/SOAK.md). Nothing here is a test: these are measurements."""
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+WASM = ROOT / "target/wasm32-wasip1/release/custom_error_pages.wasm"
+ENVOY = ROOT / ".tools/envoy"
+HOST = "bench.example.com"
+PAGE = "<!DOCTYPE html><html><head><title>Not found</title></head><body><h1>We could not find that page</h1>" + "<p>" + "x" * 900 + "</p></body></html>"
+
+
+# Envoy gets core 0 to itself; wrk and nginx share core 1. Without pinning, three busy
+# processes on two cores make the figures swing by 20% between identical runs.
+CORES = os.cpu_count() or 1
+PIN_ENVOY = ["taskset", "-c", "0"] if CORES >= 2 and shutil.which("taskset") else []
+PIN_LOAD = ["taskset", "-c", "1"] if CORES >= 2 and shutil.which("taskset") else []
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=30):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing on port {port}")
+
+
+def realistic_policy(cache_ttl):
+    """About 50 rules over 8 hosts, with path rules, route rules (header, regex, route name)."""
+    matchers, host_rules = [], []
+    for i in range(8):
+        name = f"site{i}"
+        host = HOST if i == 7 else f"site{i}.example.com"
+        host_rules.append({"hosts": [host, f"*.site{i}.example.org"], "pathMatcher": name})
+        m = {"name": name, "defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+            {"matchResponseCodes": ["404"], "path": "/errors/404.html"},
+            {"matchResponseCodes": ["502-504"], "path": f"/errors/{name}/50x.html", "headers": {"retry-after": "30"}},
+            {"matchResponseCodes": ["401", "403"], "path": f"/errors/{name}/auth.html"}]}}
+        if i % 2:
+            m["routeRules"] = [
+                {"priority": 1, "matchRules": [{"prefixMatch": "/api/", "headerMatches": [{"headerName": "accept", "prefixMatch": "application/json"}]}],
+                 "customErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["5xx"], "body": "{\"error\":\"unavailable\",\"status\":{{status}}}", "contentType": "application/json"}]}},
+                {"priority": 2, "matchRules": [{"regexMatch": "/v[0-9]+/internal/.*"}],
+                 "customErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["4xx"], "passthrough": True}]}},
+                {"priority": 3, "matchRules": [{"routeName": "checkout"}],
+                 "customErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["503"], "path": "/errors/checkout.html", "overrideResponseCode": 503}]}},
+            ]
+        else:
+            m["pathRules"] = [{"paths": ["/images/*", "/favicon.ico"], "customErrorResponsePolicy": {"errorResponseRules": [
+                {"matchResponseCodes": ["404"], "path": "/errors/missing.svg", "overrideResponseCode": 200}]}}]
+        matchers.append(m)
+    return {
+        "errorService": {"cluster": "errsvc", "timeoutMs": 1000, "cacheTtlSeconds": cache_ttl},
+        "defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+            {"matchResponseCodes": ["4xx"], "path": "/errors/4xx.html"},
+            {"matchResponseCodes": ["5xx"], "path": "/errors/5xx.html"},
+            {"matchResponseCodes": ["503"], "source": "proxy", "path": "/errors/maintenance.html", "headers": {"retry-after": "120"}}]},
+        "hostRules": host_rules,
+        "pathMatchers": matchers,
+    }
+
+
+def count_rules(policy):
+    n = len(policy["defaultCustomErrorResponsePolicy"]["errorResponseRules"])
+    for m in policy["pathMatchers"]:
+        n += len(m["defaultCustomErrorResponsePolicy"]["errorResponseRules"])
+        for r in m.get("routeRules", []) + m.get("pathRules", []):
+            n += len(r["customErrorResponsePolicy"]["errorResponseRules"])
+    return n
+
+
+def nginx_conf(tmp, backend_port, errsvc_port):
+    return f"""
+worker_processes 1;
+daemon off;
+pid {tmp}/nginx.pid;
+error_log {tmp}/nginx-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 10000000;
+  keepalive_timeout 300s;
+  client_body_temp_path {tmp}/body; proxy_temp_path {tmp}/proxy; fastcgi_temp_path {tmp}/fcgi;
+  uwsgi_temp_path {tmp}/uwsgi; scgi_temp_path {tmp}/scgi;
+  server {{
+    listen 127.0.0.1:{backend_port};
+    location = /ok {{ default_type text/plain; return 200 "hello from the backend\\n"; }}
+    location / {{ default_type text/html; return 404 "<html><body>backend 404 page</body></html>\\n"; }}
+  }}
+  server {{
+    listen 127.0.0.1:{errsvc_port};
+    location / {{ default_type text/html; add_header cache-control "max-age=300"; return 200 '{PAGE}'; }}
+  }}
+}}
+"""
+
+
+def router():
+    return {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+
+
+def wasm(policy, vm_id):
+    return {"name": "envoy.filters.http.wasm", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+        "config": {"name": vm_id, "vm_config": {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(WASM)}}},
+                   "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(policy)},
+                   "failure_policy": "FAIL_RELOAD"}}}
+
+
+def native():
+    """Envoy's own custom_response filter: the same page for the same 404."""
+    return {"name": "envoy.filters.http.custom_response", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.custom_response.v3.CustomResponse",
+        "custom_response_matcher": {"matcher_list": {"matchers": [{
+            "predicate": {"single_predicate": {
+                "input": {"name": "status", "typed_config": {"@type": "type.googleapis.com/envoy.type.matcher.v3.HttpResponseStatusCodeMatchInput"}},
+                "value_match": {"exact": "404"}}},
+            "on_match": {"action": {"name": "page", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.http.custom_response.local_response_policy.v3.LocalResponsePolicy",
+                "body": {"inline_string": PAGE},
+                "response_headers_to_add": [{"header": {"key": "content-type", "value": "text/html"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]}}}}]}}}}
+
+
+def cluster(name, port):
+    return {"name": name, "type": "STATIC", "connect_timeout": "1s",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
+
+
+def listener(name, port, filters, cluster_name):
+    return {"name": name, "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": name, "codec_type": "AUTO",
+                "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [
+                    {"name": "default", "match": {"prefix": "/"}, "route": {"cluster": cluster_name}}]}]},
+                "http_filters": filters + [router()]}}]}]}
+
+
+VARIANTS = {
+    # name: (filters, description)
+    "none": (lambda: [], "no filter"),
+    "empty": (lambda: [wasm({}, "empty")], "our filter, empty policy"),
+    "ours": (lambda: [wasm(realistic_policy(300), "ours")], "our filter, realistic policy, object cached"),
+    "nocache": (lambda: [wasm(realistic_policy(0), "nocache")], "our filter, realistic policy, no cache (fetch per error)"),
+    "native": (lambda: [native()], "Envoy native custom_response (LocalResponsePolicy)"),
+}
+
+
+class Bench:
+    def __init__(self, tmp):
+        self.tmp = Path(tmp)
+        self.backend, self.errsvc, self.admin = free_port(), free_port(), free_port()
+        self.ports = {v: free_port() for v in VARIANTS}
+        self.procs = []
+
+    def start(self):
+        (self.tmp / "nginx.conf").write_text(nginx_conf(self.tmp, self.backend, self.errsvc))
+        self.procs.append(subprocess.Popen(PIN_LOAD + ["nginx", "-p", str(self.tmp), "-c", str(self.tmp / "nginx.conf")], stderr=subprocess.DEVNULL))
+        wait_port(self.backend)
+        wait_port(self.errsvc)
+        cfg = {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin}}},
+               "static_resources": {
+                   "listeners": [listener(v, self.ports[v], make(), f"b_{v}") for v, (make, _) in VARIANTS.items()],
+                   "clusters": [cluster(f"b_{v}", self.backend) for v in VARIANTS] + [cluster("errsvc", self.errsvc)]}}
+        (self.tmp / "envoy.json").write_text(json.dumps(cfg))
+        self.envoy_log = open(self.tmp / "envoy.log", "wb")
+        self.envoy = subprocess.Popen(PIN_ENVOY + [str(ENVOY), "-c", str(self.tmp / "envoy.json"), "--concurrency", "1", "--disable-hot-restart", "-l", "warning"],
+                                      stdout=self.envoy_log, stderr=subprocess.STDOUT)
+        self.procs.append(self.envoy)
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/ready", timeout=1).status == 200:
+                    return
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError("envoy not ready: " + (self.tmp / "envoy.log").read_text()[-3000:])
+
+    def stop(self):
+        for p in reversed(self.procs):
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+    def stats(self):
+        body = urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/stats", timeout=5).read().decode()
+        return {k: int(v) for k, v in re.findall(r"^(\S+): (\d+)$", body, re.M)}
+
+    def get(self, variant, path):
+        req = urllib.request.Request(f"http://127.0.0.1:{self.ports[variant]}{path}", headers={"host": HOST})
+        try:
+            r = urllib.request.urlopen(req, timeout=5)
+            return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
+
+    def cpu_seconds(self):
+        fields = Path(f"/proc/{self.envoy.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def wrk(self, variant, path, seconds, connections):
+        cpu0 = self.cpu_seconds()
+        out = subprocess.run(PIN_LOAD + ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-H", f"Host: {HOST}",
+                              f"http://127.0.0.1:{self.ports[variant]}{path}"], capture_output=True, text=True, check=True).stdout
+        rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        total = int(re.search(r"(\d+) requests in", out).group(1))
+        p99 = parse_latency(re.search(r"99%\s+([\d.]+\w+)", out).group(1))
+        mean = parse_latency(re.search(r"Latency\s+([\d.]+\w+)", out).group(1))
+        cpu_us = (self.cpu_seconds() - cpu0) * 1e6 / max(1, total)
+        return {"rps": rps, "p99_ms": p99, "mean_ms": mean, "requests": total, "cpu_us": cpu_us}
+
+
+def parse_latency(s):
+    m = re.match(r"([\d.]+)(\w+)", s)
+    v, unit = float(m.group(1)), m.group(2)
+    return v * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+
+def summary(runs, key):
+    vals = [r[key] for r in runs]
+    return statistics.median(vals), min(vals), max(vals)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--soak", action="store_true")
+    args = ap.parse_args()
+    for tool in ("wrk", "nginx"):
+        if not shutil.which(tool):
+            sys.exit(f"bench: {tool} missing (scripts/setup.sh bench installs it)")
+    with tempfile.TemporaryDirectory() as tmp:
+        b = Bench(tmp)
+        b.start()
+        try:
+            if args.soak:
+                soak(b, args)
+            else:
+                run(b, args)
+        finally:
+            b.stop()
+
+
+def check_bodies(b):
+    """The variants serve what the report claims before anything is measured."""
+    s, body = b.get("ours", "/missing")
+    assert s == 404 and body.decode() == PAGE, (s, body[:100])
+    s, body = b.get("native", "/missing")
+    assert s == 404 and body.decode() == PAGE, (s, body[:100])
+    s, body = b.get("nocache", "/missing")
+    assert s == 404 and body.decode() == PAGE, (s, body[:100])
+    for v in VARIANTS:
+        assert b.get(v, "/ok") == (200, b"hello from the backend\n")
+
+
+def run(b, args):
+    check_bodies(b)
+    success = ["none", "empty", "ours", "native"]
+    error = ["none", "ours", "native", "nocache"]
+    results = {("ok", v): [] for v in success}
+    results.update({("err", v): [] for v in error})
+    cx_before = b.stats()
+    for rnd in range(args.rounds):
+        order = [("ok", v) for v in success] + [("err", v) for v in error]
+        order = order[rnd % len(order):] + order[: rnd % len(order)]  # rotate so no variant always runs first
+        for kind, v in order:
+            path = "/ok" if kind == "ok" else "/missing"
+            results[(kind, v)].append(b.wrk(v, path, args.seconds, args.connections))
+            print(f"round {rnd + 1}: {kind:3} {v:8} {results[(kind, v)][-1]}", flush=True)
+    cx_after = b.stats()
+    errors_sent = {v: sum(r["requests"] for r in results[("err", v)]) for v in error}
+    cx = {v: cx_after.get(f"cluster.b_{v}.upstream_cx_total", 0) - cx_before.get(f"cluster.b_{v}.upstream_cx_total", 0) for v in VARIANTS}
+    destroy = {v: cx_after.get(f"cluster.b_{v}.upstream_cx_destroy_local_with_active_rq", 0) for v in VARIANTS}
+    write_report(args, results, errors_sent, cx, destroy)
+
+
+def micro():
+    out = subprocess.run(["cargo", "run", "--quiet", "--release", "--example", "decide_bench"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    return out.strip()
+
+
+def write_report(args, results, errors_sent, cx, destroy):
+    med = {k: summary(v, "rps") for k, v in results.items()}
+    p99 = {k: summary(v, "p99_ms") for k, v in results.items()}
+    mean = {k: summary(v, "mean_ms") for k, v in results.items()}
+    cpu = {k: summary(v, "cpu_us") for k, v in results.items()}
+    cpu_ratio = lambda a, b: cpu[b][0] / cpu[a][0]
+    size = WASM.stat().st_size
+    ratio = lambda a, b: med[a][0] / med[b][0]
+    lines = [
+        "# Benchmark report",
+        "",
+        f"Produced by `make bench` (`.tools/venv/bin/python bench/run.py --rounds {args.rounds} --seconds {args.seconds} --connections {args.connections}`) on "
+        f"{time.strftime('%Y-%m-%d')}: one Envoy 1.40 (`--concurrency 1`) with one listener per variant, nginx {nginx_version()} as backend and "
+        f"error service, wrk (`-t1 -c{args.connections} -d{args.seconds}s`) as load, all on the same 2-core machine (Envoy pinned to core 0, wrk and nginx to core 1). Variants alternate "
+        f"over {args.rounds} rounds (rotated order); figures are medians with min-max. The realistic policy has "
+        f"{count_rules(realistic_policy(300))} rules over 8 hosts (path rules, route rules with header, regex and route-name matches).",
+        "",
+        "## Targets",
+        "",
+        "| figure | target | measured | |",
+        "|---|---|---|---|",
+        f"| success path: realistic policy / empty policy | >= 0.97 | {ratio(('ok', 'ours'), ('ok', 'empty')):.3f} | {'met' if ratio(('ok', 'ours'), ('ok', 'empty')) >= 0.97 else 'NOT met'} |",
+        f"| same, from Envoy CPU time per request (steadier on a shared machine) | (support) | {cpu_ratio(('ok', 'ours'), ('ok', 'empty')):.3f} | {cpu[('ok', 'ours')][0]:.1f} vs {cpu[('ok', 'empty')][0]:.1f} µs |",
+        f"| success path: realistic policy / no filter | report | {ratio(('ok', 'ours'), ('ok', 'none')):.3f} | wasm boundary cost |",
+        f"| error path, object cached: ours / native custom_response | >= 2.0 | {ratio(('err', 'ours'), ('err', 'native')):.2f} | {'met' if ratio(('err', 'ours'), ('err', 'native')) >= 2.0 else 'NOT met'} |",
+        f"| same, from Envoy CPU time per request | (support) | {cpu_ratio(('err', 'ours'), ('err', 'native')):.2f} | {cpu[('err', 'ours')][0]:.1f} vs {cpu[('err', 'native')][0]:.1f} µs |",
+        f"| upstream connections opened per 1,000 intercepted errors (ours, cached) | < 1 | {1000 * cx['ours'] / max(1, errors_sent['ours']):.3f} | {'met' if 1000 * cx['ours'] / max(1, errors_sent['ours']) < 1 else 'NOT met'} |",
+        f"| same, native custom_response | (reference) | {1000 * cx['native'] / max(1, errors_sent['native']):.1f} | `upstream_cx_destroy_local_with_active_rq` = {destroy['native']} |",
+        f"| error path, no cache: ours / native | report | {ratio(('err', 'nocache'), ('err', 'native')):.2f} | one error-service round trip per error |",
+        f"| added mean latency per error-service round trip | report | {mean[('err', 'nocache')][0] - mean[('err', 'ours')][0]:.3f} ms | mean latency no-cache minus cached, at {args.connections} connections |",
+        f"| module size (release .wasm) | <= 300 KiB | {size / 1024:.1f} KiB ({size} bytes) | {'met' if size <= 300 * 1024 else 'NOT met'} |",
+        "",
+        "## Throughput and latency",
+        "",
+        "| path | variant | req/s median (min-max) | p99 ms median (min-max) | mean ms | Envoy CPU µs per request |",
+        "|---|---|---|---|---|---|",
+    ]
+    for (kind, v), runs in results.items():
+        m, lo, hi = med[(kind, v)]
+        pm, plo, phi = p99[(kind, v)]
+        lines.append(f"| {'200 /ok' if kind == 'ok' else '404 /missing'} | {VARIANTS[v][1]} | {m:,.0f} ({lo:,.0f}-{hi:,.0f}) | {pm:.2f} ({plo:.2f}-{phi:.2f}) | {mean[(kind, v)][0]:.3f} | {cpu[(kind, v)][0]:.1f} |")
+    lines += ["", "Upstream connections opened during the run (`cluster.<variant>.upstream_cx_total`): " +
+              ", ".join(f"{v} {cx[v]}" for v in VARIANTS) + "; 404s sent: " + ", ".join(f"{v} {n:,}" for v, n in errors_sent.items()) + ".",
+              "", "## Decision cost on the host (`cargo run --release --example decide_bench`)", "",
+              "Matching is hash lookups over the request's host and path segments, so it does not grow with the number of hosts; "
+              "route rules of the matched host are walked in priority order (Google Cloud's first-match semantics), and only when "
+              "some route rule covers the status.", "", micro(), ""]
+    soak_file = ROOT / "bench/SOAK.md"
+    if soak_file.exists():
+        lines += ["## Memory", "", f"See [SOAK.md](SOAK.md) (`make soak`).", ""]
+    (ROOT / "bench/REPORT.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+def nginx_version():
+    out = subprocess.run(["nginx", "-v"], capture_output=True, text=True).stderr
+    m = re.search(r"nginx/([\d.]+)", out)
+    return m.group(1) if m else "?"
+
+
+def rss_kib(pid):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def soak(b, args):
+    check_bodies(b)
+    counted = lambda: b.stats().get("wasmcustom.custom_error_pages.intercepted", 0)
+    points = []
+
+    def drive(target):
+        while counted() < target:
+            b.wrk("ours", "/missing", 5, 64)
+        points.append((counted(), rss_kib(b.envoy.pid)))
+        print(f"soak: {points[-1][0]:,} intercepted errors, Envoy RSS {points[-1][1] / 1024:.1f} MiB", flush=True)
+
+    start = counted()
+    drive(start + 10_000)
+    for n in (100_000, 250_000, 500_000, 750_000, 1_000_000):
+        drive(start + n)
+    growth = (points[-1][1] - points[0][1]) / 1024
+    text = ["# Memory soak", "",
+            f"Produced by `make soak` (`bench/run.py --soak`) on {time.strftime('%Y-%m-%d')}: the realistic-policy listener, cached 404 object, "
+            "wrk with 64 connections in 5 s bursts until the filter's `intercepted` counter reaches each mark; Envoy's VmRSS read from /proc.", "",
+            "| intercepted errors | Envoy RSS (MiB) |", "|---:|---:|"]
+    text += [f"| {n:,} | {r / 1024:.1f} |" for n, r in points]
+    text += ["", f"Growth from 10,000 to 1,000,000 errors: {growth:.1f} MiB (target: no more than 10 MiB): {'met' if growth <= 10 else 'NOT met'}.", ""]
+    (ROOT / "bench/SOAK.md").write_text("\n".join(text))
+    print("\n".join(text))
+
+
+if __name__ == "__main__":
+    main()
