@@ -8,8 +8,7 @@ setup:
 	scripts/setup.sh
 
 build: setup
-	cargo build --release --target wasm32-wasip1
-	@ls -l $(WASM) | awk '{printf "built %s (%d bytes, %.1f KiB)\n", $$9, $$5, $$5/1024}'
+	scripts/build.sh
 
 unit:
 	cargo test --quiet

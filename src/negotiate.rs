@@ -6,7 +6,23 @@ use crate::config::{Serve, Variant};
 struct Range<'a> {
     kind: &'a str,
     sub: &'a str,
-    q: f32,
+    /// q-value in thousandths (RFC 9110 allows three decimals).
+    q: u16,
+}
+
+/// `1`, `1.0`, `0.5`, `0.125` -> thousandths; anything else is 0 (not acceptable). Parsed by
+/// hand: float parsing alone would add kilobytes to the module.
+fn parse_q(v: &str) -> u16 {
+    let (int, frac) = v.split_once('.').unwrap_or((v, ""));
+    if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return 0;
+    }
+    let thousandths = frac.bytes().chain(std::iter::repeat(b'0')).take(3).fold(0u16, |acc, b| acc * 10 + u16::from(b - b'0'));
+    match int {
+        "0" => thousandths,
+        "1" if thousandths == 0 => 1000,
+        _ => 0,
+    }
 }
 
 fn parse_accept(accept: &str) -> Vec<Range<'_>> {
@@ -16,11 +32,11 @@ fn parse_accept(accept: &str) -> Vec<Range<'_>> {
             let mut parts = item.split(';');
             let media = parts.next()?.trim();
             let (kind, sub) = media.split_once('/')?;
-            let mut q = 1.0;
+            let mut q = 1000;
             for p in parts {
                 if let Some((k, v)) = p.split_once('=') {
                     if k.trim().eq_ignore_ascii_case("q") {
-                        q = v.trim().parse::<f32>().ok().filter(|q| (0.0..=1.0).contains(q)).unwrap_or(0.0);
+                        q = parse_q(v.trim());
                     }
                 }
             }
@@ -30,10 +46,10 @@ fn parse_accept(accept: &str) -> Vec<Range<'_>> {
 }
 
 /// The q-value the client gives a content type: that of the most specific matching range.
-fn quality(ranges: &[Range<'_>], content_type: &str) -> f32 {
+fn quality(ranges: &[Range<'_>], content_type: &str) -> u16 {
     let essence = content_type.split(';').next().unwrap_or("").trim();
     let (kind, sub) = essence.split_once('/').unwrap_or((essence, ""));
-    let mut best: Option<(u8, f32)> = None;
+    let mut best: Option<(u8, u16)> = None;
     for r in ranges {
         let specificity = if r.kind.eq_ignore_ascii_case(kind) && r.sub.eq_ignore_ascii_case(sub) {
             3
@@ -48,7 +64,7 @@ fn quality(ranges: &[Range<'_>], content_type: &str) -> f32 {
             best = Some((specificity, r.q));
         }
     }
-    best.map_or(0.0, |(_, q)| q)
+    best.map_or(0, |(_, q)| q)
 }
 
 /// The variant to serve: highest q-value wins, ties go to declaration order (the rule's
@@ -129,6 +145,18 @@ mod tests {
     fn nothing_acceptable_gives_default() {
         assert_eq!(pick(Some("image/png")), "/e.html");
         assert_eq!(pick(Some("application/json;q=0")), "/e.html");
+    }
+
+    #[test]
+    fn q_values_parse() {
+        assert_eq!(parse_q("1"), 1000);
+        assert_eq!(parse_q("1.000"), 1000);
+        assert_eq!(parse_q("0.5"), 500);
+        assert_eq!(parse_q("0.125"), 125);
+        assert_eq!(parse_q("0"), 0);
+        for bad in ["1.5", "2", "0.1234", "abc", "-1", ""] {
+            assert_eq!(parse_q(bad), 0, "{bad}");
+        }
     }
 
     #[test]

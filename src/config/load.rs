@@ -237,7 +237,7 @@ impl Loader {
                 r.finish()?;
                 rules.push(RouteRule { priority, match_rules, policy });
             }
-            rules.sort_by_key(|r| r.priority);
+            rules.sort_unstable_by_key(|r| r.priority);
             Routing::Routes(rules)
         } else {
             Routing::None

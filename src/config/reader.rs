@@ -141,7 +141,7 @@ impl<'a> Obj<'a> {
     pub fn finish(self) -> Result<()> {
         let mut unknown: Vec<&String> =
             self.map.keys().filter(|k| !self.seen.iter().any(|s| s == *k)).collect();
-        unknown.sort();
+        unknown.sort_unstable();
         match unknown.first() {
             None => Ok(()),
             Some(k) => Err(ConfigError::new(
