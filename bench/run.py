@@ -254,6 +254,7 @@ def main():
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--soak", action="store_true")
+    ap.add_argument("--only", help="quick A/B: comma-separated kind:variant list, e.g. err:ours,err:native (no report)")
     args = ap.parse_args()
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool):
@@ -284,6 +285,13 @@ def check_bodies(b):
 
 def run(b, args):
     check_bodies(b)
+    if args.only:
+        picks = [tuple(x.split(":")) for x in args.only.split(",")]
+        for rnd in range(args.rounds):
+            for kind, v in picks:
+                r = b.wrk(v, "/ok" if kind == "ok" else "/missing", args.seconds, args.connections)
+                print(f"{kind:3} {v:8} rps {r['rps']:>9,.0f}  cpu/req {r['cpu_us']:6.1f} us", flush=True)
+        return
     success = ["none", "empty", "ours", "native"]
     error = ["none", "ours", "native", "nocache"]
     results = {("ok", v): [] for v in success}
@@ -382,7 +390,8 @@ def soak(b, args):
 
     def drive(target):
         while counted() < target:
-            b.wrk("ours", "/missing", 5, 64)
+            # short bursts near a mark, so the reading lands close to it
+            b.wrk("ours", "/missing", 1 if target - counted() < 50_000 else 5, 64)
         points.append((counted(), rss_kib(b.envoy.pid)))
         print(f"soak: {points[-1][0]:,} intercepted errors, Envoy RSS {points[-1][1] / 1024:.1f} MiB", flush=True)
 

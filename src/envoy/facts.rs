@@ -56,7 +56,16 @@ impl Facts {
         grpc(self.req("content-type")) || grpc(host::response_header("content-type"))
     }
 
-    pub fn vars(&mut self) -> Vars<'_> {
+    /// Template variables; reads the request facts only when the reply renders a template.
+    pub fn vars_for(&mut self, needed: bool) -> Vars<'_> {
+        if needed {
+            self.vars()
+        } else {
+            Vars { status: self.served, original_status: self.status, ..Default::default() }
+        }
+    }
+
+    fn vars(&mut self) -> Vars<'_> {
         self.authority();
         self.path();
         self.request_id();

@@ -72,16 +72,32 @@ pub fn request_headers_raw() -> Vec<u8> {
 /// A header from `request_headers_raw` (lower-case name); several values joined by ",".
 pub fn find_header(raw: &[u8], name: &str) -> Option<String> {
     let mut found: Option<String> = None;
-    for (k, v) in deserialize_map(raw) {
-        if k == name {
-            let v = text(v);
+    for (k, v) in map_entries(raw) {
+        if k == name.as_bytes() {
+            let v = String::from_utf8_lossy(v);
             found = Some(match found {
                 Some(prev) => prev + "," + &v,
-                None => v,
+                None => v.into_owned(),
             });
         }
     }
     found
+}
+
+/// The (key, value) byte slices of a serialised map, without copying.
+fn map_entries(data: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let read_u32 = move |at: usize| -> Option<usize> {
+        data.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    };
+    let count = read_u32(0).unwrap_or(0);
+    let mut p = 4usize.saturating_add(count.saturating_mul(8));
+    (0..count).map_while(move |i| {
+        let (kl, vl) = (read_u32(4 + i * 8)?, read_u32(8 + i * 8)?);
+        let k = data.get(p..p.checked_add(kl)?)?;
+        let v = data.get(p + kl + 1..(p + kl + 1).checked_add(vl)?)?;
+        p += kl + vl + 2;
+        Some((k, v))
+    })
 }
 
 fn pairs(map: MapType) -> Vec<(String, Vec<u8>)> {
@@ -220,17 +236,5 @@ fn serialize_map<'a>(items: impl Iterator<Item = (&'a str, &'a [u8])> + Clone) -
 }
 
 fn deserialize_map(data: &[u8]) -> Vec<(String, Vec<u8>)> {
-    let read_u32 = |at: usize| -> Option<usize> {
-        data.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
-    };
-    let Some(count) = read_u32(0) else { return Vec::new() };
-    let mut out = Vec::with_capacity(count.min(256));
-    let mut p = 4 + count * 8;
-    for i in 0..count {
-        let (Some(kl), Some(vl)) = (read_u32(4 + i * 8), read_u32(8 + i * 8)) else { break };
-        let (Some(k), Some(v)) = (data.get(p..p + kl), data.get(p + kl + 1..p + kl + 1 + vl)) else { break };
-        out.push((String::from_utf8_lossy(k).into_owned(), v.to_vec()));
-        p += kl + vl + 2;
-    }
-    out
+    map_entries(data).map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec())).collect()
 }

@@ -118,7 +118,8 @@ impl Stream {
         facts.served = reply::served_status(serve, status);
         match self.lookup(serve, variant, &mut facts) {
             Ok(object) => {
-                let r = reply::build(serve, variant, object, &facts.vars());
+                let needed = reply::needs_vars(serve, variant, object.as_ref().map(|(o, _)| &**o));
+                let r = reply::build(serve, variant, object, &facts.vars_for(needed));
                 let ready = self.prepare(r, serve, &rule.id, &facts);
                 self.send(ready, end_of_stream)
             }
@@ -231,7 +232,8 @@ impl Stream {
                 None
             }
         };
-        let r = reply::build(serve, variant, object, &fetch.facts.vars());
+        let needed = reply::needs_vars(serve, variant, object.as_ref().map(|(o, _)| &**o));
+        let r = reply::build(serve, variant, object, &fetch.facts.vars_for(needed));
         let ready = self.prepare(r, serve, &rule.id, &fetch.facts);
         if matches!(self.send(ready, fetch.headers_only), Action::Continue) {
             host::resume_response();

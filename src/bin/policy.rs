@@ -1,0 +1,149 @@
+//! `policy`: the filter's own engine on the command line.
+//!
+//!   policy check FILE
+//!   policy explain FILE --host H --path P --status N [--header k:v]... [--route NAME]
+//!                       [--source proxy|upstream] [--method M]
+//!   policy import-gcp URLMAP.json --service BACKEND=cluster ...
+
+use custom_error_pages::config::{self, Config};
+use custom_error_pages::decide::Decision;
+use custom_error_pages::{error_service, gcp, negotiate, reply, request::StaticRequest};
+use std::process::ExitCode;
+
+const USAGE: &str = "usage:
+  policy check FILE
+  policy explain FILE --host H --path P --status N [--header name:value]... [--route NAME] [--source proxy|upstream]
+  policy import-gcp URLMAP.json --service BACKEND=CLUSTER [--service ...]";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("check") => check(&args[1..]),
+        Some("explain") => explain(&args[1..]),
+        Some("import-gcp") => import(&args[1..]),
+        _ => Err(USAGE.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn read(path: Option<&String>) -> Result<Vec<u8>, String> {
+    let path = path.ok_or(USAGE)?;
+    std::fs::read(path).map_err(|e| format!("{path}: {e}"))
+}
+
+fn load(path: Option<&String>) -> Result<Config, String> {
+    let cfg = config::load(&read(path)?).map_err(|e| e.to_string())?;
+    for w in &cfg.warnings {
+        eprintln!("warning: {w}");
+    }
+    Ok(cfg)
+}
+
+fn check(args: &[String]) -> Result<(), String> {
+    let cfg = load(args.first())?;
+    let rules: usize = cfg.policies.iter().map(|p| p.rules.len()).sum();
+    println!("ok: {rules} rules in {} policies, {} path matchers", cfg.policies.len(), cfg.matchers.len());
+    Ok(())
+}
+
+/// `--flag value` pairs after the file.
+fn flags(args: &[String]) -> Result<Vec<(String, String)>, String> {
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value\n{USAGE}"))?;
+        out.push((flag.trim_start_matches("--").to_string(), value.clone()));
+    }
+    Ok(out)
+}
+
+fn explain(args: &[String]) -> Result<(), String> {
+    let cfg = load(args.first())?;
+    let mut req = StaticRequest::default();
+    let mut status = None;
+    let mut method = "GET".to_string();
+    for (k, v) in flags(args.get(1..).unwrap_or(&[]))? {
+        match k.as_str() {
+            "host" => req.authority = v,
+            "path" => req.path = v,
+            "status" => status = Some(v.parse::<u16>().map_err(|_| format!("--status {v}: not a status code"))?),
+            "header" => {
+                let (name, value) = v.split_once(':').ok_or_else(|| format!("--header {v}: expected name:value"))?;
+                req.headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+            }
+            "route" => req.route_name = Some(v),
+            "source" => req.from_proxy = v == "proxy",
+            "method" => method = v,
+            other => return Err(format!("unknown option --{other}\n{USAGE}")),
+        }
+    }
+    let status = status.ok_or("--status is required")?;
+    if req.path.is_empty() {
+        req.path = "/".into();
+    }
+    let mut trace = Vec::new();
+    let decision = cfg.decide_traced(status, &mut req, Some(&mut trace));
+    for line in &trace {
+        println!("- {line}");
+    }
+    match decision {
+        Decision::None => println!("result: {status} passes through untouched"),
+        Decision::Passthrough(rule) => println!("result: {status} passes through untouched (passthrough rule {})", rule.id),
+        Decision::Serve(rule, serve) => {
+            let accept = req.headers.iter().find(|(k, _)| k == "accept").map(|(_, v)| v.as_str());
+            let variant = negotiate::choose(serve, accept);
+            let served = reply::served_status(serve, status);
+            println!("result: served by {} (level: {})", rule.id, rule.level.as_str());
+            println!("  status: {served}{}", if served != status { format!(" (overrides {status})") } else { String::new() });
+            println!("  variant: {}", variant.content_type);
+            match (&variant.path, cfg.service(serve.service)) {
+                (Some(p), Some(svc)) => {
+                    println!("  object: GET {} from cluster \"{}\" (authority {}, timeout {} ms, cached up to {} s)",
+                        error_service::object_path(p, status), svc.cluster, svc.authority, svc.timeout_ms, svc.cache_ttl_s);
+                    match variant.body.as_ref().or(serve.default.body.as_ref()) {
+                        Some(_) => println!("  if the fetch fails: the rule's inline body"),
+                        None => println!("  if the fetch fails: the built-in generic page"),
+                    }
+                }
+                _ => println!("  object: inline body ({} bytes)", variant.body.as_deref().unwrap_or("").len()),
+            }
+            if !serve.headers.is_empty() {
+                println!("  headers set: {}", serve.headers.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "));
+            }
+            if method == "HEAD" {
+                println!("  HEAD: status and headers only");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn import(args: &[String]) -> Result<(), String> {
+    let text = read(args.first())?;
+    let url_map: serde_json::Value = serde_json::from_slice(&text).map_err(|e| format!("URL map: not valid JSON: {e}"))?;
+    let mut services = Vec::new();
+    for (k, v) in flags(args.get(1..).unwrap_or(&[]))? {
+        match k.as_str() {
+            "service" => {
+                let (backend, cluster) = v.split_once('=').ok_or_else(|| format!("--service {v}: expected BACKEND=CLUSTER"))?;
+                services.push((backend.to_string(), cluster.to_string()));
+            }
+            other => return Err(format!("unknown option --{other}\n{USAGE}")),
+        }
+    }
+    let imported = gcp::import(&url_map, &services)?;
+    for n in &imported.notes {
+        eprintln!("note: {n}");
+    }
+    let text = serde_json::to_string_pretty(&imported.policy).map_err(|e| e.to_string())?;
+    // What we print must load in the filter.
+    config::load(text.as_bytes()).map_err(|e| format!("the imported policy does not load: {e}"))?;
+    println!("{text}");
+    Ok(())
+}

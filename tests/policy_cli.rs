@@ -1,0 +1,83 @@
+//! The `policy` command-line tool: check, explain, import-gcp (host binary, same engine).
+
+use std::process::Command;
+
+fn policy(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_policy")).args(args).output().unwrap();
+    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn data(name: &str) -> String {
+    format!("{}/tests/data/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn sample() -> String {
+    format!("{}/envoy/policy.json", env!("CARGO_MANIFEST_DIR"))
+}
+
+fn temp(name: &str, text: &str) -> String {
+    let p = std::env::temp_dir().join(format!("policy-cli-{}-{name}", std::process::id()));
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+#[test]
+fn check_accepts_good_and_refuses_bad_with_field_path() {
+    let (ok, out, _) = policy(&["check", &sample()]);
+    assert!(ok, "{out}");
+    assert!(out.starts_with("ok: "), "{out}");
+    let bad = temp("bad.json", r#"{"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["4x4"], "body": "x"}]}}"#);
+    let (ok, _, err) = policy(&["check", &bad]);
+    assert!(!ok);
+    assert_eq!(err.trim(), "defaultCustomErrorResponsePolicy.errorResponseRules[0].matchResponseCodes[0]: \"4x4\" is not a code (400-599), a class (\"4xx\", \"5xx\") or a range (\"502-504\")");
+    let (ok, _, err) = policy(&["check", "/nonexistent/policy.json"]);
+    assert!(!ok && err.contains("/nonexistent/policy.json"));
+}
+
+#[test]
+fn explain_names_level_rule_and_object() {
+    let (ok, out, err) = policy(&["explain", &sample(), "--host", "shop.localhost", "--path", "/images/a.png", "--status", "404"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("host \"shop.localhost\" selects path matcher \"shop\""), "{out}");
+    assert!(out.contains("the request matches pathMatchers[0].pathRules[0]"), "{out}");
+    assert!(out.contains("result: served by pathMatchers[0].pathRules[0].customErrorResponsePolicy.errorResponseRules[0] (level: pathRule)"), "{out}");
+    assert!(out.contains("status: 200 (overrides 404)"), "{out}");
+    assert!(out.contains("object: GET /images/missing.svg from cluster \"error_pages\""), "{out}");
+}
+
+#[test]
+fn explain_fall_through_negotiation_and_passthrough() {
+    let (_, out, _) = policy(&["explain", &sample(), "--host", "shop.localhost", "--path", "/x", "--status", "503", "--source", "upstream"]);
+    assert!(out.contains("pathMatchers[0].defaultCustomErrorResponsePolicy has no rule for 503: deferring to the level above"), "{out}");
+    assert!(out.contains("result: served by defaultCustomErrorResponsePolicy.errorResponseRules[1] (level: proxy)"), "{out}");
+    let (_, out, _) = policy(&["explain", &sample(), "--host", "x", "--path", "/x", "--status", "404", "--header", "accept: application/json"]);
+    assert!(out.contains("variant: application/json") && out.contains("GET /errors/404.json"), "{out}");
+    let (_, out, _) = policy(&["explain", &sample(), "--host", "api.localhost", "--path", "/x", "--status", "404"]);
+    assert!(out.contains("result: 404 passes through untouched (passthrough rule pathMatchers[1].routeRules[1]"), "{out}");
+    let (_, out, _) = policy(&["explain", &sample(), "--host", "x", "--path", "/", "--status", "302"]);
+    assert!(out.contains("no rule at any level covers 302"), "{out}");
+    let (ok, _, err) = policy(&["explain", &sample(), "--host", "x"]);
+    assert!(!ok && err.contains("--status is required"));
+}
+
+#[test]
+fn import_gcp_url_map() {
+    let (ok, out, err) = policy(&["import-gcp", &data("gcp-urlmap.json"), "--service", "error-pages=error_pages", "--service", "error-api=error_api"]);
+    assert!(ok, "{err}");
+    let p: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(p["defaultCustomErrorResponsePolicy"]["errorService"], "error_pages");
+    assert_eq!(p["defaultCustomErrorResponsePolicy"]["errorResponseRules"][0]["overrideResponseCode"], 503);
+    assert_eq!(p["hostRules"][0]["hosts"][1], "*.shop.example.com");
+    assert_eq!(p["pathMatchers"][0]["pathRules"].as_array().unwrap().len(), 1, "a path rule without an error policy is routing only");
+    assert_eq!(p["pathMatchers"][1]["routeRules"][0]["customErrorResponsePolicy"]["errorService"], "error_api");
+    assert_eq!(p["pathMatchers"][1]["routeRules"][0]["matchRules"].as_array().unwrap().len(), 1);
+    assert!(err.contains("pathTemplateMatch: not supported"), "{err}");
+    assert!(err.contains("metadataFilters: not used for error responses"), "{err}");
+    // the output loads in the filter
+    let f = temp("imported.json", &out);
+    assert!(policy(&["check", &f]).0);
+    // a backend without a mapping is an error naming it
+    let (ok, _, err) = policy(&["import-gcp", &data("gcp-urlmap.json"), "--service", "error-pages=error_pages"]);
+    assert!(!ok);
+    assert!(err.contains("pathMatchers[1].routeRules[0].customErrorResponsePolicy.errorService: no --service mapping for backend \"error-api\""), "{err}");
+}
