@@ -46,8 +46,9 @@ impl Config {
             note(&|| format!("no rule at any level covers {status}: the response passes through"));
             return Decision::None;
         }
-        let from_proxy = self.uses_source && req.from_proxy();
-        if self.uses_source {
+        let source_matters = self.source_codes.contains(status);
+        let from_proxy = source_matters && req.from_proxy();
+        if source_matters {
             note(&|| format!("the response counts as made by the {}", if from_proxy { "proxy" } else { "upstream" }));
         }
         let mut chain: [Option<usize>; 3] = [None, None, self.proxy_policy];

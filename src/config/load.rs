@@ -33,7 +33,7 @@ struct Loader {
     services: Vec<ErrorService>,
     policies: Vec<Policy>,
     codes: CodeSet,
-    uses_source: bool,
+    source_codes: CodeSet,
 }
 
 /// What a policy inherits from above it.
@@ -116,7 +116,7 @@ impl Loader {
             hosts,
             matchers,
             codes: self.codes,
-            uses_source: self.uses_source,
+            source_codes: self.source_codes,
             warnings,
         })
     }
@@ -359,7 +359,11 @@ impl Loader {
             }
         };
         if source != Source::Any {
-            self.uses_source = true;
+            for spec in &specs {
+                for c in spec.lo..=spec.hi {
+                    self.source_codes.insert(c);
+                }
+            }
         }
         let service = match o.get("errorService") {
             Some(v) => Some(self.service(v, &o.field_path("errorService"))?),

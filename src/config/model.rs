@@ -115,8 +115,9 @@ pub struct Config {
     pub matchers: Vec<PathMatcher>,
     /// Every code some rule covers: any other status passes with no further work.
     pub codes: CodeSet,
-    /// Whether some rule depends on `source` (then the adapter must read code details).
-    pub uses_source: bool,
+    /// Codes some rule with a `source` covers: only for these does the decision need to
+    /// know who made the response (a host call to read Envoy's code details).
+    pub source_codes: CodeSet,
     /// Non-fatal findings, logged at load (e.g. a path matcher no host rule names).
     pub warnings: Vec<String>,
 }
