@@ -2,7 +2,7 @@
 WASM := target/wasm32-wasip1/release/custom_error_pages.wasm
 PY := .tools/venv/bin/python
 
-.PHONY: setup build test unit e2e run bench soak clean
+.PHONY: setup build test unit e2e run bench soak load clean
 
 setup:
 	scripts/setup.sh
@@ -28,6 +28,10 @@ bench: build
 soak: build
 	scripts/setup.sh bench
 	$(PY) bench/run.py --soak
+
+load: build
+	scripts/setup.sh bench
+	$(PY) bench/run.py --load
 
 clean:
 	cargo clean

@@ -55,6 +55,8 @@ impl Loader {
             None => None,
         };
 
+        #[cfg(feature = "trap-test")]
+        let test_trap_on_path = o.opt_str("testTrapOnPath")?.map(str::to_string);
         let mut matchers = Vec::new();
         let mut by_name: HashMap<String, usize> = HashMap::new();
         for (path, v) in o.opt_array("pathMatchers")? {
@@ -117,6 +119,8 @@ impl Loader {
             matchers,
             codes: self.codes,
             source_codes: self.source_codes,
+            #[cfg(feature = "trap-test")]
+            test_trap_on_path,
             warnings,
         })
     }

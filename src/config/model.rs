@@ -118,6 +118,9 @@ pub struct Config {
     /// Codes some rule with a `source` covers: only for these does the decision need to
     /// know who made the response (a host call to read Envoy's code details).
     pub source_codes: CodeSet,
+    /// Test-only (feature `trap-test`): trap on this request path.
+    #[cfg(feature = "trap-test")]
+    pub test_trap_on_path: Option<String>,
     /// Non-fatal findings, logged at load (e.g. a path matcher no host rule names).
     pub warnings: Vec<String>,
 }

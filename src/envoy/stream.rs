@@ -101,6 +101,10 @@ impl Stream {
             return Action::Continue;
         }
         let config = self.config();
+        #[cfg(feature = "trap-test")]
+        if config.test_trap_on_path.as_deref().is_some_and(|p| facts.path() == p) {
+            panic!("trap-test: deliberate trap on {}", facts.path());
+        }
         let (rule, serve) = match config.decide(status, &mut facts) {
             Decision::None => return Action::Continue,
             Decision::Passthrough(rule) => {

@@ -35,10 +35,10 @@ def start_envoy(request, tmp_path, upstream, errors):
     """start_envoy(policy) -> a ready Envoy; stopped (and its log dumped on failure) after."""
     started = []
 
-    def start(policy, expect_ready=True, config=None):
+    def start(policy, expect_ready=True, config=None, error_service=None, wasm=None):
         d = tmp_path / f"envoy{len(started)}"
         d.mkdir()
-        e = Envoy(d, policy, upstream, errors, config=config)
+        e = Envoy(d, policy, upstream, error_service or errors, config=config, wasm=wasm)
         started.append(e)
         e.start(expect_ready=expect_ready)
         return e

@@ -24,7 +24,7 @@ ACCESS_LOG_FORMAT = (
 )
 
 
-def wasm_filter(policy, vm_id="custom_error_pages"):
+def wasm_filter(policy, vm_id="custom_error_pages", wasm=None):
     return {
         "name": "envoy.filters.http.wasm",
         "typed_config": {
@@ -34,7 +34,7 @@ def wasm_filter(policy, vm_id="custom_error_pages"):
                 "vm_config": {
                     "vm_id": vm_id,
                     "runtime": "envoy.wasm.runtime.v8",
-                    "code": {"local": {"filename": str(WASM)}},
+                    "code": {"local": {"filename": str(wasm or WASM)}},
                 },
                 "configuration": {
                     "@type": "type.googleapis.com/google.protobuf.StringValue",
@@ -68,11 +68,12 @@ def routes():
     ]
 
 
-def envoy_config(policy, admin_port, listener_port, upstream_port, errors_port, access_log):
+def envoy_config(policy, admin_port, listener_port, upstream_port, errors_port, access_log, wasm=None):
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
         "stat_prefix": "ingress",
         "codec_type": "AUTO",
+        "upgrade_configs": [{"upgrade_type": "websocket"}],
         "access_log": [{
             "name": "envoy.access_loggers.file",
             "typed_config": {
@@ -83,7 +84,7 @@ def envoy_config(policy, admin_port, listener_port, upstream_port, errors_port, 
         }],
         "route_config": {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes()}]},
         "http_filters": [
-            wasm_filter(policy),
+            wasm_filter(policy, wasm=wasm),
             {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
     }
@@ -123,13 +124,13 @@ class Response:
 
 
 class Envoy:
-    def __init__(self, workdir, policy, upstream, errors, config=None):
+    def __init__(self, workdir, policy, upstream, errors, config=None, wasm=None):
         self.workdir = Path(workdir)
         self.admin_port = free_port()
         self.port = free_port()
         self.access_log = self.workdir / "access.log"
         self.log = self.workdir / "envoy.log"
-        self.config = config or envoy_config(policy, self.admin_port, self.port, upstream.port, errors.port, self.access_log)
+        self.config = config or envoy_config(policy, self.admin_port, self.port, upstream.port, errors.port, self.access_log, wasm)
         self.proc = None
 
     def start(self, expect_ready=True, timeout=60):

@@ -48,6 +48,29 @@ class _Base(BaseHTTPRequestHandler):
 
 
 class UpstreamHandler(_Base):
+    def _raw_error(self, q, status):
+        """Faults the http.server API cannot express, written by hand."""
+        if "early" in q:  # an informational response before the final one
+            self.wfile.write(b"HTTP/1.1 %s Early\r\nlink: </a.css>; rel=preload\r\n\r\n" % q["early"].encode())
+            return False
+        if "reset_mid_body" in q:
+            self.wfile.write(b"HTTP/1.1 %d Error\r\ncontent-type: text/plain\r\ncontent-length: 100000\r\n\r\npartial body" % status)
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return True
+        return False
+
+    def _websocket(self):
+        self.send_response(101)
+        self.send_header("upgrade", "websocket")
+        self.send_header("connection", "Upgrade")
+        self.send_header("sec-websocket-accept", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+        self.end_headers()
+        self.wfile.flush()
+        data = self.connection.recv(1024)
+        self.connection.sendall(b"echo:" + data)
+        self.close_connection = True
+
     """`[/prefix]/status/NNN[?ct=..&bytes=N&chunked=1&delay_ms=N&empty=1]` answers NNN; anything
     else 200. Error responses carry headers that must never leak to the client."""
 
@@ -57,10 +80,15 @@ class UpstreamHandler(_Base):
         q = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         if "delay_ms" in q:
             time.sleep(int(q["delay_ms"]) / 1000)
+        if self.headers.get("upgrade", "").lower() == "websocket":
+            self._websocket()
+            return
         parts = url.path.strip("/").split("/")
         codes = [b for a, b in zip(parts, parts[1:]) if a == "status" and b.isdigit()]
         if codes:
             status = int(codes[0])
+            if self._raw_error(q, status):
+                return
             if "bytes" in q:
                 body = b"U" * int(q["bytes"])
             elif "empty" in q:
@@ -103,6 +131,58 @@ class ErrorServiceHandler(_Base):
         headers = [("content-type", page.get("ct", "text/html; charset=utf-8"))]
         headers += list(page.get("headers", []))
         self._send(page.get("status", 200), page["body"].encode() if isinstance(page["body"], str) else page["body"], headers)
+
+
+class RawErrorService:
+    """An error service that answers every request with `raw` bytes verbatim (None: accept,
+    read the request, then hang), then closes unless `keep_open`. Counts requests."""
+
+    def __init__(self, raw, keep_open=False):
+        self.raw, self.keep_open, self.count, self.conns = raw, keep_open, 0, []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        self.stopped = False
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self):
+        while not self.stopped:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        buf = b""
+        try:
+            while True:
+                while b"\r\n\r\n" not in buf:
+                    chunk = conn.recv(4096)
+                    if not chunk:
+                        return
+                    buf += chunk
+                _, buf = buf.split(b"\r\n\r\n", 1)
+                self.count += 1
+                if self.raw is None:
+                    continue  # hang: never answer
+                conn.sendall(self.raw)
+                if not self.keep_open:
+                    conn.shutdown(socket.SHUT_RDWR)
+                    return
+        except OSError:
+            return
+
+    def stop(self):
+        self.stopped = True
+        self.sock.close()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
 
 
 class Running:
