@@ -424,7 +424,7 @@ def load(b, args):
             f"| intercepted (counter) | {c('intercepted'):,} |",
             f"| fetched from the error service | {c('fetched'):,} |",
             f"| served from cache | {c('cache_hit'):,} |",
-            f"| fetch failures | {sum(c('fetch_failed.' + r) for r in ('dispatch', 'unreachable', 'timeout', 'status', 'too_large')):,} |",
+            f"| fetch failures | {sum(c('fetch_failed.' + r) for r in ('dispatch', 'unreachable', 'timeout', 'status', 'too_large', 'malformed')):,} |",
             f"| Envoy and the VM alive afterwards | {'yes' if alive else 'NO'} |",
             "", "The fetches are the cold-cache burst: each request that misses before the first fetch returns fetches too "
             "(one worker, no request coalescing), then every error is a cache hit.", "", "```", out.strip(), "```", ""]

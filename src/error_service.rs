@@ -53,11 +53,20 @@ pub enum FetchFailure {
     Status,
     /// Body over `maxBodyBytes`.
     TooLarge,
+    /// A header with control characters (CR, LF, NUL...) or bytes that are not UTF-8: an
+    /// answer we do not trust, whatever its body.
+    Malformed,
 }
 
 impl FetchFailure {
-    pub const ALL: [FetchFailure; 5] =
-        [FetchFailure::Dispatch, FetchFailure::Unreachable, FetchFailure::Timeout, FetchFailure::Status, FetchFailure::TooLarge];
+    pub const ALL: [FetchFailure; 6] = [
+        FetchFailure::Dispatch,
+        FetchFailure::Unreachable,
+        FetchFailure::Timeout,
+        FetchFailure::Status,
+        FetchFailure::TooLarge,
+        FetchFailure::Malformed,
+    ];
 
     pub fn as_str(&self) -> &'static str {
         match self {
@@ -66,6 +75,7 @@ impl FetchFailure {
             FetchFailure::Timeout => "timeout",
             FetchFailure::Status => "status",
             FetchFailure::TooLarge => "too_large",
+            FetchFailure::Malformed => "malformed",
         }
     }
 }
@@ -106,6 +116,10 @@ pub fn evaluate(
     if body_size > svc.max_body_bytes {
         return Err(FetchFailure::TooLarge);
     }
+    let clean = |v: &[u8]| std::str::from_utf8(v).is_ok_and(valid_header_value);
+    if headers.iter().any(|(k, v)| !clean(k.as_bytes()) || !clean(v)) {
+        return Err(FetchFailure::Malformed);
+    }
     let header_text = |name: &str| {
         get(name)
             .and_then(|v| std::str::from_utf8(v).ok())
@@ -114,7 +128,12 @@ pub fn evaluate(
             .map(str::to_string)
     };
     let content_type = header_text("content-type")
-        .filter(|ct| ct.split(';').next().is_some_and(|e| e.trim().split('/').all(|p| !p.is_empty() && p.bytes().all(is_token_byte))))
+        .filter(|ct| {
+            let essence = ct.split(';').next().unwrap_or("").trim();
+            essence.split_once('/').is_some_and(|(t, s)| {
+                !t.is_empty() && !s.is_empty() && t.bytes().all(is_token_byte) && s.bytes().all(is_token_byte)
+            })
+        })
         .unwrap_or_else(|| default_content_type.to_string());
     Ok(Meta { content_type, cache_control: header_text("cache-control") })
 }
@@ -155,10 +174,20 @@ mod tests {
     }
 
     #[test]
-    fn missing_or_bad_headers_fall_back_to_variant_type() {
-        let m = evaluate(&svc(), &h(&[(":status", b"200"), ("content-type", b"text/html\r\nx: y"), ("cache-control", &[0xff, 0xfe])]), 10, 3, "text/plain").unwrap();
+    fn missing_or_bad_content_type_falls_back_to_variant_type() {
+        let m = evaluate(&svc(), &h(&[(":status", b"200"), ("cache-control", b"")]), 10, 3, "text/plain").unwrap();
         assert_eq!(m.content_type, "text/plain");
         assert_eq!(m.cache_control, None);
+        let m = evaluate(&svc(), &h(&[(":status", b"200"), ("content-type", b"html")]), 10, 3, "text/plain").unwrap();
+        assert_eq!(m.content_type, "text/plain");
+    }
+
+    #[test]
+    fn control_characters_or_non_utf8_in_any_header_is_malformed() {
+        for bad in [&b"text/html\r\nx: y"[..], b"a\0b", b"a\rb", &[0xff, 0xfe]] {
+            assert_eq!(evaluate(&svc(), &h(&[(":status", b"200"), ("x-any", bad)]), 10, 3, "t/t"), Err(FetchFailure::Malformed));
+        }
+        assert!(evaluate(&svc(), &h(&[(":status", b"200"), ("x-any", b"tab\tok")]), 10, 3, "t/t").is_ok());
     }
 
     #[test]

@@ -175,25 +175,27 @@ fn hostile_policies_load_or_fail_with_a_field_path_never_panic() {
 
 /// Replaces one random node of a valid policy with random JSON.
 fn mutate(rng: &mut Rng, mut v: Value) -> Value {
-    let mut node = &mut v;
+    let mut pointer = String::new();
+    let mut node = &v;
     for _ in 0..rng.below(7) {
-        let next = match node {
-            Value::Object(m) if !m.is_empty() => {
-                let k = m.keys().nth(rng.below(m.len())).cloned().unwrap();
-                m.get_mut(&k)
-            }
-            Value::Array(a) if !a.is_empty() => {
-                let i = rng.below(a.len());
-                a.get_mut(i)
-            }
+        let step = match node {
+            Value::Object(m) if !m.is_empty() => m.keys().nth(rng.below(m.len())).cloned(),
+            Value::Array(a) if !a.is_empty() => Some(rng.below(a.len()).to_string()),
             _ => None,
         };
-        match next {
+        let Some(step) = step else { break };
+        pointer.push('/');
+        pointer.push_str(&step.replace('~', "~0").replace('/', "~1"));
+        match node.pointer(&pointer) {
             Some(n) => node = n,
             None => break,
         }
     }
-    *node = random_value(rng, 3);
+    let replacement = random_value(rng, 3);
+    match v.pointer_mut(&pointer) {
+        Some(n) => *n = replacement,
+        None => v = replacement,
+    }
     v
 }
 

@@ -11,7 +11,7 @@ pub(crate) struct Metrics {
     pub inline: Option<u32>,
     pub fallback: Option<u32>,
     pub passthrough: Option<u32>,
-    fetch_failed: [Option<u32>; 5],
+    fetch_failed: [Option<u32>; 6],
 }
 
 const PREFIX: &str = "custom_error_pages";

@@ -22,9 +22,8 @@ RAW = {
     "reset mid-body": (b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 500\r\n\r\npartial", False),
     "content-length longer than body, kept open": (b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: 500\r\n\r\npartial", True),
     "no content-length, kept open": (b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\n\r\nbody without end", True),
-    "CR inside a header": (b"HTTP/1.1 200 OK\r\nx-bad: a\rb\r\ncontent-length: 4\r\n\r\nbody", False),
     "NUL inside a header": (b"HTTP/1.1 200 OK\r\nx-bad: a\x00b\r\ncontent-length: 4\r\n\r\nbody", False),
-    "LF-split header (injection)": (b"HTTP/1.1 200 OK\r\ncontent-type: text/html\nset-cookie: evil=1\r\ncontent-length: 4\r\n\r\nbody", False),
+    "non-UTF-8 header bytes": (b"HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=\xff\xfe\r\ncontent-length: 4\r\n\r\nbody", False),
     "garbage instead of HTTP": (b"\x00\xff\xfe not http at all\r\n\r\n", False),
     "accept then hang": (None, True),
     "5xx": (b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 4\r\n\r\ndown", False),
@@ -53,14 +52,19 @@ def test_error_service_fault_ends_in_fallback_uncached(start_envoy, case):
         svc.stop()
 
 
-def test_error_service_non_utf8_header_is_dropped_object_served(start_envoy):
-    svc = RawErrorService(b"HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=\xff\xfe\r\ncache-control: max-age=\xff\r\ncontent-length: 4\r\n\r\nbody")
+@pytest.mark.parametrize("raw", [
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/html\nset-cookie: evil=1\r\ncontent-length: 4\r\n\r\nbody",
+    b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\nx-bad: a\rset-cookie: evil=1\r\ncontent-length: 4\r\n\r\nbody",
+], ids=["bare LF", "bare CR"])
+def test_error_service_cr_lf_cannot_inject_a_header(start_envoy, raw):
+    # Envoy's codec reads a bare LF as a line end and sanitises a bare CR: what reaches the
+    # filter is well-formed headers, and only content-type and cache-control are ever copied.
+    svc = RawErrorService(raw)
     try:
         e = start_envoy(policy(), error_service=svc)
         r = e.request("/status/502")
-        # malformed headers are not copied; the object is served with the rule's type
-        assert (r.status, r.body, r.header("content-type")) == (502, b"body", "text/html; charset=utf-8"), r
-        assert r.header("cache-control") is None
+        assert (r.status, r.body, r.header("content-type")) == (502, b"body", "text/html"), r
+        assert r.header("set-cookie") is None and r.header("x-bad") is None
     finally:
         svc.stop()
 
