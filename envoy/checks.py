@@ -6,6 +6,7 @@ the native test harness (tests/e2e/test_sample_config.py) and the docker-compose
 import http.client
 import json
 import sys
+import time
 from urllib.parse import urlsplit
 
 
@@ -22,13 +23,19 @@ def request(base, path, host=None, headers=None):
         c.close()
 
 
-def counter(admin, name):
-    _, _, body = request(admin, "/stats")
-    for line in body.decode().splitlines():
-        key, _, value = line.partition(": ")
-        if key == "wasmcustom.custom_error_pages." + name and value.strip().isdigit():
-            return int(value)
-    return 0
+def counter(admin, name, at_least):
+    """Counters reach Envoy's stats on the filter's 100 ms tick: poll up to 3 s."""
+    deadline = time.monotonic() + 3
+    while True:
+        _, _, body = request(admin, "/stats")
+        value = 0
+        for line in body.decode().splitlines():
+            key, _, v = line.partition(": ")
+            if key == "wasmcustom.custom_error_pages." + name and v.strip().isdigit():
+                value = int(v)
+        if value >= at_least or time.monotonic() > deadline:
+            return value
+        time.sleep(0.05)
 
 
 def run(base, admin):
@@ -65,8 +72,8 @@ def run(base, admin):
     s, h, b = request(base, "/checkout", host="api.localhost")
     check("route rule by Envoy route name", s == 503 and b"Checkout is unavailable" in b)
     if admin:
-        check("counters: passthrough counted", counter(admin, "passthrough") >= 1)
-        check("counters: intercepted counted", counter(admin, "intercepted") >= 11)
+        check("counters: passthrough counted", counter(admin, "passthrough", 1) >= 1)
+        check("counters: intercepted counted", counter(admin, "intercepted", 11) >= 11)
     return results
 
 

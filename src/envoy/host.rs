@@ -29,6 +29,7 @@ extern "C" {
     fn proxy_get_current_time_nanoseconds(out: *mut u64) -> u32;
     fn proxy_define_metric(kind: u32, name: *const u8, name_len: usize, out: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+    fn proxy_set_tick_period_milliseconds(ms: u32) -> u32;
 }
 
 /// Takes ownership of a host-allocated buffer (allocated through the SDK's exported
@@ -208,13 +209,18 @@ pub fn define_counter(name: &str) -> Option<u32> {
     (status == OK).then_some(id)
 }
 
-pub fn increment(id: Option<u32>) {
+pub fn add(id: Option<u32>, n: u64) {
     if let Some(id) = id {
         // SAFETY: no pointers.
         unsafe {
-            proxy_increment_metric(id, 1);
+            proxy_increment_metric(id, n.min(i64::MAX as u64) as i64);
         }
     }
+}
+
+pub fn set_tick_ms(ms: u32) -> bool {
+    // SAFETY: no pointers.
+    unsafe { proxy_set_tick_period_milliseconds(ms) == OK }
 }
 
 /// proxy-wasm map encoding: count, (key len, value len)*, then each `key\0value\0`.

@@ -13,7 +13,7 @@ use log::{error, info, warn};
 use metrics::Metrics;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{ContextType, LogLevel};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 
 proxy_wasm::main! {{
@@ -26,7 +26,13 @@ pub(crate) struct Worker {
     pub config: Rc<Config>,
     pub cache: RefCell<Cache>,
     pub metrics: Metrics,
+    /// Milliseconds since the epoch, refreshed on every tick: cache hits read it instead of
+    /// asking the host for the time (entries may outlive their TTL by up to one tick).
+    pub clock: Cell<u64>,
 }
+
+/// The root context's tick: refreshes the clock and flushes counters.
+const TICK_MS: u32 = 100;
 
 #[derive(Default)]
 struct Root {
@@ -49,11 +55,18 @@ impl RootContext for Root {
                     cfg.matchers.len(),
                     cfg.services.len()
                 );
+                if let Some(old) = &self.worker {
+                    old.metrics.flush();
+                }
                 self.worker = Some(Rc::new(Worker {
                     config: Rc::new(cfg),
                     cache: RefCell::new(Cache::default()),
                     metrics: Metrics::define(),
+                    clock: Cell::new(host::now_ms()),
                 }));
+                if !host::set_tick_ms(TICK_MS) {
+                    warn!("custom-error-pages: no tick: counters will not reach /stats");
+                }
                 true
             }
             Err(e) => {
@@ -62,6 +75,13 @@ impl RootContext for Root {
                 error!("custom-error-pages: invalid policy: {e}");
                 false
             }
+        }
+    }
+
+    fn on_tick(&mut self) {
+        if let Some(w) = &self.worker {
+            w.clock.set(host::now_ms());
+            w.metrics.flush();
         }
     }
 

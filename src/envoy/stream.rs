@@ -108,7 +108,7 @@ impl Stream {
         let (rule, serve) = match config.decide(status, &mut facts) {
             Decision::None => return Action::Continue,
             Decision::Passthrough(rule) => {
-                host::increment(self.worker.metrics.passthrough);
+                self.worker.metrics.passthrough.bump();
                 debug!("[ctx {}] {status} passes through by {}", self.id, rule.id);
                 record(status, status, &rule.id, "passthrough");
                 self.phase = Phase::Done;
@@ -116,7 +116,7 @@ impl Stream {
             }
             Decision::Serve(rule, serve) => (rule, serve),
         };
-        host::increment(self.worker.metrics.intercepted);
+        self.worker.metrics.intercepted.bump();
         let accept = facts.header("accept");
         let variant = negotiate::choose(serve, accept.as_deref());
         facts.served = reply::served_status(serve, status);
@@ -145,9 +145,8 @@ impl Stream {
         };
         let path = error_service::object_path(path_template, facts.status);
         let key = cache::key(service, &path, &variant.content_type);
-        let now = host::now_ms();
-        if let Some(object) = self.worker.cache.borrow_mut().get(&key, now) {
-            host::increment(self.worker.metrics.cache_hit);
+        if let Some(object) = self.worker.cache.borrow_mut().get(&key, self.worker.clock.get()) {
+            self.worker.metrics.cache_hit.bump();
             return Ok(Some((object, Outcome::Cache)));
         }
         let format = negotiate::essence(&variant.content_type).to_string();
@@ -157,11 +156,11 @@ impl Stream {
         match host::dispatch(&svc.cluster, &headers, svc.timeout_ms) {
             Some(token) => {
                 debug!("[ctx {}] {}: fetching {path} from {}", self.id, facts.status, svc.cluster);
-                Err(Call { token, service, cache_key: key, started_ms: now })
+                Err(Call { token, service, cache_key: key, started_ms: host::now_ms() })
             }
             None => {
                 warn!("[ctx {}] cannot call error service cluster \"{}\" (is it defined?)", self.id, svc.cluster);
-                host::increment(self.worker.metrics.fetch_failed(FetchFailure::Dispatch));
+                self.worker.metrics.fetch_failed(FetchFailure::Dispatch).bump();
                 Ok(None)
             }
         }
@@ -171,11 +170,11 @@ impl Stream {
     /// original response headers are still readable.
     fn prepare(&self, reply: Reply, serve: &Serve, rule_id: &str, facts: &Facts) -> Ready {
         let m = &self.worker.metrics;
-        host::increment(match reply.outcome {
-            Outcome::Cache | Outcome::Fetched => None, // counted where they happen
-            Outcome::Inline => m.inline,
-            Outcome::Fallback => m.fallback,
-        });
+        match reply.outcome {
+            Outcome::Cache | Outcome::Fetched => {} // counted where they happen
+            Outcome::Inline => m.inline.bump(),
+            Outcome::Fallback => m.fallback.bump(),
+        }
         record(facts.status, reply.status, rule_id, reply.outcome.as_str());
         let headers = reply::headers(&reply, serve, &host::response_headers());
         Ready { status: reply.status, headers, body: reply.body }
@@ -219,20 +218,20 @@ impl Stream {
         let object = match error_service::evaluate(svc, &headers, body_size, now.saturating_sub(fetch.call.started_ms), &variant.content_type) {
             Ok(meta) => match host::call_response_body(body_size) {
                 Some(body) => {
-                    host::increment(self.worker.metrics.fetched);
+                    self.worker.metrics.fetched.bump();
                     let ttl = cache::ttl_seconds(meta.cache_control.as_deref(), svc.cache_ttl_s);
                     let object = Rc::new(Object { body: body.into(), content_type: meta.content_type, cache_control: meta.cache_control });
                     self.worker.cache.borrow_mut().put(std::mem::take(&mut fetch.call.cache_key), object.clone(), ttl, now);
                     Some((object, Outcome::Fetched))
                 }
                 None => {
-                    host::increment(self.worker.metrics.fetch_failed(FetchFailure::Unreachable));
+                    self.worker.metrics.fetch_failed(FetchFailure::Unreachable).bump();
                     None
                 }
             },
             Err(f) => {
                 debug!("[ctx {}] error service {}: fetch failed: {}", self.id, svc.cluster, f.as_str());
-                host::increment(self.worker.metrics.fetch_failed(f));
+                self.worker.metrics.fetch_failed(f).bump();
                 None
             }
         };

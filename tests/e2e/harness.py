@@ -199,8 +199,15 @@ class Envoy:
                 out[k] = int(v)
         return out
 
-    def counter(self, name):
-        return self.stats(name).get(f"wasmcustom.custom_error_pages.{name}", 0)
+    def counter(self, name, expect, timeout=3.0):
+        """The filter adds its counts to Envoy's stats on a 100 ms tick: poll until the
+        counter shows `expect` (for 0, until it has stayed 0 past three ticks)."""
+        deadline = time.monotonic() + (0.35 if expect == 0 else timeout)
+        while True:
+            value = self.stats(name).get(f"wasmcustom.custom_error_pages.{name}", 0)
+            if (value == expect and expect != 0) or time.monotonic() > deadline:
+                return value
+            time.sleep(0.05)
 
     def log_text(self):
         try:

@@ -20,11 +20,11 @@ def test_second_identical_error_is_served_from_cache(start_envoy, errors):
     # {status} makes another object: its own fetch (error service 404 -> fallback, not cached)
     assert b"410 Gone" in e.request("/status/410").body
     assert len(errors.requests_to("/e/410.html")) == 1
-    assert e.counter("intercepted") == 4
-    assert e.counter("fetched") == 1
-    assert e.counter("cache_hit") == 2
-    assert e.counter("fetch_failed.status") == 1
-    assert e.counter("fallback") == 1
+    assert e.counter("intercepted", 4) == 4
+    assert e.counter("fetched", 1) == 1
+    assert e.counter("cache_hit", 2) == 2
+    assert e.counter("fetch_failed.status", 1) == 1
+    assert e.counter("fallback", 1) == 1
     line = e.wait_access_line("GET /status/410")
     assert "original=410" in line and "filter_served=410" in line and "outcome=fallback" in line, line
     line = e.wait_access_line("outcome=cache")
@@ -110,7 +110,7 @@ def test_passthrough_stops_fall_through(start_envoy, errors):
     assert r.status == 404 and b"UPSTREAM-ERROR-BODY" in r.body and r.header("content-type") == "application/json"
     # twin: a code the passthrough rule does not list still falls through to the proxy level
     assert e.request("/status/400", host="api.test").body == b"proxy-wide page"
-    assert e.counter("passthrough") == 1
+    assert e.counter("passthrough", 1) == 1
     line = e.wait_access_line("outcome=passthrough")
     assert "rule=pathMatchers[0].defaultCustomErrorResponsePolicy.errorResponseRules[0]" in line
 

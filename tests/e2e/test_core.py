@@ -233,8 +233,8 @@ def test_error_service_failures_degrade_to_fallback(start_envoy, errors, case):
         assert len(errors.requests_to("/e.html")) == before + 1
     reason = {"down": "unreachable", "slow": "timeout", "failing": "status", "oversized": "too_large",
               "unknown_cluster": "dispatch", "reset": "unreachable"}[case]
-    assert e.counter(f"fetch_failed.{reason}") == 1
-    assert e.counter("fallback") == 1
+    assert e.counter(f"fetch_failed.{reason}", 1) == 1
+    assert e.counter("fallback", 1) == 1
 
 
 def test_upstream_connection_kept_alive_and_large_body_swallowed(start_envoy, errors, upstream):

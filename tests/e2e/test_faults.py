@@ -45,8 +45,8 @@ def test_error_service_fault_ends_in_fallback_uncached(start_envoy, case):
             assert time.monotonic() - t0 < 5  # bounded by timeoutMs, never a hang
             # nothing cached: every error asks the error service again
             assert svc.count >= attempt, (case, svc.count)
-        assert e.counter("fallback") == 2
-        assert e.counter("cache_hit") == 0
+        assert e.counter("fallback", 2) == 2
+        assert e.counter("cache_hit", 0) == 0
         assert "panicked" not in e.log_text()
     finally:
         svc.stop()
@@ -136,7 +136,7 @@ def test_websocket_upgrade_untouched(start_envoy, errors):
     s.sendall(b"ping")
     assert s.recv(1024) == b"echo:ping"
     s.close()
-    assert e.counter("intercepted") == 0
+    assert e.counter("intercepted", 0) == 0
 
 
 @pytest.fixture(scope="session")
