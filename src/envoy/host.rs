@@ -30,6 +30,7 @@ extern "C" {
     fn proxy_define_metric(kind: u32, name: *const u8, name_len: usize, out: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_set_tick_period_milliseconds(ms: u32) -> u32;
+    fn proxy_set_effective_context(context_id: u32) -> u32;
 }
 
 /// Takes ownership of a host-allocated buffer (allocated through the SDK's exported
@@ -216,6 +217,12 @@ pub fn add(id: Option<u32>, n: u64) {
             proxy_increment_metric(id, n.min(i64::MAX as u64) as i64);
         }
     }
+}
+
+/// Makes the following host calls act on another request's stream (false: it is gone).
+pub fn set_effective_context(context_id: u32) -> bool {
+    // SAFETY: no pointers.
+    unsafe { proxy_set_effective_context(context_id) == OK }
 }
 
 pub fn set_tick_ms(ms: u32) -> bool {

@@ -29,6 +29,8 @@ pub(crate) struct Worker {
     /// Milliseconds since the epoch, refreshed on every tick: cache hits read it instead of
     /// asking the host for the time (entries may outlive their TTL by up to one tick).
     pub clock: Cell<u64>,
+    /// Error-object fetches in flight, with the requests waiting on them.
+    pub flights: RefCell<stream::Flights>,
 }
 
 /// The root context's tick: refreshes the clock and flushes counters.
@@ -63,6 +65,7 @@ impl RootContext for Root {
                     cache: RefCell::new(Cache::default()),
                     metrics: Metrics::define(),
                     clock: Cell::new(host::now_ms()),
+                    flights: RefCell::new(Default::default()),
                 }));
                 if !host::set_tick_ms(TICK_MS) {
                     warn!("custom-error-pages: no tick: counters will not reach /stats");

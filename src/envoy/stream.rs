@@ -12,6 +12,11 @@
 //!   page before that, so it cannot close early; the upstream connection goes back to the
 //!   pool. (A local reply at this point resets the upstream request and closes that
 //!   connection: what Envoy's native `custom_response` filter does on every error.)
+//! - Concurrent misses for one object do not stampede the error service: the first request
+//!   fetches (the leader), the others wait on its flight and are completed by the leader
+//!   when the answer arrives (host calls switched to their context with
+//!   `set_effective_context`; Envoy defers their resumption until the leader's callback
+//!   returns). Should the leader's request die first, its waiters get the fallback.
 //! - An original body over `MAX_DROP_BYTES` is not waited for: the object goes out with
 //!   the chunk that crosses the limit.
 //! - The upstream response has no body (HEAD, `content-length: 0`, Envoy's own replies
@@ -22,15 +27,17 @@ use super::facts::Facts;
 use super::host;
 use super::Worker;
 use crate::cache::{self, Object};
-use crate::config::{Config, RuleKind, Serve, Variant};
+use crate::config::{Config, Rule, RuleKind, Serve, Variant};
 use crate::decide::Decision;
 use crate::error_service::{self, CallFacts, FetchFailure};
 use crate::negotiate;
-use crate::reply::{self, Outcome, Reply};
+use crate::reply::{self, Outcome};
 use crate::request::RequestView;
 use log::{debug, warn};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 
 /// Original error body we drop while waiting for its end before we send the object anyway.
@@ -40,8 +47,11 @@ const MAX_DROP_BYTES: usize = 64 * 1024;
 enum Phase {
     /// Nothing decided yet (or nothing to do).
     Idle,
-    /// Headers paused while the error object is fetched.
-    Fetching(Box<Fetch>),
+    /// Headers paused while this request fetches the error object.
+    Fetching { call: Call, pending: Box<Pending> },
+    /// Headers paused while another request fetches the same object; that request puts
+    /// this one's next phase in the slot.
+    Waiting(Slot),
     /// Replacement headers sent; the original body is dropped and the object goes out with
     /// its last chunk.
     Streaming { body: Rc<[u8]>, sent: bool, dropped: usize },
@@ -50,9 +60,10 @@ enum Phase {
     Done,
 }
 
-/// A fetch in flight and what is needed to finish the reply when it answers.
-struct Fetch {
-    call: Call,
+type Slot = Rc<RefCell<Option<Phase>>>;
+
+/// What a request needs to finish once its object (or the lack of one) is known.
+struct Pending {
     rule: (usize, usize),
     variant: Option<usize>,
     facts: Facts,
@@ -68,11 +79,29 @@ struct Call {
     started_ms: u64,
 }
 
+/// A request waiting on another's fetch of the same object.
+pub(crate) struct Waiter {
+    id: u32,
+    slot: Slot,
+    pending: Box<Pending>,
+}
+
+/// Fetches in flight on this worker, by cache key, with their waiters.
+pub(crate) type Flights = HashMap<String, Vec<Waiter>>;
+
 /// A replacement ready to send: full header list (with `:status`) and body.
 struct Ready {
     status: u16,
     headers: Vec<(String, String)>,
     body: Rc<[u8]>,
+}
+
+/// What a cache miss turned into.
+enum Miss {
+    /// This request leads a new fetch.
+    Lead(Call),
+    /// Another request is fetching the same object: wait on it under this key.
+    Follow(String),
 }
 
 pub(crate) struct Stream {
@@ -120,23 +149,34 @@ impl Stream {
         let accept = facts.header("accept");
         let variant = negotiate::choose(serve, accept.as_deref());
         facts.served = reply::served_status(serve, status);
-        match self.lookup(serve, variant, &mut facts) {
+        let variant_index = serve.variants.iter().position(|v| std::ptr::eq(v, variant));
+        let lookup = self.lookup(serve, variant, &mut facts);
+        let mut pending = Box::new(Pending { rule: rule.at, variant: variant_index, facts, headers_only: end_of_stream });
+        match lookup {
             Ok(object) => {
-                let needed = reply::needs_vars(serve, variant, object.as_ref().map(|(o, _)| &**o));
-                let r = reply::build(serve, variant, object, &facts.vars_for(needed));
-                let ready = self.prepare(r, serve, &rule.id, &facts);
-                self.send(ready, end_of_stream)
+                let (phase, action) = finish(&self.worker, self.id, &mut pending, object);
+                self.phase = phase;
+                action
             }
-            Err(call) => {
-                let variant = serve.variants.iter().position(|v| std::ptr::eq(v, variant));
-                self.phase = Phase::Fetching(Box::new(Fetch { call, rule: rule.at, variant, facts, headers_only: end_of_stream }));
+            Err(Miss::Lead(call)) => {
+                self.worker.flights.borrow_mut().insert(call.cache_key.clone(), Vec::new());
+                self.phase = Phase::Fetching { call, pending };
+                Action::Pause
+            }
+            Err(Miss::Follow(key)) => {
+                let slot: Slot = Rc::new(RefCell::new(None));
+                if let Some(waiters) = self.worker.flights.borrow_mut().get_mut(&key) {
+                    waiters.push(Waiter { id: self.id, slot: slot.clone(), pending });
+                }
+                debug!("[ctx {}] waiting on the fetch in flight for {key}", self.id);
+                self.phase = Phase::Waiting(slot);
                 Action::Pause
             }
         }
     }
 
     /// The object from the cache, or none to fetch (inline body) — or a fetch dispatched.
-    fn lookup(&self, serve: &Serve, variant: &Variant, facts: &mut Facts) -> Result<Option<(Rc<Object>, Outcome)>, Call> {
+    fn lookup(&self, serve: &Serve, variant: &Variant, facts: &mut Facts) -> Result<Option<(Rc<Object>, Outcome)>, Miss> {
         let config = &self.worker.config;
         let Some(path_template) = &variant.path else { return Ok(None) };
         // Validation guarantees a service for every path; without one, serve the fallback.
@@ -149,6 +189,9 @@ impl Stream {
             self.worker.metrics.cache_hit.bump();
             return Ok(Some((object, Outcome::Cache)));
         }
+        if self.worker.flights.borrow().contains_key(&key) {
+            return Err(Miss::Follow(key));
+        }
         let format = negotiate::essence(&variant.content_type).to_string();
         let (uri, host_name, request_id) = (facts.path(), facts.authority(), facts.request_id());
         let call = CallFacts { original_status: facts.status, format: &format, original_uri: &uri, original_host: &host_name, request_id: &request_id };
@@ -156,7 +199,7 @@ impl Stream {
         match host::dispatch(&svc.cluster, &headers, svc.timeout_ms) {
             Some(token) => {
                 debug!("[ctx {}] {}: fetching {path} from {}", self.id, facts.status, svc.cluster);
-                Err(Call { token, service, cache_key: key, started_ms: host::now_ms() })
+                Err(Miss::Lead(Call { token, service, cache_key: key, started_ms: host::now_ms() }))
             }
             None => {
                 warn!("[ctx {}] cannot call error service cluster \"{}\" (is it defined?)", self.id, svc.cluster);
@@ -166,62 +209,25 @@ impl Stream {
         }
     }
 
-    /// Counts, records for the access log, and assembles the header list while the
-    /// original response headers are still readable.
-    fn prepare(&self, reply: Reply, serve: &Serve, rule_id: &str, facts: &Facts) -> Ready {
-        let m = &self.worker.metrics;
-        match reply.outcome {
-            Outcome::Cache | Outcome::Fetched => {} // counted where they happen
-            Outcome::Inline => m.inline.bump(),
-            Outcome::Fallback => m.fallback.bump(),
-        }
-        record(facts.status, reply.status, rule_id, reply.outcome.as_str());
-        let headers = reply::headers(&reply, serve, &host::response_headers());
-        Ready { status: reply.status, headers, body: reply.body }
-    }
-
-    /// Sends a ready replacement (see the module comment); returns the header action.
-    fn send(&mut self, ready: Ready, headers_only: bool) -> Action {
-        if headers_only {
-            // Envoy sets `:status` and content-length, and drops the body for HEAD itself.
-            let headers: Vec<(String, String)> =
-                ready.headers.into_iter().filter(|(k, _)| !k.starts_with(':') && k != "content-length").collect();
-            if !host::send_response(ready.status, &headers, &ready.body) {
-                warn!("[ctx {}] local reply refused by Envoy; the original response stands", self.id);
-                host::resume_response();
-            }
-            self.phase = Phase::Done;
-            return Action::Pause;
-        }
-        // The body goes out with the last original chunk; should the original end in
-        // trailers instead, no length must promise bytes that never come.
-        let headers: Vec<(String, String)> = ready.headers.into_iter().filter(|(k, _)| k != "content-length").collect();
-        host::set_response_headers(&headers);
-        self.phase = Phase::Streaming { body: ready.body, sent: false, dropped: 0 };
-        Action::Continue
-    }
-
-    fn finish_fetch(&mut self, mut fetch: Box<Fetch>, body_size: usize) {
+    fn finish_fetch(&mut self, call: Call, mut pending: Box<Pending>, body_size: usize) {
         let config = self.config();
-        let found = config.rule(fetch.rule.0, fetch.rule.1).and_then(|rule| match &rule.kind {
-            RuleKind::Serve(serve) => Some((rule, serve)),
-            RuleKind::Passthrough => None,
-        });
-        let (Some((rule, serve)), Some(svc)) = (found, config.services.get(fetch.call.service)) else {
+        let Some(svc) = config.services.get(call.service) else {
             self.phase = Phase::Done;
             host::resume_response();
             return;
         };
-        let variant: &Variant = fetch.variant.and_then(|i| serve.variants.get(i)).unwrap_or(&serve.default);
+        let default_type = rule_serve(&config, pending.rule)
+            .map(|(_, serve)| variant_of(serve, pending.variant).content_type.clone())
+            .unwrap_or_default();
         let now = host::now_ms();
         let headers = host::call_response_headers();
-        let object = match error_service::evaluate(svc, &headers, body_size, now.saturating_sub(fetch.call.started_ms), &variant.content_type) {
+        let object = match error_service::evaluate(svc, &headers, body_size, now.saturating_sub(call.started_ms), &default_type) {
             Ok(meta) => match host::call_response_body(body_size) {
                 Some(body) => {
                     self.worker.metrics.fetched.bump();
                     let ttl = cache::ttl_seconds(meta.cache_control.as_deref(), svc.cache_ttl_s);
                     let object = Rc::new(Object { body: body.into(), content_type: meta.content_type, cache_control: meta.cache_control });
-                    self.worker.cache.borrow_mut().put(std::mem::take(&mut fetch.call.cache_key), object.clone(), ttl, now);
+                    self.worker.cache.borrow_mut().put(call.cache_key.clone(), object.clone(), ttl, now);
                     Some((object, Outcome::Fetched))
                 }
                 None => {
@@ -235,13 +241,99 @@ impl Stream {
                 None
             }
         };
-        let needed = reply::needs_vars(serve, variant, object.as_ref().map(|(o, _)| &**o));
-        let r = reply::build(serve, variant, object, &fetch.facts.vars_for(needed));
-        let ready = self.prepare(r, serve, &rule.id, &fetch.facts);
-        if matches!(self.send(ready, fetch.headers_only), Action::Continue) {
+        let (phase, action) = finish(&self.worker, self.id, &mut pending, object.clone());
+        self.phase = phase;
+        if matches!(action, Action::Continue) {
             host::resume_response();
         }
+        self.release_waiters(&call.cache_key, object);
     }
+
+    /// Completes every request that waited on this request's fetch, with the object (or
+    /// the fallback when there is none), each in its own context.
+    fn release_waiters(&self, key: &str, object: Option<(Rc<Object>, Outcome)>) {
+        let waiters = self.worker.flights.borrow_mut().remove(key).unwrap_or_default();
+        if waiters.is_empty() {
+            return;
+        }
+        // A waiter shares the leader's object; it was not fetched for it.
+        let shared = object.map(|(o, _)| (o, Outcome::Cache));
+        for mut w in waiters {
+            if !host::set_effective_context(w.id) {
+                continue; // that request is gone
+            }
+            if shared.is_some() {
+                self.worker.metrics.cache_hit.bump();
+            }
+            let (phase, action) = finish(&self.worker, w.id, &mut w.pending, shared.clone());
+            *w.slot.borrow_mut() = Some(phase);
+            if matches!(action, Action::Continue) {
+                host::resume_response();
+            }
+        }
+        host::set_effective_context(self.id);
+    }
+
+    /// A waiter's phase, once its leader has decided it.
+    fn adopt(&mut self) {
+        if let Phase::Waiting(slot) = &self.phase {
+            let next = slot.borrow_mut().take();
+            if let Some(next) = next {
+                self.phase = next;
+            }
+        }
+    }
+}
+
+fn rule_serve(config: &Config, at: (usize, usize)) -> Option<(&Rule, &Serve)> {
+    config.rule(at.0, at.1).and_then(|rule| match &rule.kind {
+        RuleKind::Serve(serve) => Some((rule, &**serve)),
+        RuleKind::Passthrough => None,
+    })
+}
+
+fn variant_of(serve: &Serve, index: Option<usize>) -> &Variant {
+    index.and_then(|i| serve.variants.get(i)).unwrap_or(&serve.default)
+}
+
+/// Builds the replacement for a request of the current (effective) context and sends it:
+/// counts, records the access-log fields, rewrites headers or answers locally. Returns the
+/// request's next phase and what to do with its paused headers.
+fn finish(worker: &Worker, id: u32, pending: &mut Pending, object: Option<(Rc<Object>, Outcome)>) -> (Phase, Action) {
+    let config = worker.config.clone();
+    let Some((rule, serve)) = rule_serve(&config, pending.rule) else {
+        return (Phase::Done, Action::Continue);
+    };
+    let variant = variant_of(serve, pending.variant);
+    let needed = reply::needs_vars(serve, variant, object.as_ref().map(|(o, _)| &**o));
+    let reply = reply::build(serve, variant, object, &pending.facts.vars_for(needed));
+    match reply.outcome {
+        Outcome::Cache | Outcome::Fetched => {} // counted where they happen
+        Outcome::Inline => worker.metrics.inline.bump(),
+        Outcome::Fallback => worker.metrics.fallback.bump(),
+    }
+    record(pending.facts.status, reply.status, &rule.id, reply.outcome.as_str());
+    let headers = reply::headers(&reply, serve, &host::response_headers());
+    send(id, Ready { status: reply.status, headers, body: reply.body }, pending.headers_only)
+}
+
+/// Sends a ready replacement (see the module comment).
+fn send(id: u32, ready: Ready, headers_only: bool) -> (Phase, Action) {
+    if headers_only {
+        // Envoy sets `:status` and content-length, and drops the body for HEAD itself.
+        let headers: Vec<(String, String)> =
+            ready.headers.into_iter().filter(|(k, _)| !k.starts_with(':') && k != "content-length").collect();
+        if !host::send_response(ready.status, &headers, &ready.body) {
+            warn!("[ctx {id}] local reply refused by Envoy; the original response stands");
+            return (Phase::Done, Action::Continue);
+        }
+        return (Phase::Done, Action::Pause);
+    }
+    // The body goes out with the last original chunk; should the original end in trailers
+    // instead, no length must promise bytes that never come.
+    let headers: Vec<(String, String)> = ready.headers.into_iter().filter(|(k, _)| k != "content-length").collect();
+    host::set_response_headers(&headers);
+    (Phase::Streaming { body: ready.body, sent: false, dropped: 0 }, Action::Continue)
 }
 
 /// Access-log fields, as filter state (see the sample envoy.yaml).
@@ -255,9 +347,18 @@ fn record(original: u16, served: u16, rule: &str, outcome: &str) {
 impl Context for Stream {
     fn on_http_call_response(&mut self, token: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
         match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::Fetching(fetch) if fetch.call.token == token => self.finish_fetch(fetch, body_size),
+            Phase::Fetching { call, pending } if call.token == token => self.finish_fetch(call, pending, body_size),
             other => self.phase = other,
         }
+    }
+
+    fn on_done(&mut self) -> bool {
+        // This request dies with a fetch in flight (Envoy cancels the call): its waiters
+        // would wait for nothing, so they get the fallback now.
+        if let Phase::Fetching { call, .. } = std::mem::replace(&mut self.phase, Phase::Done) {
+            self.release_waiters(&call.cache_key, None);
+        }
+        true
     }
 }
 
@@ -284,6 +385,7 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        self.adopt();
         if let Phase::Streaming { body, sent, dropped } = &mut self.phase {
             // The original body never reaches the client: each chunk is dropped as it
             // arrives (nothing accumulates), and the last one carries the object.

@@ -136,3 +136,48 @@ def test_source_proxy_versus_upstream(start_envoy, errors):
     e2 = start_envoy(policy({"matchResponseCodes": ["5xx"], "body": "proxy only", "source": "proxy"}))
     assert b"UPSTREAM-ERROR-BODY" in e2.request("/status/503").body
     assert e2.request("/dead").body == b"proxy only"
+
+
+def test_concurrent_misses_share_one_fetch(start_envoy, errors):
+    import threading
+    errors.pages["/slow.html"] = {"body": "shared page", "delay_ms": 400}
+    e = start_envoy(policy({"matchResponseCodes": ["503"], "path": "/slow.html"}))
+    results = []
+
+    def one():
+        r = e.request("/status/503")
+        results.append((r.status, r.body))
+
+    threads = [threading.Thread(target=one) for _ in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [(503, b"shared page")] * 12
+    assert len(errors.requests_to("/slow.html")) == 1  # one fetch, not twelve
+    assert e.counter("fetched", 1) == 1
+    assert e.counter("cache_hit", 11) == 11
+    assert e.counter("fallback", 0) == 0
+
+
+def test_waiters_get_the_fallback_when_the_fetching_request_dies(start_envoy, errors):
+    import socket
+    import threading
+    errors.pages["/slow.html"] = {"body": "late page", "delay_ms": 1500}
+    e = start_envoy(policy({"matchResponseCodes": ["503"], "path": "/slow.html"}, svc=dict(SVC, timeoutMs=3000)))
+    leader = socket.create_connection(("127.0.0.1", e.port))
+    leader.sendall(b"GET /status/503 HTTP/1.1\r\nhost: www.test\r\n\r\n")
+    deadline = time.monotonic() + 5
+    while not errors.requests_to("/slow.html") and time.monotonic() < deadline:
+        time.sleep(0.01)  # poll until the leader's fetch is in flight
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(e.request("/status/503"))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)  # let the waiters reach Envoy and queue on the flight
+    leader.close()
+    for t in threads:
+        t.join()
+    assert [(r.status, b"503 Service Unavailable" in r.body) for r in results] == [(503, True)] * 3, results
+    assert len(errors.requests_to("/slow.html")) == 1
+    assert "panicked" not in e.log_text()
