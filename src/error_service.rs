@@ -120,11 +120,12 @@ pub fn evaluate(
     if headers.iter().any(|(k, v)| !clean(k.as_bytes()) || !clean(v)) {
         return Err(FetchFailure::Malformed);
     }
+    // Every header is valid UTF-8 without control characters past the check above.
     let header_text = |name: &str| {
         get(name)
             .and_then(|v| std::str::from_utf8(v).ok())
             .map(str::trim)
-            .filter(|v| !v.is_empty() && valid_header_value(v))
+            .filter(|v| !v.is_empty())
             .map(str::to_string)
     };
     let content_type = header_text("content-type")
