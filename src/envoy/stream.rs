@@ -150,7 +150,7 @@ impl Stream {
         let variant = negotiate::choose(serve, accept.as_deref());
         facts.served = reply::served_status(serve, status);
         let variant_index = serve.variants.iter().position(|v| std::ptr::eq(v, variant));
-        let lookup = self.lookup(serve, variant, &mut facts);
+        let lookup = self.cached_or_fetch(serve, variant, &mut facts);
         let mut pending = Box::new(Pending { rule: rule.at, variant: variant_index, facts, headers_only: end_of_stream });
         match lookup {
             Ok(object) => {
@@ -175,8 +175,9 @@ impl Stream {
         }
     }
 
-    /// The object from the cache, or none to fetch (inline body) — or a fetch dispatched.
-    fn lookup(&self, serve: &Serve, variant: &Variant, facts: &mut Facts) -> Result<Option<(Rc<Object>, Outcome)>, Miss> {
+    /// The object from the cache (or none: an inline body, or no fetch possible), else a
+    /// miss: this request fetches, or waits on the fetch already in flight.
+    fn cached_or_fetch(&self, serve: &Serve, variant: &Variant, facts: &mut Facts) -> Result<Option<(Rc<Object>, Outcome)>, Miss> {
         let config = &self.worker.config;
         let Some(path_template) = &variant.path else { return Ok(None) };
         // Validation guarantees a service for every path; without one, serve the fallback.
