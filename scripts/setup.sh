@@ -24,6 +24,13 @@ envoy_bin=$(.tools/venv/bin/python -c 'import envoy, os; print(os.path.join(os.p
 ln -sf "$envoy_bin" .tools/envoy
 .tools/envoy --version | grep -q "/$ENVOY_VERSION/" || { echo "setup: unexpected Envoy version: $(.tools/envoy --version)"; exit 1; }
 
+# The h2c end-to-end test drives curl (HTTP/2 with prior knowledge).
+if ! command -v curl >/dev/null; then
+  echo "setup: installing curl"
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq curl >/dev/null
+fi
+
 if [ "${1:-}" = "bench" ]; then
   if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
     echo "setup: installing wrk and nginx"
