@@ -171,3 +171,27 @@ def test_trap_is_followed_by_recovery(start_envoy, errors, trap_wasm):
         time.sleep(0.2)
     assert (r.status, r.body) == (500, b"page"), r
     assert e.stats("wasm.custom_error_pages").get("wasm.custom_error_pages.vm_reload_success", 0) >= 1
+
+
+def test_connect_is_never_touched(start_envoy):
+    e = start_envoy({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+        {"matchResponseCodes": ["4xx", "5xx"], "body": "branded"}]}})
+    s = socket.create_connection(("127.0.0.1", e.port), timeout=5)
+    s.sendall(b"CONNECT example.com:443 HTTP/1.1\r\nhost: example.com:443\r\n\r\n")
+    data = b""
+    s.settimeout(2)
+    try:
+        while True:  # everything Envoy sends, until it closes or goes quiet
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        pass
+    finally:
+        s.close()
+    # Envoy refuses the tunnel itself (no CONNECT route); the filter leaves that answer alone
+    assert data.startswith(b"HTTP/1.1 4") or data == b"", data
+    assert b"branded" not in data
+    # twin: the same policy brands an ordinary 404
+    assert e.request("/status/404").body == b"branded"
