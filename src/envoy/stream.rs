@@ -215,6 +215,7 @@ impl Stream {
         let Some(svc) = config.services.get(call.service) else {
             self.phase = Phase::Done;
             host::resume_response();
+            self.release_waiters(&call.cache_key, None);
             return;
         };
         let default_type = rule_serve(&config, pending.rule)
