@@ -13,6 +13,9 @@ fn remember(slot: &mut Option<String>, raw: &[u8], name: &str) -> String {
 /// Request facts, read from Envoy on first use and kept. Only the error path reads them.
 pub(crate) struct Facts {
     request: Vec<u8>,
+    /// The original response headers, read once (one host call) when the status is one a
+    /// rule covers: for the gRPC check and for the headers a replacement keeps.
+    pub response: Vec<(String, String)>,
     pub status: u16,
     pub served: u16,
     authority: Option<String>,
@@ -23,8 +26,8 @@ pub(crate) struct Facts {
 }
 
 impl Facts {
-    pub fn new(status: u16, request: Vec<u8>) -> Facts {
-        Facts { request, status, served: status, authority: None, path: None, method: None, request_id: None, code_details: None }
+    pub fn new(status: u16, request: Vec<u8>, response: Vec<(String, String)>) -> Facts {
+        Facts { request, response, status, served: status, authority: None, path: None, method: None, request_id: None, code_details: None }
     }
 
     pub fn method(&mut self) -> String {
@@ -53,7 +56,8 @@ impl Facts {
             return true;
         }
         let grpc = |ct: Option<String>| ct.is_some_and(|c| c.to_ascii_lowercase().starts_with("application/grpc"));
-        grpc(self.req("content-type")) || grpc(host::response_header("content-type"))
+        let response_type = self.response.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.clone());
+        grpc(self.req("content-type")) || grpc(response_type)
     }
 
     /// Template variables; reads the request facts only when the reply renders a template.

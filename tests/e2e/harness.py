@@ -16,11 +16,8 @@ WASM = Path(os.environ.get("FILTER_WASM", ROOT / "target/wasm32-wasip1/release/c
 ENVOY = os.environ.get("ENVOY_BIN", str(ROOT / ".tools/envoy"))
 
 ACCESS_LOG_FORMAT = (
-    "%REQ(:METHOD)% %REQ(:PATH)% served=%RESPONSE_CODE% details=%RESPONSE_CODE_DETAILS% "
-    "original=%FILTER_STATE(wasm.custom_error.original_status:PLAIN)% "
-    "filter_served=%FILTER_STATE(wasm.custom_error.served_status:PLAIN)% "
-    "rule=%FILTER_STATE(wasm.custom_error.rule:PLAIN)% "
-    "outcome=%FILTER_STATE(wasm.custom_error.outcome:PLAIN)%\n"
+    "%REQ(:METHOD)% %REQ(:PATH)% code=%RESPONSE_CODE% details=%RESPONSE_CODE_DETAILS% "
+    "%FILTER_STATE(wasm.custom_error:PLAIN)%\n"
 )
 
 

@@ -141,7 +141,7 @@ def test_proxy_generated_errors_are_replaced(start_envoy, errors):
     r = e.request("/forbidden")  # a direct_response 403, overridden to 404
     assert (r.status, r.body) == (404, b"<h1>not allowed</h1>")
     line = e.wait_access_line("GET /dead")
-    assert "served=503" in line and "original=503" in line and "outcome=fetched" in line, line
+    assert "code=503" in line and "original=503 served=503 outcome=fetched rule=defaultCustomErrorResponsePolicy.errorResponseRules[0]" in line, line
 
 
 # ---------- what is never touched ----------
