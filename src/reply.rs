@@ -105,7 +105,10 @@ fn render(body: &Rc<[u8]>, content_type: &str, vars: &Vars<'_>) -> Rc<[u8]> {
 }
 
 /// The full header list of the replacement: `:status`, the preserved original headers,
-/// content type and length, the object's cache-control, then the rule's own headers.
+/// content type, the object's cache-control, then the rule's own headers. No
+/// content-length: a local reply gets Envoy's, and an in-place replacement rides the last
+/// chunk of the original body, which may end in trailers instead, so no length may promise
+/// bytes.
 pub fn headers(reply: &Reply, serve: &Serve, original: &[(String, String)]) -> Vec<(String, String)> {
     let mut out: Vec<(String, String)> = Vec::with_capacity(8);
     out.push((":status".into(), reply.status.to_string()));
@@ -116,7 +119,6 @@ pub fn headers(reply: &Reply, serve: &Serve, original: &[(String, String)]) -> V
         }
     }
     out.push(("content-type".into(), reply.content_type.clone()));
-    out.push(("content-length".into(), reply.body.len().to_string()));
     if let Some(cc) = &reply.cache_control {
         out.push(("cache-control".into(), cc.clone()));
     }
@@ -203,8 +205,8 @@ mod tests {
             .iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         let hs = headers(&r, &s, &orig);
         let names: Vec<&str> = hs.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, [":status", "www-authenticate", "access-control-allow-origin", "content-type", "content-length", "retry-after"]);
+        assert_eq!(names, [":status", "www-authenticate", "access-control-allow-origin", "content-type", "retry-after"]);
         assert!(hs.contains(&("retry-after".into(), "120".into())), "rule header wins over the original");
-        assert!(hs.contains(&("content-length".into(), "1".into())));
+        assert!(!hs.iter().any(|(k, _)| k == "content-length"), "the original length never survives");
     }
 }

@@ -323,18 +323,15 @@ fn finish(worker: &Worker, id: u32, pending: &mut Pending, object: Option<(Rc<Ob
 fn send(id: u32, ready: Ready, headers_only: bool) -> (Phase, Action) {
     if headers_only {
         // Envoy sets `:status` and content-length, and drops the body for HEAD itself.
-        let headers: Vec<(String, String)> =
-            ready.headers.into_iter().filter(|(k, _)| !k.starts_with(':') && k != "content-length").collect();
+        let headers: Vec<(String, String)> = ready.headers.into_iter().filter(|(k, _)| !k.starts_with(':')).collect();
         if !host::send_response(ready.status, &headers, &ready.body) {
             warn!("[ctx {id}] local reply refused by Envoy; the original response stands");
             return (Phase::Done, Action::Continue);
         }
         return (Phase::Done, Action::Pause);
     }
-    // The body goes out with the last original chunk; should the original end in trailers
-    // instead, no length must promise bytes that never come.
-    let headers: Vec<(String, String)> = ready.headers.into_iter().filter(|(k, _)| k != "content-length").collect();
-    host::set_response_headers(&headers);
+    // The body goes out with the last original chunk (the header list carries no length).
+    host::set_response_headers(&ready.headers);
     (Phase::Streaming { body: ready.body, sent: false, dropped: 0 }, Action::Continue)
 }
 
