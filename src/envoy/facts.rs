@@ -55,9 +55,9 @@ impl Facts {
         if method == "CONNECT" {
             return true;
         }
-        let grpc = |ct: Option<String>| ct.is_some_and(|c| c.to_ascii_lowercase().starts_with("application/grpc"));
-        let response_type = self.response.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.clone());
-        grpc(self.req("content-type")) || grpc(response_type)
+        let grpc = |ct: Option<&str>| ct.is_some_and(|c| c.to_ascii_lowercase().starts_with("application/grpc"));
+        let response_type = self.response.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str());
+        grpc(self.req("content-type").as_deref()) || grpc(response_type)
     }
 
     /// Template variables; reads the request facts only when the reply renders a template.

@@ -59,16 +59,21 @@ pub fn response_header(name: &str) -> Option<String> {
     map_value(MapType::HttpResponseHeaders, name).map(text)
 }
 
-/// All request headers in the host's serialised form (one host call, no parsing).
-pub fn request_headers_raw() -> Vec<u8> {
+/// A header map in the host's serialised form (one host call, no parsing).
+fn raw_map(map: MapType) -> Vec<u8> {
     let mut ptr = null_mut();
     let mut len = 0;
     // SAFETY: as above.
-    let status = unsafe { proxy_get_header_map_pairs(MapType::HttpRequestHeaders as u32, &mut ptr, &mut len) };
+    let status = unsafe { proxy_get_header_map_pairs(map as u32, &mut ptr, &mut len) };
     if status != OK {
         return Vec::new();
     }
     unsafe { owned(ptr, len) }
+}
+
+/// All request headers, kept unparsed.
+pub fn request_headers_raw() -> Vec<u8> {
+    raw_map(MapType::HttpRequestHeaders)
 }
 
 /// A header from `request_headers_raw` (lower-case name); several values joined by ",".
@@ -103,14 +108,7 @@ fn map_entries(data: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
 }
 
 fn pairs(map: MapType) -> Vec<(String, Vec<u8>)> {
-    let mut ptr = null_mut();
-    let mut len = 0;
-    // SAFETY: as above.
-    let status = unsafe { proxy_get_header_map_pairs(map as u32, &mut ptr, &mut len) };
-    if status != OK {
-        return Vec::new();
-    }
-    deserialize_map(&unsafe { owned(ptr, len) })
+    deserialize_map(&raw_map(map))
 }
 
 pub fn response_headers() -> Vec<(String, String)> {

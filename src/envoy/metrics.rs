@@ -55,8 +55,9 @@ impl Metrics {
     }
 
     pub fn fetch_failed(&self, f: FetchFailure) -> &Counter {
+        // `fetch_failed` is built from `ALL`, so every reason has its slot.
         let i = FetchFailure::ALL.iter().position(|x| *x == f).unwrap_or(0);
-        &self.fetch_failed[i.min(self.fetch_failed.len() - 1)]
+        &self.fetch_failed[i]
     }
 
     /// Called on the root context's tick.
