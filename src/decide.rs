@@ -3,7 +3,7 @@
 //! proxy-wide default) that has a rule for the code decides; a level without one defers.
 
 use crate::config::{Config, Rule, RuleKind, Serve};
-use crate::matching::routes::first_route;
+use crate::matching::routes::{first_route, RouteRule};
 use crate::config::Routing;
 use crate::request::RequestView;
 
@@ -66,8 +66,23 @@ impl Config {
                         Routing::None => None,
                         Routing::Paths(pr) => pr.lookup(&req.path()),
                         Routing::Routes(rr) => {
+                            // Google Cloud picks the first route rule that matches the
+                            // request; if its policy has no rule for the code, the level
+                            // defers. So rules after the last one with a rule for this code
+                            // cannot change the outcome: they are not evaluated (a rule that
+                            // needs `xds.route_name` would cost a host call).
+                            let covers = |r: &RouteRule| self.policies.get(r.policy).is_some_and(|p| p.table.lookup(status, from_proxy).is_some());
+                            let upto = rr.iter().rposition(covers).map_or(0, |i| i + 1);
+                            match upto.checked_sub(1).and_then(|i| rr.get(i)).and_then(|r| self.policies.get(r.policy)) {
+                                Some(last) if upto < rr.len() => note(&|| format!(
+                                    "route rules after {} have no rule for {status}: not evaluated",
+                                    last.id.trim_end_matches(".customErrorResponsePolicy")
+                                )),
+                                None => note(&|| format!("no route rule has a rule for {status}: none evaluated")),
+                                Some(_) => {}
+                            }
                             let path = req.path();
-                            first_route(rr, req, &path)
+                            first_route(&rr[..upto], req, &path)
                         }
                     };
                     match chain[0].and_then(|p| self.policies.get(p)) {

@@ -299,3 +299,75 @@ fn error_service_inheritance() {
     assert_eq!(cluster(410, "/a/x"), "rule");
     assert_eq!(cfg.service(Some(0)).unwrap().cluster, "top");
 }
+
+/// Counts how often the decision asks for the route name (a host call in Envoy).
+struct CountingRequest {
+    inner: StaticRequest,
+    route_name_reads: usize,
+}
+
+impl custom_error_pages::request::RequestView for CountingRequest {
+    fn authority(&mut self) -> String {
+        self.inner.authority()
+    }
+    fn path(&mut self) -> String {
+        self.inner.path()
+    }
+    fn header(&mut self, name: &str) -> Option<String> {
+        self.inner.header(name)
+    }
+    fn route_name(&mut self) -> Option<String> {
+        self.route_name_reads += 1;
+        self.inner.route_name()
+    }
+    fn from_proxy(&mut self) -> bool {
+        self.inner.from_proxy()
+    }
+}
+
+fn routes_then_route_name() -> serde_json::Value {
+    json!({
+        "errorService": "error_pages",
+        "hostRules": [{"hosts": ["h"], "pathMatcher": "m"}],
+        "pathMatchers": [{"name": "m",
+            "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["4xx", "5xx"], "path": "/host"}]},
+            "routeRules": [
+                {"priority": 1, "matchRules": [{"prefixMatch": "/shadow/"}],
+                 "customErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["500"], "path": "/shadow/500"}]}},
+                {"priority": 2, "matchRules": [{"prefixMatch": "/api/"}],
+                 "customErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "path": "/api/404"}]}},
+                {"priority": 3, "matchRules": [{"routeName": "checkout"}],
+                 "customErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["503"], "path": "/checkout/503"}]}}]}]
+    })
+}
+
+fn decide_counting(policy: &serde_json::Value, status: u16, path: &str) -> (String, usize) {
+    let cfg = load(policy.to_string().as_bytes()).unwrap();
+    let mut r = CountingRequest { inner: StaticRequest { route_name: Some("checkout".into()), ..req("h", path) }, route_name_reads: 0 };
+    let what = match cfg.decide(status, &mut r) {
+        Decision::Serve(_, serve) => serve.default.path.clone().unwrap_or_default(),
+        other => format!("{other:?}"),
+    };
+    (what, r.route_name_reads)
+}
+
+#[test]
+fn route_rules_after_the_last_one_covering_the_code_are_not_evaluated() {
+    let p = routes_then_route_name();
+    // 404 on /x: no rule up to the last one with a 404 rule matches; the route-name rule
+    // after it would match but cannot change the outcome, so the route name is never read.
+    assert_eq!(decide_counting(&p, 404, "/x"), ("/host".to_string(), 0));
+    assert_eq!(decide_counting(&p, 404, "/api/x"), ("/api/404".to_string(), 0));
+    // A matching rule without a rule for the code still shadows later ones (Google Cloud's
+    // first match), even though it is evaluated only because a later rule covers the code.
+    assert_eq!(decide_counting(&p, 404, "/shadow/api/x"), ("/host".to_string(), 0));
+}
+
+#[test]
+fn route_rules_up_to_the_last_one_covering_the_code_are_evaluated() {
+    let p = routes_then_route_name();
+    // 503: the route-name rule covers it, so the walk reaches it and reads the name.
+    assert_eq!(decide_counting(&p, 503, "/x"), ("/checkout/503".to_string(), 1));
+    // ...unless an earlier rule matches first.
+    assert_eq!(decide_counting(&p, 503, "/shadow/x"), ("/host".to_string(), 0));
+}

@@ -26,8 +26,8 @@ pub(crate) struct Facts {
 }
 
 impl Facts {
-    pub fn new(status: u16, request: Vec<u8>, response: Vec<(String, String)>) -> Facts {
-        Facts { request, response, status, served: status, authority: None, path: None, method: None, request_id: None, code_details: None }
+    pub fn new(status: u16, request: Vec<u8>, response_raw: &[u8]) -> Facts {
+        Facts { request, response: host::parse_map(response_raw), status, served: status, authority: None, path: None, method: None, request_id: None, code_details: None }
     }
 
     pub fn method(&mut self) -> String {

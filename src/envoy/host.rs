@@ -14,7 +14,6 @@ const OK: u32 = 0;
 #[allow(clashing_extern_declarations)]
 #[link(wasm_import_module = "env")]
 extern "C" {
-    fn proxy_get_header_map_value(map: u32, key: *const u8, key_len: usize, out: *mut *mut u8, out_len: *mut usize) -> u32;
     fn proxy_get_header_map_pairs(map: u32, out: *mut *mut u8, out_len: *mut usize) -> u32;
     fn proxy_set_header_map_pairs(map: u32, data: *const u8, len: usize) -> u32;
     fn proxy_get_buffer_bytes(buf: u32, start: usize, max: usize, out: *mut *mut u8, out_len: *mut usize) -> u32;
@@ -43,27 +42,15 @@ unsafe fn owned(ptr: *mut u8, len: usize) -> Vec<u8> {
     }
 }
 
-fn map_value(map: MapType, key: &str) -> Option<Vec<u8>> {
-    let mut ptr = null_mut();
-    let mut len = 0;
-    // SAFETY: pointers are valid for the call; the host fills them on OK.
-    let status = unsafe { proxy_get_header_map_value(map as u32, key.as_ptr(), key.len(), &mut ptr, &mut len) };
-    (status == OK).then(|| unsafe { owned(ptr, len) })
-}
-
 fn text(bytes: Vec<u8>) -> String {
     String::from_utf8(bytes).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
-}
-
-pub fn response_header(name: &str) -> Option<String> {
-    map_value(MapType::HttpResponseHeaders, name).map(text)
 }
 
 /// A header map in the host's serialised form (one host call, no parsing).
 fn raw_map(map: MapType) -> Vec<u8> {
     let mut ptr = null_mut();
     let mut len = 0;
-    // SAFETY: as above.
+    // SAFETY: pointers are valid for the call; the host fills them on OK.
     let status = unsafe { proxy_get_header_map_pairs(map as u32, &mut ptr, &mut len) };
     if status != OK {
         return Vec::new();
@@ -74,6 +61,21 @@ fn raw_map(map: MapType) -> Vec<u8> {
 /// All request headers, kept unparsed.
 pub fn request_headers_raw() -> Vec<u8> {
     raw_map(MapType::HttpRequestHeaders)
+}
+
+/// All response headers, unparsed: one host call gives both `:status` and, on the error
+/// path, the headers a replacement keeps (reading `:status` alone first would cost an
+/// extra host call, and a VM re-entry to allocate, on every intercepted error).
+pub fn response_headers_raw() -> Vec<u8> {
+    raw_map(MapType::HttpResponseHeaders)
+}
+
+/// The `:status` of a raw response header map.
+pub fn status_of(raw: &[u8]) -> Option<u16> {
+    map_entries(raw)
+        .find(|(k, _)| *k == b":status")
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse().ok())
 }
 
 /// A header from `request_headers_raw` (lower-case name); several values joined by ",".
@@ -111,8 +113,9 @@ fn pairs(map: MapType) -> Vec<(String, Vec<u8>)> {
     deserialize_map(&raw_map(map))
 }
 
-pub fn response_headers() -> Vec<(String, String)> {
-    pairs(MapType::HttpResponseHeaders).into_iter().map(|(k, v)| (k, text(v))).collect()
+/// A raw header map parsed into text pairs.
+pub fn parse_map(raw: &[u8]) -> Vec<(String, String)> {
+    deserialize_map(raw).into_iter().map(|(k, v)| (k, text(v))).collect()
 }
 
 pub fn call_response_headers() -> Vec<(String, Vec<u8>)> {

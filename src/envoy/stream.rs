@@ -17,6 +17,13 @@
 //!   when the answer arrives (host calls switched to their context with
 //!   `set_effective_context`; Envoy defers their resumption until the leader's callback
 //!   returns). Should the leader's request die first, its waiters get the fallback.
+//! - Small original bodies are not even dropped chunk by chunk: the filter returns
+//!   `StopIterationAndBuffer` (no host call) until the last chunk, whose callback sees
+//!   everything held so far (Envoy 1.40 adds each chunk to its buffer before the call) and
+//!   replaces it all with the object in one host call. Holding stops at `HOLD_BYTES`, far
+//!   below any sane buffer limit (Envoy resets a response whose held body outgrows
+//!   `per_connection_buffer_limit_bytes`, 1 MiB by default); past it, chunks are dropped
+//!   as they come.
 //! - An original body over `MAX_DROP_BYTES` is not waited for: the object goes out with
 //!   the chunk that crosses the limit.
 //! - The upstream response has no body (HEAD, `content-length: 0`, Envoy's own replies
@@ -43,6 +50,10 @@ use std::rc::Rc;
 /// Original error body we drop while waiting for its end before we send the object anyway.
 const MAX_DROP_BYTES: usize = 64 * 1024;
 
+/// Original error body Envoy is asked to hold (instead of the filter dropping each chunk
+/// with a host call) until its last chunk arrives.
+const HOLD_BYTES: usize = 16 * 1024;
+
 /// Where this request is, replacing loose flags.
 enum Phase {
     /// Nothing decided yet (or nothing to do).
@@ -54,7 +65,9 @@ enum Phase {
     Waiting(Slot),
     /// Replacement headers sent; the original body is dropped and the object goes out with
     /// its last chunk.
-    Streaming { body: Rc<[u8]>, sent: bool, dropped: usize },
+    /// `held`: Envoy holds the original chunks seen so far (we returned
+    /// `StopIterationAndBuffer`), so the next callback's size counts them too.
+    Streaming { body: Rc<[u8]>, sent: bool, dropped: usize, held: bool },
     /// Our reply is out, or the response is left alone on purpose. Also the marker that
     /// keeps the filter off its own local reply if Envoy runs it through the chain.
     Done,
@@ -124,8 +137,8 @@ impl Stream {
     }
 
     /// Decides; returns the header action.
-    fn intercept(&mut self, status: u16, end_of_stream: bool) -> Action {
-        let mut facts = Facts::new(status, std::mem::take(&mut self.request), host::response_headers());
+    fn intercept(&mut self, status: u16, response: &[u8], end_of_stream: bool) -> Action {
+        let mut facts = Facts::new(status, std::mem::take(&mut self.request), response);
         if facts.excluded() {
             return Action::Continue;
         }
@@ -330,9 +343,12 @@ fn send(id: u32, ready: Ready, headers_only: bool) -> (Phase, Action) {
         }
         return (Phase::Done, Action::Pause);
     }
-    // The body goes out with the last original chunk (the header list carries no length).
-    host::set_response_headers(&ready.headers);
-    (Phase::Streaming { body: ready.body, sent: false, dropped: 0 }, Action::Continue)
+    // The body goes out with the last original chunk. Its length is known now, so the
+    // client gets a content-length instead of a chunked body.
+    let mut headers = ready.headers;
+    headers.push(("content-length".into(), ready.body.len().to_string()));
+    host::set_response_headers(&headers);
+    (Phase::Streaming { body: ready.body, sent: false, dropped: 0, held: false }, Action::Continue)
 }
 
 /// Access-log fields, as one filter state value `wasm.custom_error`
@@ -371,27 +387,35 @@ impl HttpContext for Stream {
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
-        if !matches!(self.phase, Phase::Idle) {
+        // A policy without rules covers no status: not even `:status` is read.
+        if !matches!(self.phase, Phase::Idle) || self.worker.config.codes.is_empty() {
             return Action::Continue;
         }
-        let Some(status) = host::response_header(":status").and_then(|s| s.parse::<u16>().ok()) else {
+        let response = host::response_headers_raw();
+        let Some(status) = host::status_of(&response) else {
             return Action::Continue;
         };
         if !self.worker.config.interested_in(status) {
             return Action::Continue;
         }
-        self.intercept(status, end_of_stream)
+        self.intercept(status, &response, end_of_stream)
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.adopt();
-        if let Phase::Streaming { body, sent, dropped } = &mut self.phase {
-            // The original body never reaches the client: each chunk is dropped as it
-            // arrives (nothing accumulates), and the last one carries the object.
-            *dropped += body_size;
-            let now = !*sent && (end_of_stream || *dropped > MAX_DROP_BYTES);
+        if let Phase::Streaming { body, sent, dropped, held } = &mut self.phase {
+            // The original body never reaches the client: Envoy holds its first chunks, or
+            // each is dropped as it arrives, and the last one carries the object.
+            let seen = if *held { body_size } else { *dropped + body_size };
+            if !*sent && !end_of_stream && seen <= HOLD_BYTES {
+                *held = true;
+                return Action::Pause;
+            }
+            let now = !*sent && (end_of_stream || seen > MAX_DROP_BYTES);
             host::replace_response_body(body_size, if now { body } else { &[] });
             *sent |= now;
+            *dropped = seen;
+            *held = false;
         }
         Action::Continue
     }

@@ -25,7 +25,7 @@ class _Base(BaseHTTPRequestHandler):
             {"method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
         )
 
-    def _send(self, status, body=b"", headers=(), chunked=False, chunk_delay=0.0):
+    def _send(self, status, body=b"", headers=(), chunked=False, chunk_delay=0.0, chunk_bytes=16384):
         self.send_response(status)
         for k, v in headers:
             self.send_header(k, v)
@@ -33,8 +33,8 @@ class _Base(BaseHTTPRequestHandler):
             self.send_header("transfer-encoding", "chunked")
             self.end_headers()
             if self.command != "HEAD":
-                for i in range(0, len(body), 16384):
-                    part = body[i : i + 16384]
+                for i in range(0, len(body), chunk_bytes):
+                    part = body[i : i + chunk_bytes]
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(part), part))
                     if chunk_delay:
                         self.wfile.flush()
@@ -71,7 +71,7 @@ class UpstreamHandler(_Base):
         self.connection.sendall(b"echo:" + data)
         self.close_connection = True
 
-    """`[/prefix]/status/NNN[?ct=..&bytes=N&chunked=1&delay_ms=N&empty=1]` answers NNN; anything
+    """`[/prefix]/status/NNN[?ct=..&bytes=N&chunked=1&chunk_bytes=N&chunk_delay_ms=N&delay_ms=N&empty=1]` answers NNN; anything
     else 200. Error responses carry headers that must never leak to the client."""
 
     def do_GET(self):
@@ -104,7 +104,8 @@ class UpstreamHandler(_Base):
             ]
             if status == 401:
                 headers.append(("www-authenticate", 'Basic realm="test"'))
-            self._send(status, body, headers, chunked="chunked" in q, chunk_delay=int(q.get("chunk_delay_ms", 0)) / 1000)
+            self._send(status, body, headers, chunked="chunked" in q, chunk_delay=int(q.get("chunk_delay_ms", 0)) / 1000,
+                       chunk_bytes=int(q.get("chunk_bytes", 16384)))
             return
         self._send(200, b"hello from upstream", [("content-type", "text/plain")])
 

@@ -248,6 +248,31 @@ def test_upstream_connection_kept_alive_and_large_body_swallowed(start_envoy, er
     assert stats.get("cluster.upstream.upstream_cx_destroy_local_with_active_rq", 0) == 0, stats
 
 
+# Original bodies the filter asks Envoy to hold (under 16 KiB), drops chunk by chunk after
+# that, or stops waiting for (over 64 KiB): in every case the client gets exactly the page,
+# with its length, and the upstream connection stays pooled.
+BODIES = {
+    "small_with_length": "bytes=200",
+    "held_in_many_chunks": "bytes=12000&chunked=1&chunk_bytes=1000&chunk_delay_ms=2",
+    "past_the_hold_limit": "bytes=40000&chunked=1&chunk_bytes=1000&chunk_delay_ms=1",
+    "past_the_drop_limit": "bytes=100000&chunked=1&chunk_bytes=4096&chunk_delay_ms=1",
+    "empty_chunked": "bytes=0&chunked=1",
+}
+
+
+def test_original_body_never_reaches_the_client(start_envoy, errors, upstream):
+    page = b"<h1>error page</h1>" * 10
+    errors.pages["/e.html"] = {"body": page.decode()}
+    e = start_envoy(failing_policy())
+    for case, query in BODIES.items():
+        r = e.request(f"/status/500?{query}")
+        assert (r.status, r.body) == (500, page), (case, r)
+        assert r.headers.get("content-length") == [str(len(page))], (case, r.headers)
+        assert "transfer-encoding" not in r.headers, (case, r.headers)
+    stats = e.stats("cluster.upstream.upstream_cx")
+    assert stats["cluster.upstream.upstream_cx_total"] == 1, stats
+
+
 # ---------- bad policies ----------
 
 BAD = [

@@ -88,3 +88,41 @@ def test_oci_layout_is_consistent(tmp_path):
     out2 = tmp_path / "oci2"
     subprocess.run([sys.executable, str(ROOT / "scripts/oci-package.py"), str(out2), "--tag", "0.1.0"], check=True, capture_output=True)
     assert json.loads((out2 / "index.json").read_text())["manifests"][0]["digest"] == entry["digest"]
+
+
+def wasm_exports(data):
+    """Export names of a wasm module (export section, id 7)."""
+    def leb(pos):
+        value = shift = 0
+        while True:
+            b = data[pos]
+            pos += 1
+            value |= (b & 0x7F) << shift
+            shift += 7
+            if b < 0x80:
+                return value, pos
+    assert data[:4] == b"\0asm"
+    pos, names = 8, []
+    while pos < len(data):
+        sid = data[pos]
+        size, pos = leb(pos + 1)
+        if sid == 7:
+            count, p = leb(pos)
+            for _ in range(count):
+                n, p = leb(p)
+                names.append(data[p:p + n].decode())
+                _kind, p = data[p + n], p + n + 1
+                _index, p = leb(p)
+        pos += size
+    return set(names)
+
+
+def test_module_exports():
+    """scripts/build.sh removes the SDK's exports of callbacks the filter does not
+    implement (each costs a VM entry per request in Envoy); the ones it implements stay."""
+    exports = wasm_exports(WASM.read_bytes())
+    used = {"proxy_on_context_create", "proxy_on_request_headers", "proxy_on_response_headers",
+            "proxy_on_response_body", "proxy_on_http_call_response", "proxy_on_done", "proxy_on_delete",
+            "proxy_on_configure", "proxy_on_tick", "proxy_on_memory_allocate", "proxy_abi_version_0_2_1"}
+    assert used <= exports, used - exports
+    assert not exports & {"proxy_on_log", "proxy_on_request_body", "proxy_on_request_trailers", "proxy_on_response_trailers"}
