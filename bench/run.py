@@ -124,10 +124,10 @@ def router():
     return {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
 
 
-def wasm(policy, vm_id):
+def wasm(policy, vm_id, module=None):
     return {"name": "envoy.filters.http.wasm", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
-        "config": {"name": vm_id, "vm_config": {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(WASM)}}},
+        "config": {"name": vm_id, "vm_config": {"vm_id": vm_id, "runtime": "envoy.wasm.runtime.v8", "code": {"local": {"filename": str(module or WASM)}}},
                    "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(policy)},
                    "failure_policy": "FAIL_RELOAD"}}}
 
@@ -256,7 +256,11 @@ def main():
     ap.add_argument("--soak", action="store_true")
     ap.add_argument("--load", action="store_true", help="1,000 connections for 30 s of intercepted errors (bench/LOAD.md)")
     ap.add_argument("--only", help="quick A/B: comma-separated kind:variant list, e.g. err:ours,err:native (no report)")
+    ap.add_argument("--modules", help="with --only: comma-separated other builds of the module; variant bN is `ours` "
+                    "with the Nth (A/B of builds in one Envoy), e.g. --modules old.wasm --only err:ours,err:b1")
     args = ap.parse_args()
+    for i, module in enumerate((args.modules or "").split(",") if args.modules else [], 1):
+        VARIANTS[f"b{i}"] = (lambda m=module, i=i: [wasm(realistic_policy(300), f"b{i}", m)], f"our filter, realistic policy, cached, {module}")
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} missing (scripts/setup.sh bench installs it)")
@@ -290,10 +294,15 @@ def run(b, args):
     check_bodies(b)
     if args.only:
         picks = [tuple(x.split(":")) for x in args.only.split(",")]
+        seen = {p: [] for p in picks}
         for rnd in range(args.rounds):
-            for kind, v in picks:
+            for kind, v in picks[rnd % len(picks):] + picks[: rnd % len(picks)]:
                 r = b.wrk(v, "/ok" if kind == "ok" else "/missing", args.seconds, args.connections)
+                seen[(kind, v)].append(r)
                 print(f"{kind:3} {v:8} rps {r['rps']:>9,.0f}  cpu/req {r['cpu_us']:6.1f} us", flush=True)
+        for (kind, v), rs in seen.items():
+            print(f"median {kind:3} {v:8} rps {statistics.median(r['rps'] for r in rs):>9,.0f}  "
+                  f"cpu/req {statistics.median(r['cpu_us'] for r in rs):6.1f} us")
         return
     success = ["none", "empty", "ours", "native"]
     error = ["none", "ours", "native", "nocache"]
