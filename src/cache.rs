@@ -4,7 +4,7 @@
 //! VM boundary and shared data has no expiry or size bound; with N workers the error
 //! service sees at most N fetches per object per TTL, which is cheap.
 
-use std::collections::HashMap;
+use crate::fasthash::FastMap;
 use std::rc::Rc;
 
 pub const MAX_ENTRIES: usize = 512;
@@ -24,7 +24,7 @@ struct Entry {
 }
 
 pub struct Cache {
-    entries: HashMap<String, Entry>,
+    entries: FastMap<String, Entry>,
     bytes: usize,
     tick: u64,
     max_entries: usize,
@@ -39,7 +39,13 @@ impl Default for Cache {
 
 /// Cache key: error service, path after substitution, chosen variant.
 pub fn key(service: usize, path: &str, content_type: &str) -> String {
-    format!("{service}|{path}|{content_type}")
+    let mut key = String::with_capacity(path.len() + content_type.len() + 8);
+    crate::push_decimal(&mut key, service.min(u16::MAX as usize) as u16);
+    key.push('|');
+    key.push_str(path);
+    key.push('|');
+    key.push_str(content_type);
+    key
 }
 
 /// How long an object may be reused: the smaller of the configured TTL and the object's
@@ -72,7 +78,7 @@ pub fn ttl_seconds(cache_control: Option<&str>, configured: u64) -> u64 {
 
 impl Cache {
     pub fn new(max_entries: usize, max_bytes: usize) -> Cache {
-        Cache { entries: HashMap::new(), bytes: 0, tick: 0, max_entries, max_bytes }
+        Cache { entries: FastMap::default(), bytes: 0, tick: 0, max_entries, max_bytes }
     }
 
     pub fn get(&mut self, key: &str, now_ms: u64) -> Option<Rc<Object>> {

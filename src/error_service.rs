@@ -7,7 +7,15 @@ use crate::config::load::{is_token_byte, valid_header_value};
 
 /// The error object's path on the error service, `{status}` replaced by the original code.
 pub fn object_path(template: &str, original_status: u16) -> String {
-    template.replace("{status}", &original_status.to_string())
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(at) = rest.find("{status}") {
+        out.push_str(&rest[..at]);
+        crate::push_decimal(&mut out, original_status);
+        rest = &rest[at + "{status}".len()..];
+    }
+    out.push_str(rest);
+    out
 }
 
 pub struct CallFacts<'a> {
@@ -155,6 +163,7 @@ mod tests {
     fn path_substitution() {
         assert_eq!(object_path("/shop/{status}.html", 404), "/shop/404.html");
         assert_eq!(object_path("/a.html", 404), "/a.html");
+        assert_eq!(object_path("/{status}/{status}.{x}", 503), "/503/503.{x}");
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod negotiate;
 pub mod matching;
 pub mod cache;
 pub mod error_service;
+pub mod fasthash;
 pub mod fallback;
 pub mod gcp;
 pub mod reply;
@@ -20,3 +21,24 @@ pub mod template;
 
 #[cfg(target_arch = "wasm32")]
 mod envoy;
+
+/// Appends `n` in decimal. The hot path builds its few strings by hand: `format!`'s
+/// machinery is measurably slow inside the wasm VM (bench/FINDINGS.md).
+pub fn push_decimal(out: &mut String, n: u16) {
+    if n >= 10 {
+        push_decimal(out, n / 10);
+    }
+    out.push(char::from(b'0' + (n % 10) as u8));
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn push_decimal_writes_every_width() {
+        for n in [0u16, 7, 10, 99, 404, 503, 1000, 65535] {
+            let mut s = String::from("x");
+            super::push_decimal(&mut s, n);
+            assert_eq!(s, format!("x{n}"));
+        }
+    }
+}

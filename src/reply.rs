@@ -4,6 +4,7 @@ use crate::cache::Object;
 use crate::config::{Serve, Variant};
 use crate::fallback;
 use crate::template::{self, Escape, Vars};
+use std::borrow::Cow;
 use std::rc::Rc;
 
 /// Where the served body came from (for the access log and counters).
@@ -105,25 +106,31 @@ fn render(body: &Rc<[u8]>, content_type: &str, vars: &Vars<'_>) -> Rc<[u8]> {
 }
 
 /// The full header list of the replacement: `:status`, the preserved original headers,
-/// content type, the object's cache-control, then the rule's own headers. No
-/// content-length: a local reply gets Envoy's, and an in-place replacement rides the last
-/// chunk of the original body, which may end in trailers instead, so no length may promise
-/// bytes.
-pub fn headers(reply: &Reply, serve: &Serve, original: &[(String, String)]) -> Vec<(String, String)> {
-    let mut out: Vec<(String, String)> = Vec::with_capacity(8);
-    out.push((":status".into(), reply.status.to_string()));
+/// content type, the object's cache-control, then the rule's own headers. Borrowed where
+/// it can be (this runs for every intercepted error). No content-length: a local reply
+/// gets Envoy's, and the in-place sender adds the length of the body it sends.
+pub fn headers<'a>(
+    reply: &'a Reply,
+    serve: &'a Serve,
+    original: impl IntoIterator<Item = (Cow<'a, str>, Cow<'a, str>)>,
+) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
+    let mut out: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::with_capacity(8 + serve.headers.len());
+    let mut status = String::with_capacity(3);
+    crate::push_decimal(&mut status, reply.status);
+    out.push((":status".into(), status.into()));
     for (k, v) in original {
-        let lower = k.to_ascii_lowercase();
-        if preserved(&lower) && !serve.headers.iter().any(|(n, _)| *n == lower) {
-            out.push((lower, v.clone()));
+        // Envoy keeps header names lower-case; anything else is lowered to compare.
+        let name = if k.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(k.to_ascii_lowercase()) } else { k };
+        if preserved(&name) && !serve.headers.iter().any(|(n, _)| *n == *name) {
+            out.push((name, v));
         }
     }
-    out.push(("content-type".into(), reply.content_type.clone()));
+    out.push(("content-type".into(), reply.content_type.as_str().into()));
     if let Some(cc) = &reply.cache_control {
-        out.push(("cache-control".into(), cc.clone()));
+        out.push(("cache-control".into(), cc.as_str().into()));
     }
     for (k, v) in &serve.headers {
-        out.push((k.clone(), v.clone()));
+        out.push((k.as_str().into(), v.as_str().into()));
     }
     out
 }
@@ -203,8 +210,8 @@ mod tests {
         let r = build(&s, &s.default, None, &vars("/"));
         let orig: Vec<(String, String)> = [("Set-Cookie", "a=b"), ("server", "x"), ("WWW-Authenticate", "Basic"), ("access-control-allow-origin", "*"), ("retry-after", "5"), ("content-length", "999")]
             .iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        let hs = headers(&r, &s, &orig);
-        let names: Vec<&str> = hs.iter().map(|(k, _)| k.as_str()).collect();
+        let hs = headers(&r, &s, orig.iter().map(|(k, v)| (k.as_str().into(), v.as_str().into())));
+        let names: Vec<&str> = hs.iter().map(|(k, _)| k.as_ref()).collect();
         assert_eq!(names, [":status", "www-authenticate", "access-control-allow-origin", "content-type", "retry-after"]);
         assert!(hs.contains(&("retry-after".into(), "120".into())), "rule header wins over the original");
         assert!(!hs.iter().any(|(k, _)| k == "content-length"), "the original length never survives");

@@ -5,6 +5,7 @@
 use super::host;
 use crate::request::RequestView;
 use crate::template::Vars;
+use std::borrow::Cow;
 
 fn remember(slot: &mut Option<String>, raw: &[u8], name: &str) -> String {
     slot.get_or_insert_with(|| host::find_header(raw, name).unwrap_or_default()).clone()
@@ -13,9 +14,9 @@ fn remember(slot: &mut Option<String>, raw: &[u8], name: &str) -> String {
 /// Request facts, read from Envoy on first use and kept. Only the error path reads them.
 pub(crate) struct Facts {
     request: Vec<u8>,
-    /// The original response headers, read once (one host call) when the status is one a
-    /// rule covers: for the gRPC check and for the headers a replacement keeps.
-    pub response: Vec<(String, String)>,
+    /// The original response headers as Envoy serialised them (read once, with `:status`),
+    /// for the gRPC check and for the headers a replacement keeps; never parsed whole.
+    response: Vec<u8>,
     pub status: u16,
     pub served: u16,
     authority: Option<String>,
@@ -26,8 +27,8 @@ pub(crate) struct Facts {
 }
 
 impl Facts {
-    pub fn new(status: u16, request: Vec<u8>, response_raw: &[u8]) -> Facts {
-        Facts { request, response: host::parse_map(response_raw), status, served: status, authority: None, path: None, method: None, request_id: None, code_details: None }
+    pub fn new(status: u16, request: Vec<u8>, response: Vec<u8>) -> Facts {
+        Facts { request, response, status, served: status, authority: None, path: None, method: None, request_id: None, code_details: None }
     }
 
     pub fn method(&mut self) -> String {
@@ -50,14 +51,21 @@ impl Facts {
 
     /// Never touched: CONNECT tunnels and gRPC (whose errors travel in trailers and must
     /// stay machine-readable).
-    pub fn excluded(&mut self) -> bool {
-        let method = self.method();
-        if method == "CONNECT" {
-            return true;
-        }
-        let grpc = |ct: Option<&str>| ct.is_some_and(|c| c.to_ascii_lowercase().starts_with("application/grpc"));
-        let response_type = self.response.iter().find(|(k, _)| k == "content-type").map(|(_, v)| v.as_str());
-        grpc(self.req("content-type").as_deref()) || grpc(response_type)
+    pub fn excluded(&self) -> bool {
+        let grpc = |ct: Option<&[u8]>| ct.is_some_and(|c| c.get(..16).is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc")));
+        host::first_value(&self.request, ":method") == Some(b"CONNECT")
+            || grpc(host::first_value(&self.request, "content-type"))
+            || grpc(host::first_value(&self.response, "content-type"))
+    }
+
+    /// The original response's announced body length.
+    pub fn original_length(&self) -> Option<usize> {
+        host::first_value(&self.response, "content-length").and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.trim().parse().ok())
+    }
+
+    /// The original response headers (values not valid UTF-8 are mended, never dropped).
+    pub fn response_headers(&self) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
+        host::map_entries(&self.response).map(|(k, v)| (String::from_utf8_lossy(k), String::from_utf8_lossy(v)))
     }
 
     /// Template variables; reads the request facts only when the reply renders a template.
@@ -72,6 +80,7 @@ impl Facts {
     fn vars(&mut self) -> Vars<'_> {
         self.authority();
         self.path();
+        self.method();
         self.request_id();
         self.code_details();
         let source = if self.from_proxy() { "proxy" } else { "upstream" };

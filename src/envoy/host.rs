@@ -6,6 +6,7 @@
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType};
+use std::borrow::Cow;
 use std::ptr::null_mut;
 use std::time::Duration;
 
@@ -72,10 +73,7 @@ pub fn response_headers_raw() -> Vec<u8> {
 
 /// The `:status` of a raw response header map.
 pub fn status_of(raw: &[u8]) -> Option<u16> {
-    map_entries(raw)
-        .find(|(k, _)| *k == b":status")
-        .and_then(|(_, v)| std::str::from_utf8(v).ok())
-        .and_then(|v| v.parse().ok())
+    first_value(raw, ":status").and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse().ok())
 }
 
 /// A header from `request_headers_raw` (lower-case name); several values joined by ",".
@@ -93,8 +91,13 @@ pub fn find_header(raw: &[u8], name: &str) -> Option<String> {
     found
 }
 
+/// The first value of a header in a serialised map, without copying.
+pub fn first_value<'a>(raw: &'a [u8], name: &str) -> Option<&'a [u8]> {
+    map_entries(raw).find(|(k, _)| *k == name.as_bytes()).map(|(_, v)| v)
+}
+
 /// The (key, value) byte slices of a serialised map, without copying.
-fn map_entries(data: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+pub fn map_entries(data: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     let read_u32 = move |at: usize| -> Option<usize> {
         data.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     };
@@ -113,17 +116,12 @@ fn pairs(map: MapType) -> Vec<(String, Vec<u8>)> {
     deserialize_map(&raw_map(map))
 }
 
-/// A raw header map parsed into text pairs.
-pub fn parse_map(raw: &[u8]) -> Vec<(String, String)> {
-    deserialize_map(raw).into_iter().map(|(k, v)| (k, text(v))).collect()
-}
-
 pub fn call_response_headers() -> Vec<(String, Vec<u8>)> {
     pairs(MapType::HttpCallResponseHeaders)
 }
 
-pub fn set_response_headers(headers: &[(String, String)]) -> bool {
-    let data = serialize_map(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
+pub fn set_response_headers(headers: &[(Cow<str>, Cow<str>)]) -> bool {
+    let data = serialize_map(headers.iter().map(|(k, v)| (k.as_ref(), v.as_bytes())));
     // SAFETY: data outlives the call.
     unsafe { proxy_set_header_map_pairs(MapType::HttpResponseHeaders as u32, data.as_ptr(), data.len()) == OK }
 }
@@ -177,8 +175,8 @@ pub fn resume_response() -> bool {
 }
 
 /// A local reply. `headers` must not contain pseudo headers.
-pub fn send_response(status: u16, headers: &[(String, String)], body: &[u8]) -> bool {
-    let data = serialize_map(headers.iter().map(|(k, v)| (k.as_str(), v.as_bytes())));
+pub fn send_response(status: u16, headers: &[(Cow<str>, Cow<str>)], body: &[u8]) -> bool {
+    let data = serialize_map(headers.iter().filter(|(k, _)| !k.starts_with(':')).map(|(k, v)| (k.as_ref(), v.as_bytes())));
     let details = "custom_error_page";
     // SAFETY: all buffers outlive the call.
     unsafe {

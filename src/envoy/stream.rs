@@ -44,7 +44,7 @@ use log::{debug, warn};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
-use std::collections::HashMap;
+use crate::fasthash::FastMap;
 use std::rc::Rc;
 
 /// Original error body we drop while waiting for its end before we send the object anyway.
@@ -100,14 +100,7 @@ pub(crate) struct Waiter {
 }
 
 /// Fetches in flight on this worker, by cache key, with their waiters.
-pub(crate) type Flights = HashMap<String, Vec<Waiter>>;
-
-/// A replacement ready to send: full header list (with `:status`) and body.
-struct Ready {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Rc<[u8]>,
-}
+pub(crate) type Flights = FastMap<String, Vec<Waiter>>;
 
 /// What a cache miss turned into.
 enum Miss {
@@ -137,7 +130,7 @@ impl Stream {
     }
 
     /// Decides; returns the header action.
-    fn intercept(&mut self, status: u16, response: &[u8], end_of_stream: bool) -> Action {
+    fn intercept(&mut self, status: u16, response: Vec<u8>, end_of_stream: bool) -> Action {
         let mut facts = Facts::new(status, std::mem::take(&mut self.request), response);
         if facts.excluded() {
             return Action::Continue;
@@ -328,27 +321,27 @@ fn finish(worker: &Worker, id: u32, pending: &mut Pending, object: Option<(Rc<Ob
         Outcome::Fallback => worker.metrics.fallback.bump(),
     }
     record(pending.facts.status, reply.status, &rule.id, reply.outcome.as_str());
-    let headers = reply::headers(&reply, serve, &pending.facts.response);
-    send(id, Ready { status: reply.status, headers, body: reply.body }, pending.headers_only)
-}
-
-/// Sends a ready replacement (see the module comment).
-fn send(id: u32, ready: Ready, headers_only: bool) -> (Phase, Action) {
-    if headers_only {
+    let mut headers = reply::headers(&reply, serve, pending.facts.response_headers());
+    if pending.headers_only {
         // Envoy sets `:status` and content-length, and drops the body for HEAD itself.
-        let headers: Vec<(String, String)> = ready.headers.into_iter().filter(|(k, _)| !k.starts_with(':')).collect();
-        if !host::send_response(ready.status, &headers, &ready.body) {
+        if !host::send_response(reply.status, &headers, &reply.body) {
             warn!("[ctx {id}] local reply refused by Envoy; the original response stands");
             return (Phase::Done, Action::Continue);
         }
         return (Phase::Done, Action::Pause);
     }
-    // The body goes out with the last original chunk. Its length is known now, so the
-    // client gets a content-length instead of a chunked body.
-    let mut headers = ready.headers;
-    headers.push(("content-length".into(), ready.body.len().to_string()));
+    // In place (see the module comment): the body goes out with the last original chunk.
+    // When that is sure to be the chunk that ends the stream (the original announced a
+    // length under the drop limit), the client gets our length instead of a chunked body.
+    // Otherwise no length: the client must not see its page complete before Envoy has read
+    // the upstream response to its end, or it may close and take the upstream connection
+    // with it (the last chunk's terminator is what it waits for).
+    if pending.facts.original_length().is_some_and(|n| n <= MAX_DROP_BYTES) {
+        headers.push(("content-length".into(), reply.body.len().to_string().into()));
+    }
     host::set_response_headers(&headers);
-    (Phase::Streaming { body: ready.body, sent: false, dropped: 0, held: false }, Action::Continue)
+    drop(headers);
+    (Phase::Streaming { body: reply.body, sent: false, dropped: 0, held: false }, Action::Continue)
 }
 
 /// Access-log fields, as one filter state value `wasm.custom_error`
@@ -356,7 +349,16 @@ fn send(id: u32, ready: Ready, headers_only: bool) -> (Phase, Action) {
 /// four: each costs Envoy a filter-state object, about 2.5 µs of CPU per call measured in
 /// `make bench` (bench/FINDINGS.md).
 fn record(original: u16, served: u16, rule: &str, outcome: &str) {
-    host::set_filter_state("custom_error", &format!("original={original} served={served} outcome={outcome} rule={rule}"));
+    let mut value = String::with_capacity(48 + rule.len());
+    value.push_str("original=");
+    crate::push_decimal(&mut value, original);
+    value.push_str(" served=");
+    crate::push_decimal(&mut value, served);
+    value.push_str(" outcome=");
+    value.push_str(outcome);
+    value.push_str(" rule=");
+    value.push_str(rule);
+    host::set_filter_state("custom_error", &value);
 }
 
 impl Context for Stream {
@@ -398,7 +400,7 @@ impl HttpContext for Stream {
         if !self.worker.config.interested_in(status) {
             return Action::Continue;
         }
-        self.intercept(status, &response, end_of_stream)
+        self.intercept(status, response, end_of_stream)
     }
 
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {

@@ -3,15 +3,15 @@
 //! over the request host's own suffixes/prefixes, so the cost does not grow with the
 //! number of hosts in the policy.
 
-use std::collections::HashMap;
+use crate::fasthash::FastMap;
 
 #[derive(Debug, Clone, Default)]
 pub struct HostIndex {
-    exact: HashMap<String, usize>,
+    exact: FastMap<String, usize>,
     /// `*.example.org` is stored as `.example.org`; `*-api.example.org` as `-api.example.org`.
-    suffix: HashMap<String, usize>,
+    suffix: FastMap<String, usize>,
     /// `www.*` is stored as `www.`.
-    prefix: HashMap<String, usize>,
+    prefix: FastMap<String, usize>,
     any: Option<usize>,
     /// Longest wildcard parts, so probing stops early.
     max_suffix: usize,

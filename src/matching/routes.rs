@@ -3,14 +3,14 @@
 
 use crate::request::{path_only, query_of, query_param, RequestView};
 use regex_lite::Regex;
-use std::collections::HashMap;
+use crate::fasthash::FastMap;
 
 /// `pathRules`: `/x/*` is a prefix, `/x` is exact; the longest match wins.
 #[derive(Debug, Clone, Default)]
 pub struct PathRules {
-    exact: HashMap<String, usize>,
+    exact: FastMap<String, usize>,
     /// Stored with the trailing `/` (`/images/*` -> `/images/`).
-    prefix: HashMap<String, usize>,
+    prefix: FastMap<String, usize>,
 }
 
 impl PathRules {

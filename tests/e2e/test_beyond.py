@@ -85,7 +85,7 @@ def test_hostile_path_is_escaped(start_envoy, errors):
     errors.pages["/t.html"] = {"body": "<p>you asked for {{path}} on {{host}}</p>"}
     e = start_envoy(policy(
         {"matchResponseCodes": ["404"], "path": "/t.html", "template": True},
-        {"matchResponseCodes": ["400-403"], "body": '{"path":"{{path}}","status":{{status}}}', "contentType": "application/json"},
+        {"matchResponseCodes": ["400-403"], "body": '{"path":"{{path}}","status":{{status}},"method":"{{method}}"}', "contentType": "application/json"},
         {"matchResponseCodes": ["410"], "path": "/t.html"}))  # template off: served verbatim
     # (Envoy itself refuses markup in the host with a 400, so the path is the vector.)
     hostile = "/status/404/<script>alert('x')</script>\"&"
@@ -95,7 +95,7 @@ def test_hostile_path_is_escaped(start_envoy, errors):
     assert r.body == (b"<p>you asked for /status/404/&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt;&quot;&amp;"
                       b" on shop.example</p>")
     r = e.request("/status/403/\"}<x>\\")
-    assert json.loads(r.body) == {"path": "/status/403/\"}<x>\\", "status": 403}
+    assert json.loads(r.body) == {"path": "/status/403/\"}<x>\\", "status": 403, "method": "GET"}
     assert b"<x>" not in r.body
     assert e.request("/status/410").body == b"<p>you asked for {{path}} on {{host}}</p>"
 
