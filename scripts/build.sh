@@ -12,7 +12,7 @@ BINARYEN_VERSION=132.0.0
 # export), so each one kept costs a V8 entry per request (on_log) or per request-body
 # chunk and trailer block. Removing an export that the filter starts to implement would
 # silently disable it: tests/e2e/test_ecosystem.py::test_module_exports checks the list.
-UNUSED_EXPORTS=proxy_on_log,proxy_on_request_body,proxy_on_request_trailers,proxy_on_response_trailers
+UNUSED_EXPORTS=proxy_on_log,proxy_on_done,proxy_on_request_body,proxy_on_request_trailers,proxy_on_response_trailers
 cargo build --release --target wasm32-wasip1
 opt=.tools/npm/node_modules/.bin/wasm-opt
 if [ ! -x "$opt" ] && command -v npm >/dev/null; then

@@ -18,7 +18,7 @@ use std::rc::Rc;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::default()) });
+    proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root { id, worker: None }) });
 }}
 
 /// State shared by all requests of one VM (one Envoy worker thread).
@@ -36,8 +36,8 @@ pub(crate) struct Worker {
 /// The root context's tick: refreshes the clock and flushes counters.
 const TICK_MS: u32 = 100;
 
-#[derive(Default)]
 struct Root {
+    id: u32,
     worker: Option<Rc<Worker>>,
 }
 
@@ -85,6 +85,7 @@ impl RootContext for Root {
         if let Some(w) = &self.worker {
             w.clock.set(host::now_ms());
             w.metrics.flush();
+            stream::release_orphaned_flights(w, self.id);
         }
     }
 

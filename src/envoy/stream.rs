@@ -16,7 +16,10 @@
 //!   fetches (the leader), the others wait on its flight and are completed by the leader
 //!   when the answer arrives (host calls switched to their context with
 //!   `set_effective_context`; Envoy defers their resumption until the leader's callback
-//!   returns). Should the leader's request die first, its waiters get the fallback.
+//!   returns). Should the leader's request die first (Envoy then cancels its call), the
+//!   root's next tick finds the leader gone and gives its waiters the fallback. A tick
+//!   rather than `on_done`: exporting `proxy_on_done` would cost every request one more
+//!   entry into the VM, for a rare event.
 //! - Small original bodies are not even dropped chunk by chunk: the filter returns
 //!   `StopIterationAndBuffer` (no host call) until the last chunk, whose callback sees
 //!   everything held so far (Envoy 1.40 adds each chunk to its buffer before the call) and
@@ -99,8 +102,14 @@ pub(crate) struct Waiter {
     pending: Box<Pending>,
 }
 
-/// Fetches in flight on this worker, by cache key, with their waiters.
-pub(crate) type Flights = FastMap<String, Vec<Waiter>>;
+/// A fetch in flight: the request that leads it and the requests waiting on it.
+pub(crate) struct Flight {
+    leader: u32,
+    waiters: Vec<Waiter>,
+}
+
+/// Fetches in flight on this worker, by cache key.
+pub(crate) type Flights = FastMap<String, Flight>;
 
 /// What a cache miss turned into.
 enum Miss {
@@ -165,14 +174,19 @@ impl Stream {
                 action
             }
             Err(Miss::Lead(call)) => {
-                self.worker.flights.borrow_mut().insert(call.cache_key.clone(), Vec::new());
+                self.worker
+                    .flights
+                    .borrow_mut()
+                    .entry(call.cache_key.clone())
+                    .or_insert_with(|| Flight { leader: self.id, waiters: Vec::new() })
+                    .leader = self.id;
                 self.phase = Phase::Fetching { call, pending };
                 Action::Pause
             }
             Err(Miss::Follow(key)) => {
                 let slot: Slot = Rc::new(RefCell::new(None));
-                if let Some(waiters) = self.worker.flights.borrow_mut().get_mut(&key) {
-                    waiters.push(Waiter { id: self.id, slot: slot.clone(), pending });
+                if let Some(flight) = self.worker.flights.borrow_mut().get_mut(&key) {
+                    flight.waiters.push(Waiter { id: self.id, slot: slot.clone(), pending });
                 }
                 debug!("[ctx {}] waiting on the fetch in flight for {key}", self.id);
                 self.phase = Phase::Waiting(slot);
@@ -196,8 +210,15 @@ impl Stream {
             self.worker.metrics.cache_hit.bump();
             return Ok(Some((object, Outcome::Cache)));
         }
-        if self.worker.flights.borrow().contains_key(&key) {
-            return Err(Miss::Follow(key));
+        let leader = self.worker.flights.borrow().get(&key).map(|f| f.leader);
+        if let Some(leader) = leader {
+            // A leader that died since the last tick cannot answer: this request takes over
+            // its flight (and its waiters) instead of waiting for nothing.
+            let alive = host::set_effective_context(leader);
+            host::set_effective_context(self.id);
+            if alive {
+                return Err(Miss::Follow(key));
+            }
         }
         let format = negotiate::essence(&variant.content_type).to_string();
         let (uri, host_name, request_id) = (facts.path(), facts.authority(), facts.request_id());
@@ -221,7 +242,7 @@ impl Stream {
         let Some(svc) = config.services.get(call.service) else {
             self.phase = Phase::Done;
             host::resume_response();
-            self.release_waiters(&call.cache_key, None);
+            release_waiters(&self.worker, &call.cache_key, None, self.id);
             return;
         };
         let default_type = rule_serve(&config, pending.rule)
@@ -254,32 +275,7 @@ impl Stream {
         if matches!(action, Action::Continue) {
             host::resume_response();
         }
-        self.release_waiters(&call.cache_key, object);
-    }
-
-    /// Completes every request that waited on this request's fetch, with the object (or
-    /// the fallback when there is none), each in its own context.
-    fn release_waiters(&self, key: &str, object: Option<(Rc<Object>, Outcome)>) {
-        let waiters = self.worker.flights.borrow_mut().remove(key).unwrap_or_default();
-        if waiters.is_empty() {
-            return;
-        }
-        // A waiter shares the leader's object; it was not fetched for it.
-        let shared = object.map(|(o, _)| (o, Outcome::Cache));
-        for mut w in waiters {
-            if !host::set_effective_context(w.id) {
-                continue; // that request is gone
-            }
-            if shared.is_some() {
-                self.worker.metrics.cache_hit.bump();
-            }
-            let (phase, action) = finish(&self.worker, w.id, &mut w.pending, shared.clone());
-            *w.slot.borrow_mut() = Some(phase);
-            if matches!(action, Action::Continue) {
-                host::resume_response();
-            }
-        }
-        host::set_effective_context(self.id);
+        release_waiters(&self.worker, &call.cache_key, object, self.id);
     }
 
     /// A waiter's phase, once its leader has decided it.
@@ -290,6 +286,52 @@ impl Stream {
                 self.phase = next;
             }
         }
+    }
+}
+
+/// Completes every request that waited on the fetch under `key`, with the object (or the
+/// fallback when there is none), each in its own context; then makes `current` the
+/// effective context again.
+fn release_waiters(worker: &Worker, key: &str, object: Option<(Rc<Object>, Outcome)>, current: u32) {
+    let waiters = worker.flights.borrow_mut().remove(key).map(|f| f.waiters).unwrap_or_default();
+    if waiters.is_empty() {
+        return;
+    }
+    // A waiter shares the leader's object; it was not fetched for it.
+    let shared = object.map(|(o, _)| (o, Outcome::Cache));
+    for mut w in waiters {
+        if !host::set_effective_context(w.id) {
+            continue; // that request is gone
+        }
+        if shared.is_some() {
+            worker.metrics.cache_hit.bump();
+        }
+        let (phase, action) = finish(worker, w.id, &mut w.pending, shared.clone());
+        *w.slot.borrow_mut() = Some(phase);
+        if matches!(action, Action::Continue) {
+            host::resume_response();
+        }
+    }
+    host::set_effective_context(current);
+}
+
+/// On the root's tick: flights whose leader's request is gone (Envoy cancelled its call,
+/// so no answer will come) release their waiters with the fallback.
+pub(crate) fn release_orphaned_flights(worker: &Worker, root: u32) {
+    if worker.flights.borrow().is_empty() {
+        return;
+    }
+    let orphaned: Vec<String> = worker
+        .flights
+        .borrow()
+        .iter()
+        .filter(|(_, f)| !host::set_effective_context(f.leader))
+        .map(|(k, _)| k.clone())
+        .collect();
+    host::set_effective_context(root);
+    for key in orphaned {
+        warn!("[ctx {root}] the request fetching {key} is gone: its waiters get the fallback");
+        release_waiters(worker, &key, None, root);
     }
 }
 
@@ -367,15 +409,6 @@ impl Context for Stream {
             Phase::Fetching { call, pending } if call.token == token => self.finish_fetch(call, pending, body_size),
             other => self.phase = other,
         }
-    }
-
-    fn on_done(&mut self) -> bool {
-        // This request dies with a fetch in flight (Envoy cancels the call): its waiters
-        // would wait for nothing, so they get the fallback now.
-        if let Phase::Fetching { call, .. } = std::mem::replace(&mut self.phase, Phase::Done) {
-            self.release_waiters(&call.cache_key, None);
-        }
-        true
     }
 }
 

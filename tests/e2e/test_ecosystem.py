@@ -122,7 +122,7 @@ def test_module_exports():
     implement (each costs a VM entry per request in Envoy); the ones it implements stay."""
     exports = wasm_exports(WASM.read_bytes())
     used = {"proxy_on_context_create", "proxy_on_request_headers", "proxy_on_response_headers",
-            "proxy_on_response_body", "proxy_on_http_call_response", "proxy_on_done", "proxy_on_delete",
+            "proxy_on_response_body", "proxy_on_http_call_response", "proxy_on_delete",
             "proxy_on_configure", "proxy_on_tick", "proxy_on_memory_allocate", "proxy_abi_version_0_2_1"}
     assert used <= exports, used - exports
-    assert not exports & {"proxy_on_log", "proxy_on_request_body", "proxy_on_request_trailers", "proxy_on_response_trailers"}
+    assert not exports & {"proxy_on_log", "proxy_on_done", "proxy_on_request_body", "proxy_on_request_trailers", "proxy_on_response_trailers"}
