@@ -17,9 +17,10 @@
 //!   when the answer arrives (host calls switched to their context with
 //!   `set_effective_context`; Envoy defers their resumption until the leader's callback
 //!   returns). Should the leader's request die first (Envoy then cancels its call), the
-//!   root's next tick finds the leader gone and gives its waiters the fallback. A tick
-//!   rather than `on_done`: exporting `proxy_on_done` would cost every request one more
-//!   entry into the VM, for a rare event.
+//!   next miss for the object takes the fetch over, waiters included; waiters no miss
+//!   rescues get the fallback on the root's next tick. A tick rather than `on_done`:
+//!   exporting `proxy_on_done` would cost every request one more entry into the VM, for
+//!   a rare event.
 //! - Small original bodies are not even dropped chunk by chunk: the filter returns
 //!   `StopIterationAndBuffer` (no host call) until the last chunk, whose callback sees
 //!   everything held so far (Envoy 1.40 adds each chunk to its buffer before the call) and
@@ -39,6 +40,7 @@ use super::Worker;
 use crate::cache::{self, Object};
 use crate::config::{Config, Rule, RuleKind, Serve, Variant};
 use crate::decide::Decision;
+use crate::fasthash::FastMap;
 use crate::error_service::{self, CallFacts, FetchFailure};
 use crate::negotiate;
 use crate::reply::{self, Outcome};
@@ -47,7 +49,6 @@ use log::{debug, warn};
 use proxy_wasm::traits::{Context, HttpContext};
 use proxy_wasm::types::Action;
 use std::cell::RefCell;
-use crate::fasthash::FastMap;
 use std::rc::Rc;
 
 /// Original error body we drop while waiting for its end before we send the object anyway.
@@ -382,7 +383,7 @@ fn finish(worker: &Worker, id: u32, pending: &mut Pending, object: Option<(Rc<Ob
         headers.push(("content-length".into(), reply.body.len().to_string().into()));
     }
     host::set_response_headers(&headers);
-    drop(headers);
+    drop(headers); // it borrows from `reply`, whose body moves on
     (Phase::Streaming { body: reply.body, sent: false, dropped: 0, held: false }, Action::Continue)
 }
 
