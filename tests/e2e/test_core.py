@@ -248,15 +248,15 @@ def test_upstream_connection_kept_alive_and_large_body_swallowed(start_envoy, er
     assert stats.get("cluster.upstream.upstream_cx_destroy_local_with_active_rq", 0) == 0, stats
 
 
-# Original bodies the filter asks Envoy to hold (under 16 KiB), drops chunk by chunk after
-# that, or stops waiting for (over 64 KiB): in every case the client gets exactly the page
-# and the upstream connection stays pooled. The page has a content-length only when the
+# Original bodies of every shape, dropped chunk by chunk (the page waits for the last chunk,
+# up to 64 KiB): in every case the client gets exactly the page and the upstream connection
+# stays pooled. The page has a content-length only when the
 # original announced one under the drop limit (so the page surely ends the stream).
 BODIES = {
     "small_with_length": ("bytes=200", True),
     "large_with_length": ("bytes=100000", False),
-    "held_in_many_chunks": ("bytes=12000&chunked=1&chunk_bytes=1000&chunk_delay_ms=2", False),
-    "past_the_hold_limit": ("bytes=40000&chunked=1&chunk_bytes=1000&chunk_delay_ms=1", False),
+    "many_small_chunks": ("bytes=12000&chunked=1&chunk_bytes=1000&chunk_delay_ms=2", False),
+    "chunked_under_the_drop_limit": ("bytes=40000&chunked=1&chunk_bytes=1000&chunk_delay_ms=1", False),
     "past_the_drop_limit": ("bytes=100000&chunked=1&chunk_bytes=4096&chunk_delay_ms=1", False),
     "empty_chunked": ("bytes=0&chunked=1", False),
 }
