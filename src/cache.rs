@@ -40,7 +40,7 @@ impl Default for Cache {
 /// Cache key: error service, path after substitution, chosen variant.
 pub fn key(service: usize, path: &str, content_type: &str) -> String {
     let mut key = String::with_capacity(path.len() + content_type.len() + 8);
-    crate::push_decimal(&mut key, service.min(u16::MAX as usize) as u16);
+    crate::push_decimal(&mut key, service as u64);
     key.push('|');
     key.push_str(path);
     key.push('|');

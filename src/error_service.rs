@@ -11,7 +11,7 @@ pub fn object_path(template: &str, original_status: u16) -> String {
     let mut rest = template;
     while let Some(at) = rest.find("{status}") {
         out.push_str(&rest[..at]);
-        crate::push_decimal(&mut out, original_status);
+        crate::push_decimal(&mut out, original_status.into());
         rest = &rest[at + "{status}".len()..];
     }
     out.push_str(rest);

@@ -24,7 +24,7 @@ mod envoy;
 
 /// Appends `n` in decimal. The hot path builds its few strings by hand: `format!`'s
 /// machinery is measurably slow inside the wasm VM (bench/FINDINGS.md).
-pub fn push_decimal(out: &mut String, n: u16) {
+pub fn push_decimal(out: &mut String, n: u64) {
     if n >= 10 {
         push_decimal(out, n / 10);
     }
@@ -35,7 +35,7 @@ pub fn push_decimal(out: &mut String, n: u16) {
 mod tests {
     #[test]
     fn push_decimal_writes_every_width() {
-        for n in [0u16, 7, 10, 99, 404, 503, 1000, 65535] {
+        for n in [0u64, 7, 10, 99, 404, 503, 1000, 65535, 65536, u64::MAX] {
             let mut s = String::from("x");
             super::push_decimal(&mut s, n);
             assert_eq!(s, format!("x{n}"));

@@ -116,7 +116,7 @@ pub fn headers<'a>(
 ) -> Vec<(Cow<'a, str>, Cow<'a, str>)> {
     let mut out: Vec<(Cow<'a, str>, Cow<'a, str>)> = Vec::with_capacity(8 + serve.headers.len());
     let mut status = String::with_capacity(3);
-    crate::push_decimal(&mut status, reply.status);
+    crate::push_decimal(&mut status, reply.status.into());
     out.push((":status".into(), status.into()));
     for (k, v) in original {
         // Envoy keeps header names lower-case; anything else is lowered to compare.

@@ -2,8 +2,8 @@
 //! `wasmcustom.custom_error_pages.intercepted` and so on.
 //!
 //! A request only bumps a number in the VM's memory; the root context's 100 ms tick adds
-//! the increments to Envoy's counters. Each host call on the error path costs a VM exit,
-//! measurable in `make bench`; the price is that `/stats` lags by up to one tick.
+//! the increments to Envoy's counters, keeping two host calls per intercepted error off the
+//! request path; the price is that `/stats` lags by up to one tick.
 
 use super::host;
 use crate::error_service::FetchFailure;

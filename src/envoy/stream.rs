@@ -386,9 +386,9 @@ fn finish(worker: &Worker, id: u32, pending: &mut Pending, object: Option<(Rc<Ob
 fn record(original: u16, served: u16, rule: &str, outcome: &str) {
     let mut value = String::with_capacity(48 + rule.len());
     value.push_str("original=");
-    crate::push_decimal(&mut value, original);
+    crate::push_decimal(&mut value, original.into());
     value.push_str(" served=");
-    crate::push_decimal(&mut value, served);
+    crate::push_decimal(&mut value, served.into());
     value.push_str(" outcome=");
     value.push_str(outcome);
     value.push_str(" rule=");
