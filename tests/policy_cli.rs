@@ -35,6 +35,24 @@ fn check_accepts_good_and_refuses_bad_with_field_path() {
 }
 
 #[test]
+fn check_warns_about_a_success_page_caches_may_keep() {
+    let (ok, _, err) = policy(&["check", &sample()]);
+    assert!(ok && err.is_empty(), "the sample says how to cache its 200 placeholder: {err}");
+    let risky = temp(
+        "risky.json",
+        r#"{"errorService": "errors", "defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+            {"matchResponseCodes": ["503"], "path": "/maintenance.html", "overrideResponseCode": 200}]}}"#,
+    );
+    let (ok, out, err) = policy(&["check", &risky]);
+    assert!(ok, "a warning, not a refusal: {out}");
+    assert!(
+        err.starts_with("warning: defaultCustomErrorResponsePolicy.errorResponseRules[0].overrideResponseCode: 200 is not an error")
+            && err.contains("\"cache-control\""),
+        "{err}"
+    );
+}
+
+#[test]
 fn explain_names_level_rule_and_object() {
     let (ok, out, err) = policy(&["explain", &sample(), "--host", "shop.localhost", "--path", "/images/a.png", "--status", "404"]);
     assert!(ok, "{err}");

@@ -22,7 +22,29 @@ fn spec_example_loads() {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/spec-example.json")).unwrap();
     let cfg = load(text.as_bytes()).unwrap();
     assert_eq!(cfg.matchers.len(), 2);
-    assert_eq!(cfg.warnings, vec!["path matcher \"api\" is not named by any host rule: it is never used".to_string()]);
+    assert_eq!(cfg.warnings.len(), 2, "{:?}", cfg.warnings);
+    assert_eq!(cfg.warnings[0], "path matcher \"api\" is not named by any host rule: it is never used");
+    assert!(cfg.warnings[1].starts_with("pathMatchers[0].pathRules[0].customErrorResponsePolicy.errorResponseRules[0].overrideResponseCode: 200 is not an error"), "{}", cfg.warnings[1]);
+}
+
+/// An override to a non-error status whose fetched object says how caches may keep it is
+/// worth a warning; the rule's own cache-control, an error status or an inline body is not.
+#[test]
+fn cacheable_override_warned_unless_the_rule_decides() {
+    let warned = |rule: serde_json::Value| -> bool {
+        let policy = json!({"errorService": svc(), "defaultCustomErrorResponsePolicy": {"errorResponseRules": [rule]}});
+        let cfg = load(policy.to_string().as_bytes()).unwrap();
+        cfg.warnings.iter().any(|w| w.contains("overrideResponseCode") && w.contains("cache-control"))
+    };
+    assert!(warned(json!({"matchResponseCodes": ["503"], "path": "/m.html", "overrideResponseCode": 200})));
+    assert!(warned(json!({"matchResponseCodes": ["503"], "path": "/m.html", "overrideResponseCode": 302})));
+    assert!(warned(json!({"matchResponseCodes": ["503"], "body": "x", "overrideResponseCode": 200,
+                          "variants": [{"contentType": "application/json", "path": "/m.json"}]})));
+    assert!(!warned(json!({"matchResponseCodes": ["503"], "path": "/m.html", "overrideResponseCode": 200,
+                           "headers": {"Cache-Control": "no-store"}})));
+    assert!(!warned(json!({"matchResponseCodes": ["503"], "path": "/m.html", "overrideResponseCode": 400})));
+    assert!(!warned(json!({"matchResponseCodes": ["503"], "path": "/m.html"})));
+    assert!(!warned(json!({"matchResponseCodes": ["503"], "body": "x", "overrideResponseCode": 200})));
 }
 
 #[test]
@@ -99,6 +121,8 @@ fn refusals_name_field_and_reason() {
          "errorResponseRules[0].headers.retry-after: a header value must not contain control characters"),
         (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "x", "headers": {"content-length": "1"}}]}}),
          "errorResponseRules[0].headers.content-length: \"content-length\" cannot be set by a rule"),
+        (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "x", "headers": {"Cache-Control": "no-store", "cache-control": "max-age=5"}}]}}),
+         "errorResponseRules[0].headers.cache-control: \"cache-control\" is set twice (header names are case-insensitive)"),
         (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "x", "source": "backend"}]}}),
          "errorResponseRules[0].source: \"backend\" is not one of \"any\", \"upstream\", \"proxy\""),
         (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "passthrough": true, "body": "x"}]}}),

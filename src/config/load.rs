@@ -104,12 +104,13 @@ impl Loader {
         }
         o.finish()?;
 
-        let warnings = matchers
+        let mut warnings: Vec<String> = matchers
             .iter()
             .zip(&named)
             .filter(|(_, n)| !**n)
             .map(|(m, _)| format!("path matcher \"{}\" is not named by any host rule: it is never used", m.name))
             .collect();
+        warnings.extend(self.policies.iter().flat_map(|p| &p.rules).filter_map(cacheable_override));
 
         Ok(Config {
             services: self.services,
@@ -402,7 +403,11 @@ impl Loader {
                 let hp = h.field_path(&name);
                 let value = h.take_str(&name)?;
                 check_set_header(&name, value, &hp)?;
-                headers.push((name.to_ascii_lowercase(), value.to_string()));
+                let lower = name.to_ascii_lowercase();
+                if headers.iter().any(|(n, _)| *n == lower) {
+                    return Err(ConfigError::new(hp, format!("\"{name}\" is set twice (header names are case-insensitive)")));
+                }
+                headers.push((lower, value.to_string()));
             }
             h.finish()?;
         }
@@ -427,6 +432,24 @@ impl Loader {
         o.finish()?;
         Ok(Rule { id, at: (0, 0), level, specs, source, kind })
     }
+}
+
+/// A rule that serves a fetched object under a non-error status without saying how caches
+/// may keep it: the object's own `cache-control` then reaches caches in front of the proxy,
+/// which may keep the page as the URL's successful answer.
+fn cacheable_override(rule: &Rule) -> Option<String> {
+    let RuleKind::Serve(serve) = &rule.kind else { return None };
+    let code = serve.override_code.filter(|c| *c < 400)?;
+    let fetched = serve.default.path.is_some() || serve.variants.iter().any(|v| v.path.is_some());
+    (fetched && !serve.sets("cache-control")).then(|| {
+        format!(
+            "{}.overrideResponseCode: {code} is not an error, and a cache in front of the proxy may keep this page as the \
+             URL's answer for as long as the error object's own cache-control allows; set \"headers\": \
+             {{\"cache-control\": ...}} on the rule to decide (without either, the filter sends \"{}\")",
+            rule.id,
+            NON_ERROR_CACHE_CONTROL
+        )
+    })
 }
 
 /// Reads `path`, `body` and `contentType` of a rule or a variant.

@@ -9,6 +9,10 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 pub const DEFAULT_CACHE_TTL_S: u64 = 300;
 pub const DEFAULT_CONTENT_TYPE: &str = "text/html; charset=utf-8";
+/// What a replacement tells caches in front of the proxy when it answers a non-error
+/// status and neither the rule's `headers` nor the object say how to cache it: a
+/// maintenance page served as 200 must not become the URL's cached answer.
+pub const NON_ERROR_CACHE_CONTROL: &str = "no-store";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ErrorService {
@@ -61,6 +65,13 @@ pub struct Serve {
     /// Render `{{...}}` variables in fetched objects too.
     pub template: bool,
     pub service: Option<usize>,
+}
+
+impl Serve {
+    /// Whether the rule's `headers` set this (lower-case) header.
+    pub fn sets(&self, name: &str) -> bool {
+        self.headers.iter().any(|(n, _)| n == name)
+    }
 }
 
 #[derive(Debug, Clone)]

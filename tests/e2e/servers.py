@@ -71,7 +71,8 @@ class UpstreamHandler(_Base):
         self.connection.sendall(b"echo:" + data)
         self.close_connection = True
 
-    """`[/prefix]/status/NNN[?ct=..&bytes=N&chunked=1&chunk_bytes=N&chunk_delay_ms=N&delay_ms=N&empty=1]` answers NNN; anything
+    """`owner.pages[path]` (dict(status, body, headers)) when the test set one; else
+    `[/prefix]/status/NNN[?ct=..&bytes=N&chunked=1&chunk_bytes=N&chunk_delay_ms=N&delay_ms=N&empty=1]` answers NNN; anything
     else 200. Error responses carry headers that must never leak to the client."""
 
     def do_GET(self):
@@ -82,6 +83,10 @@ class UpstreamHandler(_Base):
             time.sleep(int(q["delay_ms"]) / 1000)
         if self.headers.get("upgrade", "").lower() == "websocket":
             self._websocket()
+            return
+        fixed = self.server.owner.pages.get(url.path)
+        if fixed is not None:  # a page the test sets (and may change between requests)
+            self._send(fixed.get("status", 200), fixed["body"].encode(), list(fixed.get("headers", [("content-type", "text/plain")])))
             return
         parts = url.path.strip("/").split("/")
         codes = [b for a, b in zip(parts, parts[1:]) if a == "status" and b.isdigit()]
