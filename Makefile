@@ -2,7 +2,7 @@
 WASM := target/wasm32-wasip1/release/custom_error_pages.wasm
 PY := .tools/venv/bin/python
 
-.PHONY: setup build test unit e2e run bench soak load clean
+.PHONY: setup build lint test unit e2e run bench soak load clean
 
 setup:
 	scripts/setup.sh
@@ -10,13 +10,21 @@ setup:
 build: setup
 	scripts/build.sh
 
+# Formatting, and clippy with warnings denied on the host and on the wasm target (the host
+# build never compiles src/envoy/), the test-only trap build included.
+lint: setup
+	cargo fmt --check
+	cargo clippy --quiet --all-targets -- -D warnings
+	cargo clippy --quiet --all-targets --target wasm32-wasip1 -- -D warnings
+	cargo clippy --quiet --lib --target wasm32-wasip1 --features trap-test -- -D warnings
+
 unit:
 	cargo test --quiet
 
 e2e: build
 	$(PY) -m pytest -q tests/e2e
 
-test: setup unit e2e
+test: setup lint unit e2e
 
 run: build
 	scripts/demo.sh

@@ -2,6 +2,9 @@
 //! ns per decision for policies of 10 to 1,000 rules, spread over 1 to 1,000 hosts.
 //! Run: `cargo run --release --example decide_bench`.
 
+// A benchmark program, not filter code: a policy that does not load is a bug to stop on.
+#![allow(clippy::expect_used)]
+
 use custom_error_pages::config::load;
 use custom_error_pages::request::StaticRequest;
 use serde_json::json;
@@ -15,7 +18,8 @@ fn policy(hosts: usize, rules_per_host: usize) -> serde_json::Value {
     let mut matchers = vec![];
     for h in 0..hosts {
         let name = format!("m{h}");
-        host_rules.push(json!({"hosts": [format!("h{h}.example.com"), format!("*.w{h}.example.org")], "pathMatcher": name}));
+        host_rules
+            .push(json!({"hosts": [format!("h{h}.example.com"), format!("*.w{h}.example.org")], "pathMatcher": name}));
         let route_rules: Vec<_> = (0..rules_per_host.saturating_sub(2))
             .map(|r| json!({
                 "priority": r,
@@ -52,7 +56,12 @@ fn main() {
             ("200 (no rule: early exit)", 200u16, format!("h{last}.example.com"), "/api/v0/x".to_string()),
             ("404 host default", 404, format!("h{last}.example.com"), "/x".to_string()),
             ("404 wildcard host", 404, format!("a.w{last}.example.org"), "/x".to_string()),
-            ("503 last route rule (regex)", 503, format!("h{last}.example.com"), format!("/svc{}/abc/42", per_host.saturating_sub(3))),
+            (
+                "503 last route rule (regex)",
+                503,
+                format!("h{last}.example.com"),
+                format!("/svc{}/abc/42", per_host.saturating_sub(3)),
+            ),
         ];
         for (label, status, host, path) in cases {
             let mut req = StaticRequest { authority: host, path, ..Default::default() };

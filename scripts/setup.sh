@@ -11,6 +11,14 @@ if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1
 fi
 
+# make lint: rustfmt and clippy come with rustup's default profile; added if missing.
+for component in rustfmt clippy; do
+  if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+    echo "setup: adding the $component component"
+    rustup component add "$component"
+  fi
+done
+
 if [ ! -x .tools/venv/bin/python ]; then
   echo "setup: creating .tools/venv"
   python3 -m venv .tools/venv

@@ -105,8 +105,7 @@ impl Cache {
             return;
         }
         self.remove(&key);
-        while !self.entries.is_empty()
-            && (self.entries.len() >= self.max_entries || self.bytes + size > self.max_bytes)
+        while !self.entries.is_empty() && (self.entries.len() >= self.max_entries || self.bytes + size > self.max_bytes)
         {
             self.evict_one(now_ms);
         }
@@ -117,11 +116,8 @@ impl Cache {
     }
 
     fn evict_one(&mut self, now_ms: u64) {
-        let victim = self
-            .entries
-            .iter()
-            .min_by_key(|(_, e)| (e.expires_ms > now_ms, e.last_used))
-            .map(|(k, _)| k.clone());
+        let victim =
+            self.entries.iter().min_by_key(|(_, e)| (e.expires_ms > now_ms, e.last_used)).map(|(k, _)| k.clone());
         if let Some(k) = victim {
             self.remove(&k);
         }

@@ -2,9 +2,9 @@
 //! specific level (route/path rule, then the host's path matcher default, then the
 //! proxy-wide default) that has a rule for the code decides; a level without one defers.
 
+use crate::config::Routing;
 use crate::config::{Config, Rule, RuleKind, Serve};
 use crate::matching::routes::{first_route, RouteRule};
-use crate::config::Routing;
 use crate::request::RequestView;
 
 #[derive(Debug, Clone, Copy)]
@@ -36,7 +36,12 @@ impl Config {
     }
 
     /// `decide`, with each step written to `trace` when given (for `policy explain`).
-    pub fn decide_traced(&self, status: u16, req: &mut dyn RequestView, mut trace: Option<&mut Vec<String>>) -> Decision<'_> {
+    pub fn decide_traced(
+        &self,
+        status: u16,
+        req: &mut dyn RequestView,
+        mut trace: Option<&mut Vec<String>>,
+    ) -> Decision<'_> {
         let mut note = |line: &dyn Fn() -> String| {
             if let Some(t) = trace.as_deref_mut() {
                 t.push(line());
@@ -47,9 +52,11 @@ impl Config {
             return Decision::None;
         }
         let source_matters = self.source_codes.contains(status);
-        let from_proxy = source_matters && req.from_proxy();
+        let made_by_proxy = source_matters && req.made_by_proxy();
         if source_matters {
-            note(&|| format!("the response counts as made by the {}", if from_proxy { "proxy" } else { "upstream" }));
+            note(&|| {
+                format!("the response counts as made by the {}", if made_by_proxy { "proxy" } else { "upstream" })
+            });
         }
         let mut chain: [Option<usize>; 3] = [None, None, self.proxy_policy];
         if !self.matchers.is_empty() {
@@ -71,13 +78,20 @@ impl Config {
                             // defers. So rules after the last one with a rule for this code
                             // cannot change the outcome: they are not evaluated (a rule that
                             // needs `xds.route_name` would cost a host call).
-                            let covers = |r: &RouteRule| self.policies.get(r.policy).is_some_and(|p| p.table.lookup(status, from_proxy).is_some());
+                            let covers = |r: &RouteRule| {
+                                self.policies
+                                    .get(r.policy)
+                                    .is_some_and(|p| p.table.lookup(status, made_by_proxy).is_some())
+                            };
                             let upto = rr.iter().rposition(covers).map_or(0, |i| i + 1);
-                            match upto.checked_sub(1).and_then(|i| rr.get(i)).and_then(|r| self.policies.get(r.policy)) {
-                                Some(last) if upto < rr.len() => note(&|| format!(
-                                    "route rules after {} have no rule for {status}: not evaluated",
-                                    last.id.trim_end_matches(".customErrorResponsePolicy")
-                                )),
+                            match upto.checked_sub(1).and_then(|i| rr.get(i)).and_then(|r| self.policies.get(r.policy))
+                            {
+                                Some(last) if upto < rr.len() => note(&|| {
+                                    format!(
+                                        "route rules after {} have no rule for {status}: not evaluated",
+                                        last.id.trim_end_matches(".customErrorResponsePolicy")
+                                    )
+                                }),
                                 None => note(&|| format!("no route rule has a rule for {status}: none evaluated")),
                                 Some(_) => {}
                             }
@@ -86,7 +100,9 @@ impl Config {
                         }
                     };
                     match chain[0].and_then(|p| self.policies.get(p)) {
-                        Some(p) => note(&|| format!("the request matches {}", p.id.trim_end_matches(".customErrorResponsePolicy"))),
+                        Some(p) => note(&|| {
+                            format!("the request matches {}", p.id.trim_end_matches(".customErrorResponsePolicy"))
+                        }),
                         None if m.rule_codes.contains(status) && !matches!(m.routing, Routing::None) => {
                             note(&|| "no path or route rule matches the request".to_string())
                         }
@@ -97,7 +113,7 @@ impl Config {
             }
         }
         for policy in chain.iter().flatten().filter_map(|&p| self.policies.get(p)) {
-            match policy.table.lookup(status, from_proxy).and_then(|i| policy.rules.get(i)) {
+            match policy.table.lookup(status, made_by_proxy).and_then(|i| policy.rules.get(i)) {
                 Some(rule) => {
                     note(&|| format!("{} has a rule for {status}: {}", policy.id, rule.id));
                     return match &rule.kind {

@@ -2,8 +2,8 @@
 //! and the numeric status only (plus a few request facts in dedicated `x-` headers): the
 //! client's cookies, authorization and other headers never reach the error service.
 
-use crate::config::ErrorService;
 use crate::config::load::{is_token_byte, valid_header_value};
+use crate::config::ErrorService;
 
 /// The error object's path on the error service, `{status}` replaced by the original code.
 pub fn object_path(template: &str, original_status: u16) -> String {
@@ -35,7 +35,9 @@ pub fn call_headers(svc: &ErrorService, path: &str, f: &CallFacts<'_>) -> Vec<(&
         ("x-code", f.original_status.to_string()),
         ("x-format", clean(f.format)),
     ];
-    for (name, value) in [("x-original-uri", f.original_uri), ("x-original-host", f.original_host), ("x-request-id", f.request_id)] {
+    for (name, value) in
+        [("x-original-uri", f.original_uri), ("x-original-host", f.original_host), ("x-request-id", f.request_id)]
+    {
         if !value.is_empty() {
             h.push((name, clean(value)));
         }
@@ -130,11 +132,7 @@ pub fn evaluate(
     }
     // Every header is valid UTF-8 without control characters past the check above.
     let header_text = |name: &str| {
-        get(name)
-            .and_then(|v| std::str::from_utf8(v).ok())
-            .map(str::trim)
-            .filter(|v| !v.is_empty())
-            .map(str::to_string)
+        get(name).and_then(|v| std::str::from_utf8(v).ok()).map(str::trim).filter(|v| !v.is_empty()).map(str::to_string)
     };
     let content_type = header_text("content-type")
         .filter(|ct| {
@@ -152,7 +150,13 @@ mod tests {
     use super::*;
 
     fn svc() -> ErrorService {
-        ErrorService { cluster: "e".into(), authority: "errors.internal".into(), timeout_ms: 1000, max_body_bytes: 100, cache_ttl_s: 60 }
+        ErrorService {
+            cluster: "e".into(),
+            authority: "errors.internal".into(),
+            timeout_ms: 1000,
+            max_body_bytes: 100,
+            cache_ttl_s: 60,
+        }
     }
 
     fn h(pairs: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
@@ -168,7 +172,13 @@ mod tests {
 
     #[test]
     fn headers_carry_facts_only() {
-        let f = CallFacts { original_status: 502, format: "text/html", original_uri: "/x?y\r\nevil: 1", original_host: "h", request_id: "" };
+        let f = CallFacts {
+            original_status: 502,
+            format: "text/html",
+            original_uri: "/x?y\r\nevil: 1",
+            original_host: "h",
+            request_id: "",
+        };
         let hs = call_headers(&svc(), "/e/502.html", &f);
         assert!(hs.contains(&(":authority", "errors.internal".to_string())));
         assert!(hs.contains(&("x-code", "502".to_string())));
@@ -179,7 +189,14 @@ mod tests {
 
     #[test]
     fn good_answer() {
-        let m = evaluate(&svc(), &h(&[(":status", b"200"), ("content-type", b"text/html"), ("cache-control", b"max-age=5")]), 10, 3, "x/y").unwrap();
+        let m = evaluate(
+            &svc(),
+            &h(&[(":status", b"200"), ("content-type", b"text/html"), ("cache-control", b"max-age=5")]),
+            10,
+            3,
+            "x/y",
+        )
+        .unwrap();
         assert_eq!(m, Meta { content_type: "text/html".into(), cache_control: Some("max-age=5".into()) });
     }
 
@@ -195,7 +212,10 @@ mod tests {
     #[test]
     fn control_characters_or_non_utf8_in_any_header_is_malformed() {
         for bad in [&b"text/html\r\nx: y"[..], b"a\0b", b"a\rb", &[0xff, 0xfe]] {
-            assert_eq!(evaluate(&svc(), &h(&[(":status", b"200"), ("x-any", bad)]), 10, 3, "t/t"), Err(FetchFailure::Malformed));
+            assert_eq!(
+                evaluate(&svc(), &h(&[(":status", b"200"), ("x-any", bad)]), 10, 3, "t/t"),
+                Err(FetchFailure::Malformed)
+            );
         }
         assert!(evaluate(&svc(), &h(&[(":status", b"200"), ("x-any", b"tab\tok")]), 10, 3, "t/t").is_ok());
     }

@@ -62,7 +62,10 @@ mod tests {
     #[test]
     fn keys_that_differ_only_in_the_tail_or_length_differ() {
         let mut m: FastMap<String, usize> = FastMap::default();
-        for (i, k) in ["a", "ab", "abcdefgh", "abcdefghi", "abcdefgh\0", "", "shop.example.com", "shop.example.co"].iter().enumerate() {
+        for (i, k) in ["a", "ab", "abcdefgh", "abcdefghi", "abcdefgh\0", "", "shop.example.com", "shop.example.co"]
+            .iter()
+            .enumerate()
+        {
             assert_eq!(m.insert(k.to_string(), i), None);
         }
         assert_eq!(m.len(), 8);

@@ -18,7 +18,10 @@ pub fn import(url_map: &Value, services: &[(String, String)]) -> Result<Imported
     let map = url_map.as_object().ok_or("the URL map must be a JSON object")?;
     let mut out = Map::new();
     if let Some(p) = map.get("defaultCustomErrorResponsePolicy") {
-        out.insert("defaultCustomErrorResponsePolicy".into(), policy(p, services, "defaultCustomErrorResponsePolicy", &mut notes)?);
+        out.insert(
+            "defaultCustomErrorResponsePolicy".into(),
+            policy(p, services, "defaultCustomErrorResponsePolicy", &mut notes)?,
+        );
     }
     if let Some(hrs) = map.get("hostRules").and_then(Value::as_array) {
         let rules: Vec<Value> = hrs
@@ -33,7 +36,10 @@ pub fn import(url_map: &Value, services: &[(String, String)]) -> Result<Imported
         let mut pm = Map::new();
         pm.insert("name".into(), m.get("name").cloned().unwrap_or(Value::Null));
         if let Some(p) = m.get("defaultCustomErrorResponsePolicy") {
-            pm.insert("defaultCustomErrorResponsePolicy".into(), policy(p, services, &format!("{at}.defaultCustomErrorResponsePolicy"), &mut notes)?);
+            pm.insert(
+                "defaultCustomErrorResponsePolicy".into(),
+                policy(p, services, &format!("{at}.defaultCustomErrorResponsePolicy"), &mut notes)?,
+            );
         }
         let mut path_rules = Vec::new();
         for (j, r) in m.get("pathRules").and_then(Value::as_array).into_iter().flatten().enumerate() {
@@ -56,7 +62,10 @@ pub fn import(url_map: &Value, services: &[(String, String)]) -> Result<Imported
             let mut rr = Map::new();
             rr.insert("priority".into(), r.get("priority").cloned().unwrap_or(json!(j)));
             rr.insert("matchRules".into(), Value::Array(match_rules));
-            rr.insert("customErrorResponsePolicy".into(), policy(p, services, &format!("{rat}.customErrorResponsePolicy"), &mut notes)?);
+            rr.insert(
+                "customErrorResponsePolicy".into(),
+                policy(p, services, &format!("{rat}.customErrorResponsePolicy"), &mut notes)?,
+            );
             route_rules.push(Value::Object(rr));
         }
         if !path_rules.is_empty() {
@@ -86,7 +95,12 @@ fn policy(p: &Value, services: &[(String, String)], at: &str, notes: &mut Vec<St
                 rule.insert(field.into(), v.clone());
             }
         }
-        if let Some(extra) = r.as_object().map(|o| o.keys().filter(|k| !["matchResponseCodes", "path", "overrideResponseCode"].contains(&k.as_str())).cloned().collect::<Vec<_>>()) {
+        if let Some(extra) = r.as_object().map(|o| {
+            o.keys()
+                .filter(|k| !["matchResponseCodes", "path", "overrideResponseCode"].contains(&k.as_str()))
+                .cloned()
+                .collect::<Vec<_>>()
+        }) {
             for k in extra {
                 notes.push(format!("{at}.errorResponseRules[{i}].{k}: not a custom error response field, dropped"));
             }

@@ -6,15 +6,15 @@
 //! pages), `reply` (what the client gets). Only `envoy` touches the proxy-wasm host; it is
 //! compiled for wasm32 only, so everything else is tested as plain Rust on the host.
 
+pub mod cache;
 pub mod config;
 pub mod decide;
-pub mod negotiate;
-pub mod matching;
-pub mod cache;
 pub mod error_service;
-pub mod fasthash;
 pub mod fallback;
+pub mod fasthash;
 pub mod gcp;
+pub mod matching;
+pub mod negotiate;
 pub mod reply;
 pub mod request;
 pub mod template;

@@ -17,7 +17,8 @@ fn parse_q(v: &str) -> u16 {
     if frac.len() > 3 || !frac.bytes().all(|b| b.is_ascii_digit()) {
         return 0;
     }
-    let thousandths = frac.bytes().chain(std::iter::repeat(b'0')).take(3).fold(0u16, |acc, b| acc * 10 + u16::from(b - b'0'));
+    let thousandths =
+        frac.bytes().chain(std::iter::repeat(b'0')).take(3).fold(0u16, |acc, b| acc * 10 + u16::from(b - b'0'));
     match int {
         "0" => thousandths,
         "1" if thousandths == 0 => 1000,
@@ -60,7 +61,7 @@ fn quality(ranges: &[Range<'_>], content_type: &str) -> u16 {
         } else {
             continue;
         };
-        if best.map_or(true, |(s, _)| specificity > s) {
+        if best.is_none_or(|(s, _)| specificity > s) {
             best = Some((specificity, r.q));
         }
     }

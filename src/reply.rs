@@ -63,11 +63,7 @@ pub fn served_status(serve: &Serve, original: u16) -> u16 {
 pub fn needs_vars(serve: &Serve, variant: &Variant, object: Option<&Object>) -> bool {
     match object {
         Some(obj) => serve.template && obj.body.windows(2).any(|w| w == b"{{"),
-        None => variant
-            .body
-            .as_deref()
-            .or(serve.default.body.as_deref())
-            .is_some_and(template::has_variables),
+        None => variant.body.as_deref().or(serve.default.body.as_deref()).is_some_and(template::has_variables),
     }
 }
 
@@ -77,12 +73,14 @@ pub fn build(serve: &Serve, variant: &Variant, object: Option<(Rc<Object>, Outco
     let status = vars.status;
     match object {
         Some((obj, outcome)) => {
-            let body = if serve.template {
-                render(&obj.body, &obj.content_type, vars)
-            } else {
-                obj.body.clone()
-            };
-            Reply { status, content_type: obj.content_type.clone(), cache_control: obj.cache_control.clone(), body, outcome }
+            let body = if serve.template { render(&obj.body, &obj.content_type, vars) } else { obj.body.clone() };
+            Reply {
+                status,
+                content_type: obj.content_type.clone(),
+                cache_control: obj.cache_control.clone(),
+                body,
+                outcome,
+            }
         }
         None => {
             let inline = variant
@@ -94,7 +92,13 @@ pub fn build(serve: &Serve, variant: &Variant, object: Option<(Rc<Object>, Outco
                 Some((body, ct)) => {
                     let outcome = if variant.path.is_some() { Outcome::Fallback } else { Outcome::Inline };
                     let text = template::render(body, vars, Escape::for_content_type(ct));
-                    Reply { status, content_type: ct.clone(), cache_control: None, body: text.into_bytes().into(), outcome }
+                    Reply {
+                        status,
+                        content_type: ct.clone(),
+                        cache_control: None,
+                        body: text.into_bytes().into(),
+                        outcome,
+                    }
                 }
                 None => Reply {
                     status,
@@ -180,7 +184,14 @@ mod tests {
     use super::*;
 
     fn serve(default: Variant) -> Serve {
-        Serve { override_code: None, default, variants: vec![], headers: vec![("retry-after".into(), "120".into())], template: false, service: Some(0) }
+        Serve {
+            override_code: None,
+            default,
+            variants: vec![],
+            headers: vec![("retry-after".into(), "120".into())],
+            template: false,
+            service: Some(0),
+        }
     }
 
     fn vars(path: &str) -> Vars<'_> {
@@ -194,7 +205,11 @@ mod tests {
     #[test]
     fn fetched_object_served_as_is() {
         let s = serve(html(Some("/e"), None));
-        let obj = Rc::new(Object { body: b"<h1>{{path}}</h1>".to_vec().into(), content_type: "text/html".into(), cache_control: Some("max-age=1".into()) });
+        let obj = Rc::new(Object {
+            body: b"<h1>{{path}}</h1>".to_vec().into(),
+            content_type: "text/html".into(),
+            cache_control: Some("max-age=1".into()),
+        });
         let r = build(&s, &s.default, Some((obj, Outcome::Fetched)), &vars("/<x>"));
         assert_eq!(&*r.body, b"<h1>{{path}}</h1>");
         assert_eq!(r.outcome, Outcome::Fetched);
@@ -205,7 +220,11 @@ mod tests {
     fn fetched_object_templated_when_asked() {
         let mut s = serve(html(Some("/e"), None));
         s.template = true;
-        let obj = Rc::new(Object { body: b"<h1>{{path}}</h1>".to_vec().into(), content_type: "text/html".into(), cache_control: None });
+        let obj = Rc::new(Object {
+            body: b"<h1>{{path}}</h1>".to_vec().into(),
+            content_type: "text/html".into(),
+            cache_control: None,
+        });
         let r = build(&s, &s.default, Some((obj, Outcome::Cache)), &vars("/<x>"));
         assert_eq!(&*r.body, b"<h1>/&lt;x&gt;</h1>");
     }
@@ -232,8 +251,16 @@ mod tests {
 
     #[test]
     fn vars_needed_only_for_templates() {
-        let plain = Rc::new(Object { body: b"<h1>x</h1>".to_vec().into(), content_type: "text/html".into(), cache_control: None });
-        let templated = Rc::new(Object { body: b"<h1>{{path}}</h1>".to_vec().into(), content_type: "text/html".into(), cache_control: None });
+        let plain = Rc::new(Object {
+            body: b"<h1>x</h1>".to_vec().into(),
+            content_type: "text/html".into(),
+            cache_control: None,
+        });
+        let templated = Rc::new(Object {
+            body: b"<h1>{{path}}</h1>".to_vec().into(),
+            content_type: "text/html".into(),
+            cache_control: None,
+        });
         let mut s = serve(html(Some("/e"), None));
         assert!(!needs_vars(&s, &s.default, Some(&templated)));
         s.template = true;
@@ -248,11 +275,23 @@ mod tests {
     fn header_list_keeps_only_preserved() {
         let s = serve(html(None, Some("x")));
         let r = build(&s, &s.default, None, &vars("/"));
-        let orig: Vec<(String, String)> = [("Set-Cookie", "a=b"), ("server", "x"), ("WWW-Authenticate", "Basic"), ("access-control-allow-origin", "*"), ("retry-after", "5"), ("content-length", "999")]
-            .iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let orig: Vec<(String, String)> = [
+            ("Set-Cookie", "a=b"),
+            ("server", "x"),
+            ("WWW-Authenticate", "Basic"),
+            ("access-control-allow-origin", "*"),
+            ("retry-after", "5"),
+            ("content-length", "999"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
         let hs = headers(&r, &s, orig.iter().map(|(k, v)| (k.as_str().into(), v.as_str().into())));
         let names: Vec<&str> = hs.iter().map(|(k, _)| k.as_ref()).collect();
-        assert_eq!(names, [":status", "www-authenticate", "access-control-allow-origin", "content-type", "retry-after"]);
+        assert_eq!(
+            names,
+            [":status", "www-authenticate", "access-control-allow-origin", "content-type", "retry-after"]
+        );
         assert!(hs.contains(&("retry-after".into(), "120".into())), "rule header wins over the original");
         assert!(!hs.iter().any(|(k, _)| k == "content-length"), "the original length never survives");
     }
@@ -269,7 +308,11 @@ mod tests {
     }
 
     fn object(cache_control: Option<&str>) -> Option<(Rc<Object>, Outcome)> {
-        let obj = Object { body: b"page".to_vec().into(), content_type: "text/html".into(), cache_control: cache_control.map(Into::into) };
+        let obj = Object {
+            body: b"page".to_vec().into(),
+            content_type: "text/html".into(),
+            cache_control: cache_control.map(Into::into),
+        };
         Some((Rc::new(obj), Outcome::Cache))
     }
 
@@ -280,7 +323,11 @@ mod tests {
         let r = build(&s, &s.default, object(Some("public, max-age=3600")), &vars("/"));
         assert_eq!(values(&header_list(&r, &s, &[]), "cache-control"), ["public, max-age=5"]);
         s.headers.pop();
-        assert_eq!(values(&header_list(&r, &s, &[]), "cache-control"), ["public, max-age=3600"], "the object's, when the rule is silent");
+        assert_eq!(
+            values(&header_list(&r, &s, &[]), "cache-control"),
+            ["public, max-age=3600"],
+            "the object's, when the rule is silent"
+        );
     }
 
     #[test]
@@ -291,7 +338,12 @@ mod tests {
         s.headers.push(("access-control-allow-origin".into(), "*".into()));
         s.variants.push(Variant { content_type: "application/json".into(), path: Some("/e.json".into()), body: None });
         let r = build(&s, &s.default, object(Some("max-age=60")), &vars("/"));
-        let orig = [("Retry-After", "5"), ("vary", "Cookie"), ("access-control-allow-origin", "https://a"), ("cache-control", "max-age=9")];
+        let orig = [
+            ("Retry-After", "5"),
+            ("vary", "Cookie"),
+            ("access-control-allow-origin", "https://a"),
+            ("cache-control", "max-age=9"),
+        ];
         let hs = header_list(&r, &s, &orig);
         let mut names: Vec<&str> = hs.iter().map(|(k, _)| k.as_str()).collect();
         let all = names.len();
@@ -310,7 +362,12 @@ mod tests {
         assert_eq!(values(&header_list(&r, &s, &[]), "cache-control"), ["no-store"]);
         let r = build(&s, &s.default, None, &Vars { status: 200, original_status: 503, ..Default::default() });
         assert_eq!(values(&header_list(&r, &s, &[]), "cache-control"), ["no-store"], "the fallback too");
-        let r = build(&s, &s.default, object(Some("max-age=30")), &Vars { status: 200, original_status: 503, ..Default::default() });
+        let r = build(
+            &s,
+            &s.default,
+            object(Some("max-age=30")),
+            &Vars { status: 200, original_status: 503, ..Default::default() },
+        );
         assert_eq!(values(&header_list(&r, &s, &[]), "cache-control"), ["max-age=30"], "the object decides");
         let r = build(&s, &s.default, object(None), &Vars { status: 399, original_status: 503, ..Default::default() });
         assert_eq!(values(&header_list(&r, &s, &[]), "cache-control"), ["no-store"]);
@@ -324,7 +381,11 @@ mod tests {
         let mut s = serve(html(Some("/e"), Some("fallback")));
         let r = build(&s, &s.default, None, &vars("/"));
         assert!(values(&header_list(&r, &s, &[]), "vary").is_empty(), "nothing negotiated, nothing varies");
-        assert_eq!(values(&header_list(&r, &s, &[("vary", "Origin")]), "vary"), ["Origin"], "the kept vary stays as it is");
+        assert_eq!(
+            values(&header_list(&r, &s, &[("vary", "Origin")]), "vary"),
+            ["Origin"],
+            "the kept vary stays as it is"
+        );
         s.variants.push(Variant { content_type: "application/json".into(), path: None, body: Some("{}".into()) });
         let r = build(&s, &s.default, None, &vars("/"));
         assert_eq!(values(&header_list(&r, &s, &[]), "vary"), ["Accept"], "the fallback of a negotiated rule");

@@ -12,7 +12,7 @@ pub trait RequestView {
     fn route_name(&mut self) -> Option<String>;
     /// Whether Envoy made the response itself (no healthy upstream, connect failure,
     /// timeout, reset, no route, a filter's local reply) rather than a backend.
-    fn from_proxy(&mut self) -> bool;
+    fn made_by_proxy(&mut self) -> bool;
 }
 
 /// The path without query string or fragment, as rules match it.
@@ -50,16 +50,14 @@ pub fn percent_decode(s: &str) -> String {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => {
-                match (hex(b[i + 1]), hex(b[i + 2])) {
-                    (Some(h), Some(l)) => {
-                        out.push(h * 16 + l);
-                        i += 3;
-                        continue;
-                    }
-                    _ => out.push(b'%'),
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 3;
+                    continue;
                 }
-            }
+                _ => out.push(b'%'),
+            },
             c => out.push(c),
         }
         i += 1;
@@ -83,7 +81,7 @@ pub struct StaticRequest {
     pub path: String,
     pub headers: Vec<(String, String)>,
     pub route_name: Option<String>,
-    pub from_proxy: bool,
+    pub made_by_proxy: bool,
 }
 
 impl RequestView for StaticRequest {
@@ -94,12 +92,8 @@ impl RequestView for StaticRequest {
         self.path.clone()
     }
     fn header(&mut self, name: &str) -> Option<String> {
-        let values: Vec<&str> = self
-            .headers
-            .iter()
-            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect();
+        let values: Vec<&str> =
+            self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect();
         if values.is_empty() {
             None
         } else {
@@ -109,8 +103,8 @@ impl RequestView for StaticRequest {
     fn route_name(&mut self) -> Option<String> {
         self.route_name.clone()
     }
-    fn from_proxy(&mut self) -> bool {
-        self.from_proxy
+    fn made_by_proxy(&mut self) -> bool {
+        self.made_by_proxy
     }
 }
 

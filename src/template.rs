@@ -62,10 +62,7 @@ pub fn validate(text: &str) -> Result<(), String> {
         let Some(end) = after.find("}}") else { return Ok(()) };
         let name = after[..end].trim();
         if !VARIABLES.contains(&name) {
-            return Err(format!(
-                "unknown template variable \"{{{{{name}}}}}\" (known: {})",
-                VARIABLES.join(", ")
-            ));
+            return Err(format!("unknown template variable \"{{{{{name}}}}}\" (known: {})", VARIABLES.join(", ")));
         }
         rest = &after[end + 2..];
     }
@@ -144,7 +141,16 @@ mod tests {
     use super::*;
 
     fn vars<'a>(path: &'a str) -> Vars<'a> {
-        Vars { status: 503, original_status: 502, request_id: "r-1", host: "h", path, method: "GET", source: "proxy", code_details: "x" }
+        Vars {
+            status: 503,
+            original_status: 502,
+            request_id: "r-1",
+            host: "h",
+            path,
+            method: "GET",
+            source: "proxy",
+            code_details: "x",
+        }
     }
 
     #[test]

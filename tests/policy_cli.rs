@@ -1,10 +1,16 @@
 //! The `policy` command-line tool: check, explain, import-gcp (host binary, same engine).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests stop on what they did not expect
+
 use std::process::Command;
 
 fn policy(args: &[&str]) -> (bool, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_policy")).args(args).output().unwrap();
-    (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn data(name: &str) -> String {
@@ -26,7 +32,10 @@ fn check_accepts_good_and_refuses_bad_with_field_path() {
     let (ok, out, _) = policy(&["check", &sample()]);
     assert!(ok, "{out}");
     assert!(out.starts_with("ok: "), "{out}");
-    let bad = temp("bad.json", r#"{"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["4x4"], "body": "x"}]}}"#);
+    let bad = temp(
+        "bad.json",
+        r#"{"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["4x4"], "body": "x"}]}}"#,
+    );
     let (ok, _, err) = policy(&["check", &bad]);
     assert!(!ok);
     assert_eq!(err.trim(), "defaultCustomErrorResponsePolicy.errorResponseRules[0].matchResponseCodes[0]: \"4x4\" is not a code (400-599), a class (\"4xx\", \"5xx\") or a range (\"502-504\")");
@@ -46,15 +55,17 @@ fn check_warns_about_a_success_page_caches_may_keep() {
     let (ok, out, err) = policy(&["check", &risky]);
     assert!(ok, "a warning, not a refusal: {out}");
     assert!(
-        err.starts_with("warning: defaultCustomErrorResponsePolicy.errorResponseRules[0].overrideResponseCode: 200 is not an error")
-            && err.contains("\"cache-control\""),
+        err.starts_with(
+            "warning: defaultCustomErrorResponsePolicy.errorResponseRules[0].overrideResponseCode: 200 is not an error"
+        ) && err.contains("\"cache-control\""),
         "{err}"
     );
 }
 
 #[test]
 fn explain_names_level_rule_and_object() {
-    let (ok, out, err) = policy(&["explain", &sample(), "--host", "shop.localhost", "--path", "/images/a.png", "--status", "404"]);
+    let (ok, out, err) =
+        policy(&["explain", &sample(), "--host", "shop.localhost", "--path", "/images/a.png", "--status", "404"]);
     assert!(ok, "{err}");
     assert!(out.contains("host \"shop.localhost\" selects path matcher \"shop\""), "{out}");
     assert!(out.contains("the request matches pathMatchers[0].pathRules[0]"), "{out}");
@@ -65,13 +76,46 @@ fn explain_names_level_rule_and_object() {
 
 #[test]
 fn explain_fall_through_negotiation_and_passthrough() {
-    let (_, out, _) = policy(&["explain", &sample(), "--host", "shop.localhost", "--path", "/x", "--status", "503", "--source", "upstream"]);
-    assert!(out.contains("pathMatchers[0].defaultCustomErrorResponsePolicy has no rule for 503: deferring to the level above"), "{out}");
-    assert!(out.contains("result: served by defaultCustomErrorResponsePolicy.errorResponseRules[1] (level: proxy)"), "{out}");
-    let (_, out, _) = policy(&["explain", &sample(), "--host", "x", "--path", "/x", "--status", "404", "--header", "accept: application/json"]);
+    let (_, out, _) = policy(&[
+        "explain",
+        &sample(),
+        "--host",
+        "shop.localhost",
+        "--path",
+        "/x",
+        "--status",
+        "503",
+        "--source",
+        "upstream",
+    ]);
+    assert!(
+        out.contains(
+            "pathMatchers[0].defaultCustomErrorResponsePolicy has no rule for 503: deferring to the level above"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("result: served by defaultCustomErrorResponsePolicy.errorResponseRules[1] (level: proxy)"),
+        "{out}"
+    );
+    let (_, out, _) = policy(&[
+        "explain",
+        &sample(),
+        "--host",
+        "x",
+        "--path",
+        "/x",
+        "--status",
+        "404",
+        "--header",
+        "accept: application/json",
+    ]);
     assert!(out.contains("variant: application/json") && out.contains("GET /errors/404.json"), "{out}");
     let (_, out, _) = policy(&["explain", &sample(), "--host", "api.localhost", "--path", "/x", "--status", "404"]);
-    assert!(out.contains("result: 404 passes through untouched (passthrough rule pathMatchers[1].routeRules[1]"), "{out}");
+    assert!(
+        out.contains("result: 404 passes through untouched (passthrough rule pathMatchers[1].routeRules[1]"),
+        "{out}"
+    );
     let (_, out, _) = policy(&["explain", &sample(), "--host", "x", "--path", "/", "--status", "302"]);
     assert!(out.contains("no rule at any level covers 302"), "{out}");
     let (ok, _, err) = policy(&["explain", &sample(), "--host", "x"]);
@@ -80,13 +124,24 @@ fn explain_fall_through_negotiation_and_passthrough() {
 
 #[test]
 fn import_gcp_url_map() {
-    let (ok, out, err) = policy(&["import-gcp", &data("gcp-urlmap.json"), "--service", "error-pages=error_pages", "--service", "error-api=error_api"]);
+    let (ok, out, err) = policy(&[
+        "import-gcp",
+        &data("gcp-urlmap.json"),
+        "--service",
+        "error-pages=error_pages",
+        "--service",
+        "error-api=error_api",
+    ]);
     assert!(ok, "{err}");
     let p: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(p["defaultCustomErrorResponsePolicy"]["errorService"], "error_pages");
     assert_eq!(p["defaultCustomErrorResponsePolicy"]["errorResponseRules"][0]["overrideResponseCode"], 503);
     assert_eq!(p["hostRules"][0]["hosts"][1], "*.shop.example.com");
-    assert_eq!(p["pathMatchers"][0]["pathRules"].as_array().unwrap().len(), 1, "a path rule without an error policy is routing only");
+    assert_eq!(
+        p["pathMatchers"][0]["pathRules"].as_array().unwrap().len(),
+        1,
+        "a path rule without an error policy is routing only"
+    );
     assert_eq!(p["pathMatchers"][1]["routeRules"][0]["customErrorResponsePolicy"]["errorService"], "error_api");
     assert_eq!(p["pathMatchers"][1]["routeRules"][0]["matchRules"].as_array().unwrap().len(), 1);
     assert!(err.contains("pathTemplateMatch: not supported"), "{err}");

@@ -1,6 +1,8 @@
 //! Loading: every refusal names its field and reason; every accepted shape decides as
 //! Google Cloud's load balancer would. Each "match" case has its "no match" twin.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests stop on what they did not expect
+
 use custom_error_pages::config::{load, Level};
 use custom_error_pages::decide::Decision;
 use custom_error_pages::request::StaticRequest;
@@ -266,7 +268,10 @@ fn route_rules_priority_header_query_regex_route_name() {
     not_beta.headers.push(("x-beta".into(), "2".into()));
     assert_eq!(decide(&p, 503, &mut not_beta), "routeRule {\"error\":\"api\"}");
     assert_eq!(decide(&p, 500, &mut req("api.example.com", "/BETA")), "routeRule /beta/5xx");
-    assert_eq!(decide(&p, 500, &mut req("api.example.com", "/v2/x?debug")), "passthrough pathMatchers[1].routeRules[2].customErrorResponsePolicy.errorResponseRules[0]");
+    assert_eq!(
+        decide(&p, 500, &mut req("api.example.com", "/v2/x?debug")),
+        "passthrough pathMatchers[1].routeRules[2].customErrorResponsePolicy.errorResponseRules[0]"
+    );
     assert_eq!(decide(&p, 500, &mut req("api.example.com", "/v2/x")), "proxy /proxy/5xx");
     let mut checkout = req("api.example.com", "/cart");
     checkout.route_name = Some("checkout".into());
@@ -282,9 +287,9 @@ fn source_splits_proxy_and_upstream_errors() {
         {"matchResponseCodes": ["503"], "body": "proxy-made", "source": "proxy"},
         {"matchResponseCodes": ["5xx"], "body": "any"}]}});
     let mut r = req("h", "/");
-    r.from_proxy = true;
+    r.made_by_proxy = true;
     assert_eq!(decide(&p, 503, &mut r), "proxy proxy-made");
-    r.from_proxy = false;
+    r.made_by_proxy = false;
     assert_eq!(decide(&p, 503, &mut r), "proxy any");
 }
 
@@ -344,8 +349,8 @@ impl custom_error_pages::request::RequestView for CountingRequest {
         self.route_name_reads += 1;
         self.inner.route_name()
     }
-    fn from_proxy(&mut self) -> bool {
-        self.inner.from_proxy()
+    fn made_by_proxy(&mut self) -> bool {
+        self.inner.made_by_proxy()
     }
 }
 
@@ -367,7 +372,10 @@ fn routes_then_route_name() -> serde_json::Value {
 
 fn decide_counting(policy: &serde_json::Value, status: u16, path: &str) -> (String, usize) {
     let cfg = load(policy.to_string().as_bytes()).unwrap();
-    let mut r = CountingRequest { inner: StaticRequest { route_name: Some("checkout".into()), ..req("h", path) }, route_name_reads: 0 };
+    let mut r = CountingRequest {
+        inner: StaticRequest { route_name: Some("checkout".into()), ..req("h", path) },
+        route_name_reads: 0,
+    };
     let what = match cfg.decide(status, &mut r) {
         Decision::Serve(_, serve) => serve.default.path.clone().unwrap_or_default(),
         other => format!("{other:?}"),

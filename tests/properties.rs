@@ -2,6 +2,8 @@
 //! same thousands of cases and a failure is reproducible): escaping, header hygiene, cache
 //! keys, error-service answers, and hostile policies.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests stop on what they did not expect
+
 use custom_error_pages::cache;
 use custom_error_pages::config::{load, Serve, Variant};
 use custom_error_pages::error_service::{call_headers, evaluate, object_path, CallFacts};
@@ -27,8 +29,36 @@ impl Rng {
     /// A string mixing markup, quotes, escapes, control characters and non-ASCII.
     fn hostile(&mut self) -> String {
         const PARTS: &[&str] = &[
-            "<", ">", "&", "\"", "'", "\\", "/", "\n", "\r", "\0", "\t", "{{", "}}", "{{path}}", "<script>", "</p>",
-            "\u{2028}", "é", "😀", "a", "Z", "0", " ", "%3C", "&amp;", "javascript:", "\u{7f}", "\u{1b}", "=", ";",
+            "<",
+            ">",
+            "&",
+            "\"",
+            "'",
+            "\\",
+            "/",
+            "\n",
+            "\r",
+            "\0",
+            "\t",
+            "{{",
+            "}}",
+            "{{path}}",
+            "<script>",
+            "</p>",
+            "\u{2028}",
+            "é",
+            "😀",
+            "a",
+            "Z",
+            "0",
+            " ",
+            "%3C",
+            "&amp;",
+            "javascript:",
+            "\u{7f}",
+            "\u{1b}",
+            "=",
+            ";",
         ];
         (0..self.below(12)).map(|_| *self.pick(PARTS)).collect()
     }
@@ -39,16 +69,29 @@ fn request_input_never_appears_unescaped_in_html_or_json() {
     let mut rng = Rng(0x9E3779B97F4A7C15);
     for _ in 0..5_000 {
         let (path, host, id, method) = (rng.hostile(), rng.hostile(), rng.hostile(), rng.hostile());
-        let vars = Vars { status: 404, original_status: 404, request_id: &id, host: &host, path: &path, method: &method, source: "upstream", code_details: "via_upstream" };
+        let vars = Vars {
+            status: 404,
+            original_status: 404,
+            request_id: &id,
+            host: &host,
+            path: &path,
+            method: &method,
+            source: "upstream",
+            code_details: "via_upstream",
+        };
         let html = render("<p>{{path}}|{{host}}|{{requestId}}|{{method}}</p>", &vars, Escape::Html);
         let inner = &html["<p>".len()..html.len() - "</p>".len()];
         assert!(!inner.contains(['<', '>', '"', '\'']), "unescaped markup for {path:?}: {html}");
         for (i, _) in inner.match_indices('&') {
             let rest = &inner[i..];
             let entity = rest.find(';').map(|end| &rest[..=end]).unwrap_or("");
-            assert!(entity.len() > 2 && entity[1..entity.len() - 1].chars().all(|c| c.is_ascii_alphanumeric() || c == '#'), "bare & in {html}");
+            assert!(
+                entity.len() > 2 && entity[1..entity.len() - 1].chars().all(|c| c.is_ascii_alphanumeric() || c == '#'),
+                "bare & in {html}"
+            );
         }
-        let json_text = render("{\"path\":\"{{path}}\",\"host\":\"{{host}}\",\"id\":\"{{requestId}}\"}", &vars, Escape::JsonString);
+        let json_text =
+            render("{\"path\":\"{{path}}\",\"host\":\"{{host}}\",\"id\":\"{{requestId}}\"}", &vars, Escape::JsonString);
         let parsed: Value = serde_json::from_str(&json_text).unwrap_or_else(|e| panic!("{e}: {json_text}"));
         assert_eq!(parsed["path"], path.as_str());
         assert_eq!(parsed["host"], host.as_str());
@@ -60,18 +103,41 @@ fn request_input_never_appears_unescaped_in_html_or_json() {
 fn error_service_call_is_built_from_configuration_and_status_only() {
     let mut rng = Rng(42);
     let svc = custom_error_pages::config::ErrorService {
-        cluster: "e".into(), authority: "errors.internal".into(), timeout_ms: 1000, max_body_bytes: 1000, cache_ttl_s: 60,
+        cluster: "e".into(),
+        authority: "errors.internal".into(),
+        timeout_ms: 1000,
+        max_body_bytes: 1000,
+        cache_ttl_s: 60,
     };
     for _ in 0..5_000 {
         let status = rng.next() as u16;
         let path = object_path("/errors/{status}.html", status);
         assert_eq!(path, format!("/errors/{status}.html"));
         let (uri, host, id) = (rng.hostile(), rng.hostile(), rng.hostile());
-        let facts = CallFacts { original_status: status, format: "text/html", original_uri: &uri, original_host: &host, request_id: &id };
+        let facts = CallFacts {
+            original_status: status,
+            format: "text/html",
+            original_uri: &uri,
+            original_host: &host,
+            request_id: &id,
+        };
         let headers = call_headers(&svc, &path, &facts);
         let names: Vec<&str> = headers.iter().map(|(k, _)| *k).collect();
         for n in &names {
-            assert!([":method", ":path", ":authority", "x-code", "x-format", "x-original-uri", "x-original-host", "x-request-id"].contains(n), "{n}");
+            assert!(
+                [
+                    ":method",
+                    ":path",
+                    ":authority",
+                    "x-code",
+                    "x-format",
+                    "x-original-uri",
+                    "x-original-host",
+                    "x-request-id"
+                ]
+                .contains(n),
+                "{n}"
+            );
         }
         for (k, v) in &headers {
             assert!(!v.chars().any(|c| c.is_control()), "control character in {k}: {v:?}");
@@ -86,13 +152,34 @@ fn cache_key_cannot_be_chosen_by_request_headers() {
     let mut rng = Rng(7);
     let v = |ct: &str| Variant { content_type: ct.into(), path: Some("/e".into()), body: None };
     let serve = Serve {
-        override_code: None, default: v("text/html; charset=utf-8"), variants: vec![v("application/json"), v("text/plain")],
-        headers: vec![], template: false, service: Some(0),
+        override_code: None,
+        default: v("text/html; charset=utf-8"),
+        variants: vec![v("application/json"), v("text/plain")],
+        headers: vec![],
+        template: false,
+        service: Some(0),
     };
-    let allowed: Vec<String> = ["text/html; charset=utf-8", "application/json", "text/plain"].iter().map(|ct| cache::key(0, "/e", ct)).collect();
-    const MEDIA: &[&str] = &["text/html", "application/json", "*/*", "text/*", "image/png", "application/evil", "x", ";q=0.5", ",", ";q=abc", "\"", "\n"];
+    let allowed: Vec<String> = ["text/html; charset=utf-8", "application/json", "text/plain"]
+        .iter()
+        .map(|ct| cache::key(0, "/e", ct))
+        .collect();
+    const MEDIA: &[&str] = &[
+        "text/html",
+        "application/json",
+        "*/*",
+        "text/*",
+        "image/png",
+        "application/evil",
+        "x",
+        ";q=0.5",
+        ",",
+        ";q=abc",
+        "\"",
+        "\n",
+    ];
     for _ in 0..5_000 {
-        let accept: String = (0..rng.below(6)).map(|_| format!("{}{}", rng.pick(MEDIA), rng.hostile())).collect::<Vec<_>>().join(",");
+        let accept: String =
+            (0..rng.below(6)).map(|_| format!("{}{}", rng.pick(MEDIA), rng.hostile())).collect::<Vec<_>>().join(",");
         let chosen = negotiate::choose(&serve, Some(&accept));
         assert!(allowed.contains(&cache::key(0, "/e", &chosen.content_type)), "{accept:?}");
     }
@@ -102,9 +189,14 @@ fn cache_key_cannot_be_chosen_by_request_headers() {
 fn any_error_service_answer_is_judged_without_panic_and_without_bad_headers() {
     let mut rng = Rng(1234);
     let svc = custom_error_pages::config::ErrorService {
-        cluster: "e".into(), authority: "e".into(), timeout_ms: 500, max_body_bytes: 1000, cache_ttl_s: 60,
+        cluster: "e".into(),
+        authority: "e".into(),
+        timeout_ms: 500,
+        max_body_bytes: 1000,
+        cache_ttl_s: 60,
     };
-    const NAMES: &[&str] = &[":status", "content-type", "cache-control", "set-cookie", "x-envoy-upstream-service-time", "CONTENT-TYPE"];
+    const NAMES: &[&str] =
+        &[":status", "content-type", "cache-control", "set-cookie", "x-envoy-upstream-service-time", "CONTENT-TYPE"];
     for _ in 0..5_000 {
         let headers: Vec<(String, Vec<u8>)> = (0..rng.below(5))
             .map(|_| {
@@ -126,14 +218,73 @@ fn any_error_service_answer_is_judged_without_panic_and_without_bad_headers() {
 /// Random JSON in the policy's own vocabulary, so that generation reaches deep fields.
 fn random_value(rng: &mut Rng, depth: usize) -> Value {
     const KEYS: &[&str] = &[
-        "errorService", "cluster", "authority", "timeoutMs", "maxBodyBytes", "cacheTtlSeconds", "defaultCustomErrorResponsePolicy",
-        "errorResponseRules", "matchResponseCodes", "path", "overrideResponseCode", "body", "contentType", "variants", "template",
-        "source", "headers", "passthrough", "hostRules", "hosts", "pathMatcher", "pathMatchers", "name", "pathRules", "paths",
-        "customErrorResponsePolicy", "routeRules", "priority", "matchRules", "prefixMatch", "fullPathMatch", "regexMatch", "ignoreCase",
-        "headerMatches", "headerName", "exactMatch", "presentMatch", "invertMatch", "queryParameterMatches", "routeName", "bogus",
+        "errorService",
+        "cluster",
+        "authority",
+        "timeoutMs",
+        "maxBodyBytes",
+        "cacheTtlSeconds",
+        "defaultCustomErrorResponsePolicy",
+        "errorResponseRules",
+        "matchResponseCodes",
+        "path",
+        "overrideResponseCode",
+        "body",
+        "contentType",
+        "variants",
+        "template",
+        "source",
+        "headers",
+        "passthrough",
+        "hostRules",
+        "hosts",
+        "pathMatcher",
+        "pathMatchers",
+        "name",
+        "pathRules",
+        "paths",
+        "customErrorResponsePolicy",
+        "routeRules",
+        "priority",
+        "matchRules",
+        "prefixMatch",
+        "fullPathMatch",
+        "regexMatch",
+        "ignoreCase",
+        "headerMatches",
+        "headerName",
+        "exactMatch",
+        "presentMatch",
+        "invertMatch",
+        "queryParameterMatches",
+        "routeName",
+        "bogus",
     ];
-    const STRINGS: &[&str] = &["404", "4xx", "5xx", "502-504", "600", "/e.html", "/e/{status}", "e.html", "*", "*.a.com", "a.com", "m",
-        "(a+)+$", "([", "/x/*", "text/html", "proxy", "any", "{{path}}", "{{nope}}", "", "\u{0}", "retry-after"];
+    const STRINGS: &[&str] = &[
+        "404",
+        "4xx",
+        "5xx",
+        "502-504",
+        "600",
+        "/e.html",
+        "/e/{status}",
+        "e.html",
+        "*",
+        "*.a.com",
+        "a.com",
+        "m",
+        "(a+)+$",
+        "([",
+        "/x/*",
+        "text/html",
+        "proxy",
+        "any",
+        "{{path}}",
+        "{{nope}}",
+        "",
+        "\u{0}",
+        "retry-after",
+    ];
     match (depth, rng.below(10)) {
         (d, 0..=3) if d < 6 => {
             let mut m = serde_json::Map::new();
@@ -206,6 +357,10 @@ fn pathological_regexes_run_in_linear_time() {
         {"priority": 1, "matchRules": [{"regexMatch": "(a+)+$"}, {"regexMatch": "(a|a?)+b"}, {"regexMatch": "(.*a){20}"}],
          "customErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "x"}]}}]}]});
     let cfg = load(policy.to_string().as_bytes()).unwrap();
-    let mut req = custom_error_pages::request::StaticRequest { authority: "h".into(), path: format!("/{}!", "a".repeat(20_000)), ..Default::default() };
+    let mut req = custom_error_pages::request::StaticRequest {
+        authority: "h".into(),
+        path: format!("/{}!", "a".repeat(20_000)),
+        ..Default::default()
+    };
     assert!(matches!(cfg.decide(404, &mut req), custom_error_pages::decide::Decision::None));
 }

@@ -78,7 +78,7 @@ fn explain(args: &[String]) -> Result<(), String> {
                 req.headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
             }
             "route" => req.route_name = Some(v),
-            "source" => req.from_proxy = v == "proxy",
+            "source" => req.made_by_proxy = v == "proxy",
             "method" => method = v,
             other => return Err(format!("unknown option --{other}\n{USAGE}")),
         }
@@ -94,18 +94,29 @@ fn explain(args: &[String]) -> Result<(), String> {
     }
     match decision {
         Decision::None => println!("result: {status} passes through untouched"),
-        Decision::Passthrough(rule) => println!("result: {status} passes through untouched (passthrough rule {})", rule.id),
+        Decision::Passthrough(rule) => {
+            println!("result: {status} passes through untouched (passthrough rule {})", rule.id)
+        }
         Decision::Serve(rule, serve) => {
             let accept = req.headers.iter().find(|(k, _)| k == "accept").map(|(_, v)| v.as_str());
             let variant = negotiate::choose(serve, accept);
             let served = reply::served_status(serve, status);
             println!("result: served by {} (level: {})", rule.id, rule.level.as_str());
-            println!("  status: {served}{}", if served != status { format!(" (overrides {status})") } else { String::new() });
+            println!(
+                "  status: {served}{}",
+                if served != status { format!(" (overrides {status})") } else { String::new() }
+            );
             println!("  variant: {}", variant.content_type);
             match (&variant.path, cfg.service(serve.service)) {
                 (Some(p), Some(svc)) => {
-                    println!("  object: GET {} from cluster \"{}\" (authority {}, timeout {} ms, cached up to {} s)",
-                        error_service::object_path(p, status), svc.cluster, svc.authority, svc.timeout_ms, svc.cache_ttl_s);
+                    println!(
+                        "  object: GET {} from cluster \"{}\" (authority {}, timeout {} ms, cached up to {} s)",
+                        error_service::object_path(p, status),
+                        svc.cluster,
+                        svc.authority,
+                        svc.timeout_ms,
+                        svc.cache_ttl_s
+                    );
                     match variant.body.as_ref().or(serve.default.body.as_ref()) {
                         Some(_) => println!("  if the fetch fails: the rule's inline body"),
                         None => println!("  if the fetch fails: the built-in generic page"),
@@ -114,7 +125,10 @@ fn explain(args: &[String]) -> Result<(), String> {
                 _ => println!("  object: inline body ({} bytes)", variant.body.as_deref().unwrap_or("").len()),
             }
             if !serve.headers.is_empty() {
-                println!("  headers set: {}", serve.headers.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", "));
+                println!(
+                    "  headers set: {}",
+                    serve.headers.iter().map(|(k, v)| format!("{k}: {v}")).collect::<Vec<_>>().join(", ")
+                );
             }
             if method == "HEAD" {
                 println!("  HEAD: status and headers only");
@@ -126,12 +140,14 @@ fn explain(args: &[String]) -> Result<(), String> {
 
 fn import(args: &[String]) -> Result<(), String> {
     let text = read(args.first())?;
-    let url_map: serde_json::Value = serde_json::from_slice(&text).map_err(|e| format!("URL map: not valid JSON: {e}"))?;
+    let url_map: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| format!("URL map: not valid JSON: {e}"))?;
     let mut services = Vec::new();
     for (k, v) in flags(args.get(1..).unwrap_or(&[]))? {
         match k.as_str() {
             "service" => {
-                let (backend, cluster) = v.split_once('=').ok_or_else(|| format!("--service {v}: expected BACKEND=CLUSTER"))?;
+                let (backend, cluster) =
+                    v.split_once('=').ok_or_else(|| format!("--service {v}: expected BACKEND=CLUSTER"))?;
                 services.push((backend.to_string(), cluster.to_string()));
             }
             other => return Err(format!("unknown option --{other}\n{USAGE}")),

@@ -16,14 +16,11 @@ use std::collections::HashMap;
 /// Parses and validates a policy. An empty configuration is an empty policy (the filter
 /// then passes everything through), as Envoy passes an empty string when none is set.
 pub fn load(text: &[u8]) -> Result<Config> {
-    let trimmed = std::str::from_utf8(text)
-        .map_err(|_| ConfigError::new("", "the configuration is not UTF-8"))?
-        .trim();
+    let trimmed = std::str::from_utf8(text).map_err(|_| ConfigError::new("", "the configuration is not UTF-8"))?.trim();
     let value: Value = if trimmed.is_empty() {
         Value::Object(Default::default())
     } else {
-        serde_json::from_str(trimmed)
-            .map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?
+        serde_json::from_str(trimmed).map_err(|e| ConfigError::new("", format!("not valid JSON: {e}")))?
     };
     Loader::default().config(&value)
 }
@@ -144,7 +141,10 @@ impl Loader {
                 let authority = match o.opt_str("authority")? {
                     Some(a) => {
                         if a.is_empty() || !a.bytes().all(|b| b.is_ascii_graphic()) {
-                            return Err(ConfigError::new(o.field_path("authority"), "must be a host name without spaces"));
+                            return Err(ConfigError::new(
+                                o.field_path("authority"),
+                                "must be a host name without spaces",
+                            ));
                         }
                         a.to_string()
                     }
@@ -405,7 +405,10 @@ impl Loader {
                 check_set_header(&name, value, &hp)?;
                 let lower = name.to_ascii_lowercase();
                 if headers.iter().any(|(n, _)| *n == lower) {
-                    return Err(ConfigError::new(hp, format!("\"{name}\" is set twice (header names are case-insensitive)")));
+                    return Err(ConfigError::new(
+                        hp,
+                        format!("\"{name}\" is set twice (header names are case-insensitive)"),
+                    ));
                 }
                 headers.push((lower, value.to_string()));
             }
@@ -514,11 +517,14 @@ fn check_object_path(p: &str, path: &str) -> Result<()> {
 
 fn check_content_type(ct: &str, path: &str) -> Result<()> {
     let essence = ct.split(';').next().unwrap_or("").trim();
-    let ok = essence
-        .split_once('/')
-        .is_some_and(|(t, s)| !t.is_empty() && !s.is_empty() && t.bytes().all(is_token_byte) && s.bytes().all(is_token_byte));
+    let ok = essence.split_once('/').is_some_and(|(t, s)| {
+        !t.is_empty() && !s.is_empty() && t.bytes().all(is_token_byte) && s.bytes().all(is_token_byte)
+    });
     if !ok || !valid_header_value(ct) {
-        return Err(ConfigError::new(path, format!("\"{ct}\" is not a media type such as \"text/html; charset=utf-8\"")));
+        return Err(ConfigError::new(
+            path,
+            format!("\"{ct}\" is not a media type such as \"text/html; charset=utf-8\""),
+        ));
     }
     Ok(())
 }
@@ -526,8 +532,16 @@ fn check_content_type(ct: &str, path: &str) -> Result<()> {
 /// Headers a rule may not set: framing and pseudo headers belong to Envoy, content-type
 /// to `contentType`.
 const RESERVED_HEADERS: &[&str] = &[
-    "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade", "te",
-    "trailer", "proxy-connection", "content-type", "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+    "content-type",
+    "host",
 ];
 
 fn check_set_header(name: &str, value: &str, path: &str) -> Result<()> {
@@ -558,11 +572,9 @@ fn compile_regex(re: &str, ignore_case: bool, path: &str) -> Result<Regex> {
     if re.len() > 1024 {
         return Err(ConfigError::new(path, "a regex is limited to 1024 characters"));
     }
-    regex_lite::RegexBuilder::new(&anchored)
-        .size_limit(1 << 20)
-        .nest_limit(64)
-        .build()
-        .map_err(|e| ConfigError::new(path, format!("invalid regex: {}", e.to_string().lines().last().unwrap_or("").trim())))
+    regex_lite::RegexBuilder::new(&anchored).size_limit(1 << 20).nest_limit(64).build().map_err(|e| {
+        ConfigError::new(path, format!("invalid regex: {}", e.to_string().lines().last().unwrap_or("").trim()))
+    })
 }
 
 fn str_cond(o: &mut Obj<'_>, header: bool) -> Result<StrCond> {

@@ -43,8 +43,7 @@ pub fn as_obj<'a>(v: &'a Value, path: &str) -> Result<Obj<'a>> {
 }
 
 pub fn as_str<'a>(v: &'a Value, path: &str) -> Result<&'a str> {
-    v.as_str()
-        .ok_or_else(|| ConfigError::new(path, format!("expected a string, found {}", kind(v))))
+    v.as_str().ok_or_else(|| ConfigError::new(path, format!("expected a string, found {}", kind(v))))
 }
 
 impl<'a> Obj<'a> {
@@ -82,18 +81,14 @@ impl<'a> Obj<'a> {
     }
 
     pub fn req_str(&mut self, name: &str) -> Result<&'a str> {
-        self.opt_str(name)?
-            .ok_or_else(|| ConfigError::new(join(&self.path, name), "is required"))
+        self.opt_str(name)?.ok_or_else(|| ConfigError::new(join(&self.path, name), "is required"))
     }
 
     pub fn opt_bool(&mut self, name: &str) -> Result<Option<bool>> {
         match self.get(name) {
             None => Ok(None),
             Some(Value::Bool(b)) => Ok(Some(*b)),
-            Some(v) => Err(ConfigError::new(
-                join(&self.path, name),
-                format!("expected a boolean, found {}", kind(v)),
-            )),
+            Some(v) => Err(ConfigError::new(join(&self.path, name), format!("expected a boolean, found {}", kind(v)))),
         }
     }
 
@@ -103,9 +98,9 @@ impl<'a> Obj<'a> {
             None => Ok(None),
             Some(v) => {
                 let p = join(&self.path, name);
-                let n = v.as_u64().ok_or_else(|| {
-                    ConfigError::new(&p, format!("expected a whole number, found {}", kind(v)))
-                })?;
+                let n = v
+                    .as_u64()
+                    .ok_or_else(|| ConfigError::new(&p, format!("expected a whole number, found {}", kind(v))))?;
                 if n < min || n > max {
                     return Err(ConfigError::new(p, format!("{n} is outside {min}-{max}")));
                 }
@@ -122,10 +117,7 @@ impl<'a> Obj<'a> {
                 let p = join(&self.path, name);
                 Ok(items.iter().enumerate().map(|(i, v)| (index(&p, i), v)).collect())
             }
-            Some(v) => Err(ConfigError::new(
-                join(&self.path, name),
-                format!("expected an array, found {}", kind(v)),
-            )),
+            Some(v) => Err(ConfigError::new(join(&self.path, name), format!("expected an array, found {}", kind(v)))),
         }
     }
 
@@ -139,8 +131,7 @@ impl<'a> Obj<'a> {
     /// Every field must have been read: an unknown field is most often a typo that
     /// would otherwise silently disable a rule.
     pub fn finish(self) -> Result<()> {
-        let mut unknown: Vec<&String> =
-            self.map.keys().filter(|k| !self.seen.iter().any(|s| s == *k)).collect();
+        let mut unknown: Vec<&String> = self.map.keys().filter(|k| !self.seen.iter().any(|s| s == *k)).collect();
         unknown.sort_unstable();
         match unknown.first() {
             None => Ok(()),

@@ -28,7 +28,17 @@ pub(crate) struct Facts {
 
 impl Facts {
     pub fn new(status: u16, request: Vec<u8>, response: Vec<u8>) -> Facts {
-        Facts { request, response, status, served: status, authority: None, path: None, method: None, request_id: None, code_details: None }
+        Facts {
+            request,
+            response,
+            status,
+            served: status,
+            authority: None,
+            path: None,
+            method: None,
+            request_id: None,
+            code_details: None,
+        }
     }
 
     pub fn method(&mut self) -> String {
@@ -52,7 +62,9 @@ impl Facts {
     /// Never touched: CONNECT tunnels and gRPC (whose errors travel in trailers and must
     /// stay machine-readable).
     pub fn excluded(&self) -> bool {
-        let grpc = |ct: Option<&[u8]>| ct.is_some_and(|c| c.get(..16).is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc")));
+        let grpc = |ct: Option<&[u8]>| {
+            ct.is_some_and(|c| c.get(..16).is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc")))
+        };
         host::first_value(&self.request, ":method") == Some(b"CONNECT")
             || grpc(host::first_value(&self.request, "content-type"))
             || grpc(host::first_value(&self.response, "content-type"))
@@ -60,7 +72,9 @@ impl Facts {
 
     /// The original response's announced body length.
     pub fn original_length(&self) -> Option<usize> {
-        host::first_value(&self.response, "content-length").and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.trim().parse().ok())
+        host::first_value(&self.response, "content-length")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// The original response headers (values not valid UTF-8 are mended, never dropped).
@@ -83,7 +97,7 @@ impl Facts {
         self.method();
         self.request_id();
         self.code_details();
-        let source = if self.from_proxy() { "proxy" } else { "upstream" };
+        let source = if self.made_by_proxy() { "proxy" } else { "upstream" };
         Vars {
             status: self.served,
             original_status: self.status,
@@ -117,7 +131,7 @@ impl RequestView for Facts {
     /// Envoy marks responses that came from a backend with code details `via_upstream`;
     /// everything else (no healthy upstream, connect failure, timeout, reset, no route,
     /// a filter's local reply) the proxy made itself.
-    fn from_proxy(&mut self) -> bool {
+    fn made_by_proxy(&mut self) -> bool {
         self.code_details() != "via_upstream"
     }
 }

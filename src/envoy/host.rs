@@ -23,8 +23,14 @@ extern "C" {
     fn proxy_set_property(path: *const u8, path_len: usize, value: *const u8, value_len: usize) -> u32;
     fn proxy_continue_stream(stream: u32) -> u32;
     fn proxy_send_local_response(
-        status: u32, details: *const u8, details_len: usize, body: *const u8, body_len: usize,
-        headers: *const u8, headers_len: usize, grpc_status: i32,
+        status: u32,
+        details: *const u8,
+        details_len: usize,
+        body: *const u8,
+        body_len: usize,
+        headers: *const u8,
+        headers_len: usize,
+        grpc_status: i32,
     ) -> u32;
     fn proxy_get_current_time_nanoseconds(out: *mut u64) -> u32;
     fn proxy_define_metric(kind: u32, name: *const u8, name_len: usize, out: *mut u32) -> u32;
@@ -176,13 +182,20 @@ pub fn resume_response() -> bool {
 
 /// A local reply. `headers` must not contain pseudo headers.
 pub fn send_response(status: u16, headers: &[(Cow<str>, Cow<str>)], body: &[u8]) -> bool {
-    let data = serialize_map(headers.iter().filter(|(k, _)| !k.starts_with(':')).map(|(k, v)| (k.as_ref(), v.as_bytes())));
+    let data =
+        serialize_map(headers.iter().filter(|(k, _)| !k.starts_with(':')).map(|(k, v)| (k.as_ref(), v.as_bytes())));
     let details = "custom_error_page";
     // SAFETY: all buffers outlive the call.
     unsafe {
         proxy_send_local_response(
-            status as u32, details.as_ptr(), details.len(), body.as_ptr(), body.len(),
-            data.as_ptr(), data.len(), -1,
+            status as u32,
+            details.as_ptr(),
+            details.len(),
+            body.as_ptr(),
+            body.len(),
+            data.as_ptr(),
+            data.len(),
+            -1,
         ) == OK
     }
 }

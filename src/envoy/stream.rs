@@ -38,8 +38,8 @@ use super::Worker;
 use crate::cache::{self, Object};
 use crate::config::{Config, Rule, RuleKind, Serve, Variant};
 use crate::decide::Decision;
-use crate::fasthash::FastMap;
 use crate::error_service::{self, CallFacts, FetchFailure};
+use crate::fasthash::FastMap;
 use crate::negotiate;
 use crate::reply::{self, Outcome};
 use crate::request::RequestView;
@@ -139,6 +139,7 @@ impl Stream {
         }
         let config = self.config();
         #[cfg(feature = "trap-test")]
+        #[allow(clippy::panic)] // the test-only build proves that a trap is contained
         if config.test_trap_on_path.as_deref().is_some_and(|p| facts.path() == p) {
             panic!("trap-test: deliberate trap on {}", facts.path());
         }
@@ -159,7 +160,8 @@ impl Stream {
         facts.served = reply::served_status(serve, status);
         let variant_index = serve.variants.iter().position(|v| std::ptr::eq(v, variant));
         let lookup = self.cached_or_fetch(serve, variant, &mut facts);
-        let mut pending = Box::new(Pending { rule: rule.at, variant: variant_index, facts, headers_only: end_of_stream });
+        let mut pending =
+            Box::new(Pending { rule: rule.at, variant: variant_index, facts, headers_only: end_of_stream });
         match lookup {
             Ok(object) => {
                 let (phase, action) = finish(&self.worker, self.id, &mut pending, object);
@@ -190,7 +192,12 @@ impl Stream {
 
     /// The object from the cache (or none: an inline body, or no fetch possible), else a
     /// miss: this request fetches, or waits on the fetch already in flight.
-    fn cached_or_fetch(&self, serve: &Serve, variant: &Variant, facts: &mut Facts) -> Result<Option<(Rc<Object>, Outcome)>, Miss> {
+    fn cached_or_fetch(
+        &self,
+        serve: &Serve,
+        variant: &Variant,
+        facts: &mut Facts,
+    ) -> Result<Option<(Rc<Object>, Outcome)>, Miss> {
         let config = &self.worker.config;
         let Some(path_template) = &variant.path else { return Ok(None) };
         // Validation guarantees a service for every path; without one, serve the fallback.
@@ -215,7 +222,13 @@ impl Stream {
         }
         let format = negotiate::essence(&variant.content_type).to_string();
         let (uri, host_name, request_id) = (facts.path(), facts.authority(), facts.request_id());
-        let call = CallFacts { original_status: facts.status, format: &format, original_uri: &uri, original_host: &host_name, request_id: &request_id };
+        let call = CallFacts {
+            original_status: facts.status,
+            format: &format,
+            original_uri: &uri,
+            original_host: &host_name,
+            request_id: &request_id,
+        };
         let headers = error_service::call_headers(svc, &path, &call);
         match host::dispatch(&svc.cluster, &headers, svc.timeout_ms) {
             Some(token) => {
@@ -243,26 +256,32 @@ impl Stream {
             .unwrap_or_default();
         let now = host::now_ms();
         let headers = host::call_response_headers();
-        let object = match error_service::evaluate(svc, &headers, body_size, now.saturating_sub(call.started_ms), &default_type) {
-            Ok(meta) => match host::call_response_body(body_size) {
-                Some(body) => {
-                    self.worker.metrics.fetched.bump();
-                    let ttl = cache::ttl_seconds(meta.cache_control.as_deref(), svc.cache_ttl_s);
-                    let object = Rc::new(Object { body: body.into(), content_type: meta.content_type, cache_control: meta.cache_control });
-                    self.worker.cache.borrow_mut().put(call.cache_key.clone(), object.clone(), ttl, now);
-                    Some((object, Outcome::Fetched))
-                }
-                None => {
-                    self.worker.metrics.fetch_failed(FetchFailure::Unreachable).bump();
+        let object =
+            match error_service::evaluate(svc, &headers, body_size, now.saturating_sub(call.started_ms), &default_type)
+            {
+                Ok(meta) => match host::call_response_body(body_size) {
+                    Some(body) => {
+                        self.worker.metrics.fetched.bump();
+                        let ttl = cache::ttl_seconds(meta.cache_control.as_deref(), svc.cache_ttl_s);
+                        let object = Rc::new(Object {
+                            body: body.into(),
+                            content_type: meta.content_type,
+                            cache_control: meta.cache_control,
+                        });
+                        self.worker.cache.borrow_mut().put(call.cache_key.clone(), object.clone(), ttl, now);
+                        Some((object, Outcome::Fetched))
+                    }
+                    None => {
+                        self.worker.metrics.fetch_failed(FetchFailure::Unreachable).bump();
+                        None
+                    }
+                },
+                Err(f) => {
+                    debug!("[ctx {}] error service {}: fetch failed: {}", self.id, svc.cluster, f.as_str());
+                    self.worker.metrics.fetch_failed(f).bump();
                     None
                 }
-            },
-            Err(f) => {
-                debug!("[ctx {}] error service {}: fetch failed: {}", self.id, svc.cluster, f.as_str());
-                self.worker.metrics.fetch_failed(f).bump();
-                None
-            }
-        };
+            };
         let (phase, action) = finish(&self.worker, self.id, &mut pending, object.clone());
         self.phase = phase;
         if matches!(action, Action::Continue) {

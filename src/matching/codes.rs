@@ -16,11 +16,7 @@ pub struct CodeSpec {
 
 impl CodeSpec {
     pub fn parse(s: &str) -> Result<CodeSpec, String> {
-        let bad = || {
-            format!(
-                "\"{s}\" is not a code (400-599), a class (\"4xx\", \"5xx\") or a range (\"502-504\")"
-            )
-        };
+        let bad = || format!("\"{s}\" is not a code (400-599), a class (\"4xx\", \"5xx\") or a range (\"502-504\")");
         let t = s.trim();
         let spec = match t.to_ascii_lowercase().as_str() {
             "4xx" => CodeSpec { lo: 400, hi: 499 },
@@ -99,15 +95,14 @@ impl CodeTable {
             let mut best_up: Option<(u16, u8, usize)> = None;
             let mut best_px: Option<(u16, u8, usize)> = None;
             for (i, (specs, source)) in rules.iter().enumerate() {
-                let Some(width) = specs.iter().filter(|s| s.contains(code)).map(|s| s.width()).min()
-                else {
+                let Some(width) = specs.iter().filter(|s| s.contains(code)).map(|s| s.width()).min() else {
                     continue;
                 };
                 let rank = (width, u8::from(*source == Source::Any), i);
-                if source.overlaps(Source::Upstream) && best_up.map_or(true, |b| rank < b) {
+                if source.overlaps(Source::Upstream) && best_up.is_none_or(|b| rank < b) {
                     best_up = Some(rank);
                 }
-                if source.overlaps(Source::Proxy) && best_px.map_or(true, |b| rank < b) {
+                if source.overlaps(Source::Proxy) && best_px.is_none_or(|b| rank < b) {
                     best_px = Some(rank);
                 }
             }
@@ -121,12 +116,12 @@ impl CodeTable {
         CodeTable { upstream, proxy }
     }
 
-    pub fn lookup(&self, code: u16, from_proxy: bool) -> Option<usize> {
+    pub fn lookup(&self, code: u16, made_by_proxy: bool) -> Option<usize> {
         if !(MIN_CODE..=MAX_CODE).contains(&code) {
             return None;
         }
         let slot = (code - MIN_CODE) as usize;
-        let table = if from_proxy { &self.proxy } else { &self.upstream };
+        let table = if made_by_proxy { &self.proxy } else { &self.upstream };
         match table.get(slot) {
             Some(&i) if i != NONE => Some(i as usize),
             _ => None,
@@ -187,10 +182,7 @@ mod tests {
         for bad in ["40", "4044", "3xx", "abc", "", "399", "600", "504-502", "500-", "x-500", "2xx"] {
             assert!(CodeSpec::parse(bad).is_err(), "{bad} should be refused");
         }
-        assert_eq!(
-            CodeSpec::parse("504-502").unwrap_err(),
-            "\"504-502\" is an empty range (start after end)"
-        );
+        assert_eq!(CodeSpec::parse("504-502").unwrap_err(), "\"504-502\" is an empty range (start after end)");
         assert_eq!(CodeSpec::parse("600").unwrap_err(), "\"600\" is outside the error codes 400-599");
     }
 
@@ -214,10 +206,7 @@ mod tests {
 
     #[test]
     fn source_specific_rule_only_for_its_origin() {
-        let t = CodeTable::build(&[
-            (vec![spec("503")], Source::Proxy),
-            (vec![spec("5xx")], Source::Any),
-        ]);
+        let t = CodeTable::build(&[(vec![spec("503")], Source::Proxy), (vec![spec("5xx")], Source::Any)]);
         assert_eq!(t.lookup(503, true), Some(0));
         assert_eq!(t.lookup(503, false), Some(1));
         let only_proxy = CodeTable::build(&[(vec![spec("503")], Source::Proxy)]);

@@ -1,9 +1,9 @@
 //! Inside one path matcher: `pathRules` (longest path wins) or `routeRules` (lowest
 //! priority first; any of its match rules; every condition of a match rule must hold).
 
+use crate::fasthash::FastMap;
 use crate::request::{path_only, query_of, query_param, RequestView};
 use regex_lite::Regex;
-use crate::fasthash::FastMap;
 
 /// `pathRules`: `/x/*` is a prefix, `/x` is exact; the longest match wins.
 #[derive(Debug, Clone, Default)]
@@ -143,9 +143,9 @@ impl MatchRule {
     pub fn matches(&self, req: &mut dyn RequestView, full_path: &str, path: &str) -> bool {
         let path_ok = match &self.path {
             PathCond::Any => true,
-            PathCond::Prefix(p) if self.ignore_case => path
-                .get(..p.len())
-                .is_some_and(|head| head.eq_ignore_ascii_case(p)),
+            PathCond::Prefix(p) if self.ignore_case => {
+                path.get(..p.len()).is_some_and(|head| head.eq_ignore_ascii_case(p))
+            }
             PathCond::Prefix(p) => path.starts_with(p.as_str()),
             PathCond::Full(p) if self.ignore_case => path.eq_ignore_ascii_case(p),
             PathCond::Full(p) => path == p,
@@ -206,7 +206,7 @@ mod tests {
             path: path.into(),
             headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             route_name: route.map(str::to_string),
-            from_proxy: false,
+            made_by_proxy: false,
         }
     }
 
