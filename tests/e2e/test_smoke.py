@@ -29,5 +29,12 @@ def test_fetch_then_cache(start_envoy, errors, upstream):
     assert r.status == 404 and r.body == b"<h1>branded 404</h1>", r
     r = e.request("/status/404", method="HEAD")
     assert r.status == 404 and r.body == b"", r
-    print(e.access_lines())
-    print(e.stats("custom_error"))
+    line = e.wait_access_line("HEAD /status/404")
+    assert "code=404" in line and "original=404 served=404 outcome=cache" in line, line
+    assert "original=404 served=404 outcome=fetched" in e.wait_access_line("GET /status/404 ")
+    assert e.counter("intercepted", 6) == 6  # 404 x2, 418, the dead route's 503, empty 404, HEAD
+    assert e.counter("fetched", 1) == 1  # the 404 page once; the rest from the cache
+    assert e.counter("inline", 1) == 1
+    # The dead route's 503: the error service has no 5xx page, so the built-in one.
+    assert e.counter("fetch_failed.status", 1) == 1 and e.counter("fallback", 1) == 1
+    assert "served=503 outcome=fallback" in e.wait_access_line("GET /dead")
