@@ -3,8 +3,9 @@
 //! Layout: `config` (policy JSON -> validated structures), `matching` (codes, hosts,
 //! routes), `decide` (which rule answers a response), `negotiate` (Accept),
 //! `template`, `cache`, `error_service` (the call and its answer), `fallback` (built-in
-//! pages), `reply` (what the client gets). Only `envoy` touches the proxy-wasm host; it is
-//! compiled for wasm32 only, so everything else is tested as plain Rust on the host.
+//! pages), `reply` (what the client gets), `runtime` (one request's life over a `Host`
+//! trait). Only `envoy`, the proxy-wasm adapter, touches the host; it is compiled for
+//! wasm32 only, so everything else is tested as plain Rust on the host.
 
 pub mod cache;
 pub mod config;
@@ -17,6 +18,7 @@ pub mod matching;
 pub mod negotiate;
 pub mod reply;
 pub mod request;
+pub mod runtime;
 pub mod template;
 
 #[cfg(target_arch = "wasm32")]

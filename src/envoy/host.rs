@@ -1,12 +1,14 @@
-//! The only place that talks to the proxy-wasm host. The SDK's `hostcalls` panic on any
+//! The only place that talks to the proxy-wasm host: `Wasm`, the runtime's `Host` for
+//! this build, and the root context's few calls. The SDK's `hostcalls` panic on any
 //! status they do not expect (e.g. `BadArgument` when Envoy has no request header map for
 //! a local reply), and a panic kills the VM; so the calls used on the request path are
-//! declared here directly and every status is handled. Only `dispatch_http_call` goes
-//! through the SDK, because its dispatcher must register the token to route the answer.
+//! declared here directly and every status is returned to the runtime. Only
+//! `dispatch_http_call` goes through the SDK, because its dispatcher must register the
+//! token to route the answer to the right context.
 
+use crate::runtime::{HeaderMap, Headers, Host};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, MapType, MetricType};
-use std::borrow::Cow;
 use std::ptr::null_mut;
 use std::time::Duration;
 
@@ -65,45 +67,8 @@ fn raw_map(map: MapType) -> Vec<u8> {
     unsafe { owned(ptr, len) }
 }
 
-/// All request headers, kept unparsed.
-pub fn request_headers_raw() -> Vec<u8> {
-    raw_map(MapType::HttpRequestHeaders)
-}
-
-/// All response headers, unparsed: one host call gives both `:status` and, on the error
-/// path, the headers a replacement keeps (reading `:status` alone first would cost an
-/// extra host call, and a VM re-entry to allocate, on every intercepted error).
-pub fn response_headers_raw() -> Vec<u8> {
-    raw_map(MapType::HttpResponseHeaders)
-}
-
-/// The `:status` of a raw response header map.
-pub fn status_of(raw: &[u8]) -> Option<u16> {
-    first_value(raw, ":status").and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse().ok())
-}
-
-/// A header from `request_headers_raw` (lower-case name); several values joined by ",".
-pub fn find_header(raw: &[u8], name: &str) -> Option<String> {
-    let mut found: Option<String> = None;
-    for (k, v) in map_entries(raw) {
-        if k == name.as_bytes() {
-            let v = String::from_utf8_lossy(v);
-            found = Some(match found {
-                Some(prev) => prev + "," + &v,
-                None => v.into_owned(),
-            });
-        }
-    }
-    found
-}
-
-/// The first value of a header in a serialised map, without copying.
-pub fn first_value<'a>(raw: &'a [u8], name: &str) -> Option<&'a [u8]> {
-    map_entries(raw).find(|(k, _)| *k == name.as_bytes()).map(|(_, v)| v)
-}
-
 /// The (key, value) byte slices of a serialised map, without copying.
-pub fn map_entries(data: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+fn map_entries(data: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     let read_u32 = move |at: usize| -> Option<usize> {
         data.get(at..at + 4).map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
     };
@@ -116,30 +81,6 @@ pub fn map_entries(data: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
         p += kl + vl + 2;
         Some((k, v))
     })
-}
-
-fn pairs(map: MapType) -> Vec<(String, Vec<u8>)> {
-    deserialize_map(&raw_map(map))
-}
-
-pub fn call_response_headers() -> Vec<(String, Vec<u8>)> {
-    pairs(MapType::HttpCallResponseHeaders)
-}
-
-pub fn set_response_headers(headers: &[(Cow<str>, Cow<str>)]) -> bool {
-    let data = serialize_map(headers.iter().map(|(k, v)| (k.as_ref(), v.as_bytes())));
-    // SAFETY: data outlives the call.
-    unsafe { proxy_set_header_map_pairs(MapType::HttpResponseHeaders as u32, data.as_ptr(), data.len()) == OK }
-}
-
-/// Replaces the current response body chunk (`size` bytes from 0) with `value`.
-pub fn replace_response_body(size: usize, value: &[u8]) -> bool {
-    // SAFETY: value outlives the call.
-    unsafe { proxy_set_buffer_bytes(BufferType::HttpResponseBody as u32, 0, size, value.as_ptr(), value.len()) == OK }
-}
-
-pub fn call_response_body(size: usize) -> Option<Vec<u8>> {
-    buffer(BufferType::HttpCallResponseBody, size)
 }
 
 pub fn plugin_configuration(size: usize) -> Option<Vec<u8>> {
@@ -157,7 +98,7 @@ fn buffer(kind: BufferType, size: usize) -> Option<Vec<u8>> {
     (status == OK).then(|| unsafe { owned(ptr, len) })
 }
 
-pub fn property(path: &[&str]) -> Option<String> {
+fn property(path: &[&str]) -> Option<String> {
     let p = path.join("\0");
     let mut ptr = null_mut();
     let mut len = 0;
@@ -166,75 +107,132 @@ pub fn property(path: &[&str]) -> Option<String> {
     (status == OK).then(|| text(unsafe { owned(ptr, len) }))
 }
 
-/// Sets filter state `wasm.<name>`, readable by the access log as
-/// `%FILTER_STATE(wasm.<name>:PLAIN)%`.
-pub fn set_filter_state(name: &str, value: &str) {
-    // SAFETY: as above.
-    unsafe {
-        proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len());
+fn serialize_headers(headers: &Headers<'_>, pseudo: bool) -> Vec<u8> {
+    serialize_map(
+        headers.iter().filter(|(k, _)| pseudo || !k.starts_with(':')).map(|(k, v)| (k.as_ref(), v.as_bytes())),
+    )
+}
+
+/// A header map in proxy-wasm's serialised form, kept as the host handed it over.
+#[derive(Default)]
+pub struct RawMap(Vec<u8>);
+
+impl HeaderMap for RawMap {
+    fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        map_entries(&self.0)
     }
 }
 
-pub fn resume_response() -> bool {
-    // SAFETY: no pointers.
-    unsafe { proxy_continue_stream(proxy_wasm::types::StreamType::HttpResponse as u32) == OK }
-}
+/// The proxy-wasm host (Envoy's wasm runtime). Stateless: every call acts on the
+/// effective context the host keeps.
+#[derive(Clone, Copy)]
+pub struct Wasm;
 
-/// A local reply. `headers` must not contain pseudo headers.
-pub fn send_response(status: u16, headers: &[(Cow<str>, Cow<str>)], body: &[u8]) -> bool {
-    let data =
-        serialize_map(headers.iter().filter(|(k, _)| !k.starts_with(':')).map(|(k, v)| (k.as_ref(), v.as_bytes())));
-    let details = "custom_error_page";
-    // SAFETY: all buffers outlive the call.
-    unsafe {
-        proxy_send_local_response(
-            status as u32,
-            details.as_ptr(),
-            details.len(),
-            body.as_ptr(),
-            body.len(),
-            data.as_ptr(),
-            data.len(),
-            -1,
-        ) == OK
+impl Host for Wasm {
+    type Map = RawMap;
+
+    fn request_headers(&self) -> RawMap {
+        RawMap(raw_map(MapType::HttpRequestHeaders))
     }
-}
 
-pub fn dispatch(cluster: &str, headers: &[(&'static str, String)], timeout_ms: u64) -> Option<u32> {
-    let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    hostcalls::dispatch_http_call(cluster, hs, None, vec![], Duration::from_millis(timeout_ms)).ok()
-}
-
-pub fn now_ms() -> u64 {
-    let mut ns = 0u64;
-    // SAFETY: as above.
-    if unsafe { proxy_get_current_time_nanoseconds(&mut ns) } == OK {
-        ns / 1_000_000
-    } else {
-        0
+    /// One host call gives both `:status` and, on the error path, the headers a
+    /// replacement keeps (reading `:status` alone first would cost an extra host call, and
+    /// a VM re-entry to allocate, on every intercepted error).
+    fn response_headers(&self) -> RawMap {
+        RawMap(raw_map(MapType::HttpResponseHeaders))
     }
-}
 
-pub fn define_counter(name: &str) -> Option<u32> {
-    let mut id = 0;
-    // SAFETY: as above.
-    let status = unsafe { proxy_define_metric(MetricType::Counter as u32, name.as_ptr(), name.len(), &mut id) };
-    (status == OK).then_some(id)
-}
+    fn set_response_headers(&self, headers: &Headers<'_>) -> bool {
+        let data = serialize_headers(headers, true);
+        // SAFETY: data outlives the call.
+        unsafe { proxy_set_header_map_pairs(MapType::HttpResponseHeaders as u32, data.as_ptr(), data.len()) == OK }
+    }
 
-pub fn add(id: Option<u32>, n: u64) {
-    if let Some(id) = id {
-        // SAFETY: no pointers.
+    /// Replaces the current response body chunk (`size` bytes from 0) with `body`.
+    fn replace_response_body(&self, size: usize, body: &[u8]) -> bool {
+        // SAFETY: body outlives the call.
+        unsafe { proxy_set_buffer_bytes(BufferType::HttpResponseBody as u32, 0, size, body.as_ptr(), body.len()) == OK }
+    }
+
+    fn send_response(&self, status: u16, headers: &Headers<'_>, body: &[u8]) -> bool {
+        let data = serialize_headers(headers, false);
+        let details = "custom_error_page";
+        // SAFETY: all buffers outlive the call.
         unsafe {
-            proxy_increment_metric(id, n.min(i64::MAX as u64) as i64);
+            proxy_send_local_response(
+                status as u32,
+                details.as_ptr(),
+                details.len(),
+                body.as_ptr(),
+                body.len(),
+                data.as_ptr(),
+                data.len(),
+                -1,
+            ) == OK
         }
     }
-}
 
-/// Makes the following host calls act on another request's stream (false: it is gone).
-pub fn set_effective_context(context_id: u32) -> bool {
-    // SAFETY: no pointers.
-    unsafe { proxy_set_effective_context(context_id) == OK }
+    fn resume_response(&self) -> bool {
+        // SAFETY: no pointers.
+        unsafe { proxy_continue_stream(proxy_wasm::types::StreamType::HttpResponse as u32) == OK }
+    }
+
+    fn dispatch(&self, cluster: &str, headers: &[(&'static str, String)], timeout_ms: u64) -> Option<u32> {
+        let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        hostcalls::dispatch_http_call(cluster, hs, None, vec![], Duration::from_millis(timeout_ms)).ok()
+    }
+
+    fn call_response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        map_entries(&raw_map(MapType::HttpCallResponseHeaders))
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec()))
+            .collect()
+    }
+
+    fn call_response_body(&self, size: usize) -> Option<Vec<u8>> {
+        buffer(BufferType::HttpCallResponseBody, size)
+    }
+
+    fn set_effective_context(&self, id: u32) -> bool {
+        // SAFETY: no pointers.
+        unsafe { proxy_set_effective_context(id) == OK }
+    }
+
+    fn response_code_details(&self) -> Option<String> {
+        property(&["response", "code_details"])
+    }
+
+    fn route_name(&self) -> Option<String> {
+        property(&["xds", "route_name"])
+    }
+
+    /// Filter state `wasm.<name>`, readable by the access log as
+    /// `%FILTER_STATE(wasm.<name>:PLAIN)%`.
+    fn set_filter_state(&self, name: &str, value: &str) -> bool {
+        // SAFETY: both buffers outlive the call.
+        unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) == OK }
+    }
+
+    fn now_ms(&self) -> u64 {
+        let mut ns = 0u64;
+        // SAFETY: as above.
+        if unsafe { proxy_get_current_time_nanoseconds(&mut ns) } == OK {
+            ns / 1_000_000
+        } else {
+            0
+        }
+    }
+
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        let mut id = 0;
+        // SAFETY: as above.
+        let status = unsafe { proxy_define_metric(MetricType::Counter as u32, name.as_ptr(), name.len(), &mut id) };
+        (status == OK).then_some(id)
+    }
+
+    fn add_to_counter(&self, id: u32, n: u64) -> bool {
+        // SAFETY: no pointers.
+        unsafe { proxy_increment_metric(id, n.min(i64::MAX as u64) as i64) == OK }
+    }
 }
 
 pub fn set_tick_ms(ms: u32) -> bool {
@@ -258,8 +256,4 @@ fn serialize_map<'a>(items: impl Iterator<Item = (&'a str, &'a [u8])> + Clone) -
         out.push(0);
     }
     out
-}
-
-fn deserialize_map(data: &[u8]) -> Vec<(String, Vec<u8>)> {
-    map_entries(data).map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec())).collect()
 }

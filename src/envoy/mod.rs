@@ -1,19 +1,15 @@
-//! Envoy glue: the proxy-wasm root context (policy load, counters, per-worker cache) and
-//! one HTTP context per request (`stream`). Everything decided here comes from the
-//! host-free engine in the crate root.
+//! The proxy-wasm adapter: the root context (policy load, tick) and one HTTP context per
+//! request, each a thin shell over `runtime::Stream` with `host::Wasm` as its `Host`.
+//! Everything decided here comes from the host-free engine and runtime in the crate root.
 
-mod facts;
 mod host;
-mod metrics;
-mod stream;
 
-use crate::cache::Cache;
-use crate::config::{self, Config};
+use crate::config;
+use crate::runtime::{self, Stream, Worker};
+use host::Wasm;
 use log::{error, info, warn};
-use metrics::Metrics;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{ContextType, LogLevel};
-use std::cell::{Cell, RefCell};
+use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::rc::Rc;
 
 proxy_wasm::main! {{
@@ -21,24 +17,9 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|id| -> Box<dyn RootContext> { Box::new(Root { id, worker: None }) });
 }}
 
-/// State shared by all requests of one VM (one Envoy worker thread).
-pub(crate) struct Worker {
-    pub config: Rc<Config>,
-    pub cache: RefCell<Cache>,
-    pub metrics: Metrics,
-    /// Milliseconds since the epoch, refreshed on every tick: cache hits read it instead of
-    /// asking the host for the time (entries may outlive their TTL by up to one tick).
-    pub clock: Cell<u64>,
-    /// Error-object fetches in flight, with the requests waiting on them.
-    pub flights: RefCell<stream::Flights>,
-}
-
-/// The root context's tick: refreshes the clock and flushes counters.
-const TICK_MS: u32 = 100;
-
 struct Root {
     id: u32,
-    worker: Option<Rc<Worker>>,
+    worker: Option<Rc<Worker<Wasm>>>,
 }
 
 impl Context for Root {}
@@ -58,16 +39,10 @@ impl RootContext for Root {
                     cfg.services.len()
                 );
                 if let Some(old) = &self.worker {
-                    old.metrics.flush();
+                    old.flush_counters(&Wasm);
                 }
-                self.worker = Some(Rc::new(Worker {
-                    config: Rc::new(cfg),
-                    cache: RefCell::new(Cache::default()),
-                    metrics: Metrics::define(),
-                    clock: Cell::new(host::now_ms()),
-                    flights: RefCell::new(Default::default()),
-                }));
-                if !host::set_tick_ms(TICK_MS) {
+                self.worker = Some(Rc::new(Worker::new(&Wasm, cfg)));
+                if !host::set_tick_ms(runtime::TICK_MS) {
                     warn!("custom-error-pages: no tick: counters will not reach /stats");
                 }
                 true
@@ -83,9 +58,7 @@ impl RootContext for Root {
 
     fn on_tick(&mut self) {
         if let Some(w) = &self.worker {
-            w.clock.set(host::now_ms());
-            w.metrics.flush();
-            stream::release_orphaned_flights(w, self.id);
+            w.on_tick(&Wasm, self.id);
         }
     }
 
@@ -93,10 +66,42 @@ impl RootContext for Root {
         // Without a loaded policy (cannot happen after a successful configure) requests
         // pass through untouched rather than failing.
         let worker = self.worker.clone()?;
-        Some(Box::new(stream::Stream::new(context_id, worker)))
+        Some(Box::new(Http(Stream::new(context_id, Wasm, worker))))
     }
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// The SDK's HTTP context, delegating to the runtime. Only the callbacks below are
+/// exported to Envoy (scripts/build.sh removes the rest: each one costs a VM entry).
+struct Http(Stream<Wasm>);
+
+fn action(a: runtime::Action) -> Action {
+    match a {
+        runtime::Action::Continue => Action::Continue,
+        runtime::Action::Pause => Action::Pause,
+    }
+}
+
+impl Context for Http {
+    fn on_http_call_response(&mut self, token: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        self.0.on_call_response(token, body_size);
+    }
+}
+
+impl HttpContext for Http {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.0.on_request_headers();
+        Action::Continue
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        action(self.0.on_response_headers(end_of_stream))
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        action(self.0.on_response_body(body_size, end_of_stream))
     }
 }

@@ -5,33 +5,41 @@
 //! the increments to Envoy's counters, keeping two host calls per intercepted error off the
 //! request path; the price is that `/stats` lags by up to one tick.
 
-use super::host;
+use super::host::Host;
 use crate::error_service::FetchFailure;
 use std::cell::Cell;
 
-pub(crate) struct Counter {
+pub struct Counter {
     id: Option<u32>,
     pending: Cell<u64>,
 }
 
 impl Counter {
-    fn define(name: &str) -> Counter {
-        Counter { id: host::define_counter(&format!("custom_error_pages.{name}")), pending: Cell::new(0) }
+    fn define(host: &impl Host, name: &str) -> Counter {
+        Counter { id: host.define_counter(&format!("custom_error_pages.{name}")), pending: Cell::new(0) }
     }
 
     pub fn bump(&self) {
         self.pending.set(self.pending.get() + 1);
     }
 
-    fn flush(&self) {
+    fn flush(&self, host: &impl Host) {
         let n = self.pending.replace(0);
-        if n > 0 {
-            host::add(self.id, n);
+        if let (Some(id), true) = (self.id, n > 0) {
+            if !host.add_to_counter(id, n) {
+                // Kept for the next tick rather than lost.
+                self.pending.set(self.pending.get() + n);
+            }
         }
+    }
+
+    #[cfg(test)]
+    pub fn pending(&self) -> u64 {
+        self.pending.get()
     }
 }
 
-pub(crate) struct Metrics {
+pub struct Metrics {
     pub intercepted: Counter,
     pub cache_hit: Counter,
     pub fetched: Counter,
@@ -42,15 +50,15 @@ pub(crate) struct Metrics {
 }
 
 impl Metrics {
-    pub fn define() -> Metrics {
+    pub fn define(host: &impl Host) -> Metrics {
         Metrics {
-            intercepted: Counter::define("intercepted"),
-            cache_hit: Counter::define("cache_hit"),
-            fetched: Counter::define("fetched"),
-            inline: Counter::define("inline"),
-            fallback: Counter::define("fallback"),
-            passthrough: Counter::define("passthrough"),
-            fetch_failed: FetchFailure::ALL.map(|f| Counter::define(&format!("fetch_failed.{}", f.as_str()))),
+            intercepted: Counter::define(host, "intercepted"),
+            cache_hit: Counter::define(host, "cache_hit"),
+            fetched: Counter::define(host, "fetched"),
+            inline: Counter::define(host, "inline"),
+            fallback: Counter::define(host, "fallback"),
+            passthrough: Counter::define(host, "passthrough"),
+            fetch_failed: FetchFailure::ALL.map(|f| Counter::define(host, &format!("fetch_failed.{}", f.as_str()))),
         }
     }
 
@@ -61,12 +69,12 @@ impl Metrics {
     }
 
     /// Called on the root context's tick.
-    pub fn flush(&self) {
+    pub fn flush(&self, host: &impl Host) {
         for c in [&self.intercepted, &self.cache_hit, &self.fetched, &self.inline, &self.fallback, &self.passthrough] {
-            c.flush();
+            c.flush(host);
         }
         for c in &self.fetch_failed {
-            c.flush();
+            c.flush(host);
         }
     }
 }

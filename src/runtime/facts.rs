@@ -2,21 +2,22 @@
 //! request passed (Envoy hides them afterwards), parsed only on the error path and only
 //! the fields a decision asks for.
 
-use super::host;
+use super::host::{HeaderMap, Host};
 use crate::request::RequestView;
 use crate::template::Vars;
 use std::borrow::Cow;
 
-fn remember(slot: &mut Option<String>, raw: &[u8], name: &str) -> String {
-    slot.get_or_insert_with(|| host::find_header(raw, name).unwrap_or_default()).clone()
+fn remember(slot: &mut Option<String>, map: &impl HeaderMap, name: &str) -> String {
+    slot.get_or_insert_with(|| map.joined(name).unwrap_or_default()).clone()
 }
 
-/// Request facts, read from Envoy on first use and kept. Only the error path reads them.
-pub(crate) struct Facts {
-    request: Vec<u8>,
-    /// The original response headers as Envoy serialised them (read once, with `:status`),
-    /// for the gRPC check and for the headers a replacement keeps; never parsed whole.
-    response: Vec<u8>,
+/// Request facts, read on first use and kept. Only the error path reads them.
+pub(crate) struct Facts<H: Host> {
+    host: H,
+    request: H::Map,
+    /// The original response headers as the proxy handed them over (read once, with
+    /// `:status`), for the gRPC check and for the headers a replacement keeps.
+    response: H::Map,
     pub status: u16,
     pub served: u16,
     authority: Option<String>,
@@ -26,9 +27,10 @@ pub(crate) struct Facts {
     code_details: Option<String>,
 }
 
-impl Facts {
-    pub fn new(status: u16, request: Vec<u8>, response: Vec<u8>) -> Facts {
+impl<H: Host> Facts<H> {
+    pub fn new(host: H, status: u16, request: H::Map, response: H::Map) -> Facts<H> {
         Facts {
+            host,
             request,
             response,
             status,
@@ -45,18 +47,12 @@ impl Facts {
         remember(&mut self.method, &self.request, ":method")
     }
 
-    fn req(&self, name: &str) -> Option<String> {
-        host::find_header(&self.request, name)
-    }
-
     pub fn request_id(&mut self) -> String {
         remember(&mut self.request_id, &self.request, "x-request-id")
     }
 
     fn code_details(&mut self) -> String {
-        self.code_details
-            .get_or_insert_with(|| host::property(&["response", "code_details"]).unwrap_or_default())
-            .clone()
+        self.code_details.get_or_insert_with(|| self.host.response_code_details().unwrap_or_default()).clone()
     }
 
     /// Never touched: CONNECT tunnels and gRPC (whose errors travel in trailers and must
@@ -65,21 +61,22 @@ impl Facts {
         let grpc = |ct: Option<&[u8]>| {
             ct.is_some_and(|c| c.get(..16).is_some_and(|p| p.eq_ignore_ascii_case(b"application/grpc")))
         };
-        host::first_value(&self.request, ":method") == Some(b"CONNECT")
-            || grpc(host::first_value(&self.request, "content-type"))
-            || grpc(host::first_value(&self.response, "content-type"))
+        self.request.first(":method") == Some(b"CONNECT")
+            || grpc(self.request.first("content-type"))
+            || grpc(self.response.first("content-type"))
     }
 
     /// The original response's announced body length.
     pub fn original_length(&self) -> Option<usize> {
-        host::first_value(&self.response, "content-length")
+        self.response
+            .first("content-length")
             .and_then(|v| std::str::from_utf8(v).ok())
             .and_then(|v| v.trim().parse().ok())
     }
 
     /// The original response headers (values not valid UTF-8 are mended, never dropped).
     pub fn response_headers(&self) -> impl Iterator<Item = (Cow<'_, str>, Cow<'_, str>)> {
-        host::map_entries(&self.response).map(|(k, v)| (String::from_utf8_lossy(k), String::from_utf8_lossy(v)))
+        self.response.entries().map(|(k, v)| (String::from_utf8_lossy(k), String::from_utf8_lossy(v)))
     }
 
     /// Template variables; reads the request facts only when the reply renders a template.
@@ -111,7 +108,7 @@ impl Facts {
     }
 }
 
-impl RequestView for Facts {
+impl<H: Host> RequestView for Facts<H> {
     fn authority(&mut self) -> String {
         remember(&mut self.authority, &self.request, ":authority")
     }
@@ -121,11 +118,11 @@ impl RequestView for Facts {
     }
 
     fn header(&mut self, name: &str) -> Option<String> {
-        self.req(name)
+        self.request.joined(name)
     }
 
     fn route_name(&mut self) -> Option<String> {
-        host::property(&["xds", "route_name"]).filter(|s| !s.is_empty())
+        self.host.route_name().filter(|s| !s.is_empty())
     }
 
     /// Envoy marks responses that came from a backend with code details `via_upstream`;

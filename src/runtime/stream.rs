@@ -33,8 +33,9 @@
 //!   upstream exchange is complete, nothing is cut short.
 
 use super::facts::Facts;
-use super::host;
-use super::Worker;
+use super::host::{HeaderMap, Host};
+use super::worker::Worker;
+use super::Action;
 use crate::cache::{self, Object};
 use crate::config::{Config, Rule, RuleKind, Serve, Variant};
 use crate::decide::Decision;
@@ -44,8 +45,6 @@ use crate::negotiate;
 use crate::reply::{self, Outcome};
 use crate::request::RequestView;
 use log::{debug, warn};
-use proxy_wasm::traits::{Context, HttpContext};
-use proxy_wasm::types::Action;
 use std::cell::RefCell;
 use std::rc::Rc;
 
@@ -53,14 +52,14 @@ use std::rc::Rc;
 const MAX_DROP_BYTES: usize = 64 * 1024;
 
 /// Where this request is, replacing loose flags.
-enum Phase {
+enum Phase<H: Host> {
     /// Nothing decided yet (or nothing to do).
     Idle,
     /// Headers paused while this request fetches the error object.
-    Fetching { call: Call, pending: Box<Pending> },
+    Fetching { call: Call, pending: Box<Pending<H>> },
     /// Headers paused while another request fetches the same object; that request puts
     /// this one's next phase in the slot.
-    Waiting(Slot),
+    Waiting(Slot<H>),
     /// Replacement headers sent; the original body is dropped and the object goes out with
     /// its last chunk.
     Streaming { body: Rc<[u8]>, sent: bool, dropped: usize },
@@ -69,13 +68,13 @@ enum Phase {
     Done,
 }
 
-type Slot = Rc<RefCell<Option<Phase>>>;
+type Slot<H> = Rc<RefCell<Option<Phase<H>>>>;
 
 /// What a request needs to finish once its object (or the lack of one) is known.
-struct Pending {
+struct Pending<H: Host> {
     rule: (usize, usize),
     variant: Option<usize>,
-    facts: Facts,
+    facts: Facts<H>,
     /// The upstream response ended with its headers (no body to carry the object).
     headers_only: bool,
 }
@@ -89,20 +88,20 @@ struct Call {
 }
 
 /// A request waiting on another's fetch of the same object.
-pub(crate) struct Waiter {
+pub struct Waiter<H: Host> {
     id: u32,
-    slot: Slot,
-    pending: Box<Pending>,
+    slot: Slot<H>,
+    pending: Box<Pending<H>>,
 }
 
 /// A fetch in flight: the request that leads it and the requests waiting on it.
-pub(crate) struct Flight {
+pub struct Flight<H: Host> {
     leader: u32,
-    waiters: Vec<Waiter>,
+    waiters: Vec<Waiter<H>>,
 }
 
 /// Fetches in flight on this worker, by cache key.
-pub(crate) type Flights = FastMap<String, Flight>;
+pub type Flights<H> = FastMap<String, Flight<H>>;
 
 /// What a cache miss turned into.
 enum Miss {
@@ -112,19 +111,21 @@ enum Miss {
     Follow(String),
 }
 
-pub(crate) struct Stream {
+/// One request's filter state, driven by the adapter's callbacks.
+pub struct Stream<H: Host> {
     id: u32,
-    worker: Rc<Worker>,
-    phase: Phase,
-    /// The request headers as Envoy serialised them, kept unparsed: Envoy no longer lets
-    /// a filter read request headers (or `request.*` properties) once the request phase
-    /// has continued, so this one copy is all the response path can know of the request.
-    request: Vec<u8>,
+    host: H,
+    worker: Rc<Worker<H>>,
+    phase: Phase<H>,
+    /// The request headers as the proxy handed them over, kept unparsed: Envoy no longer
+    /// lets a filter read request headers (or `request.*` properties) once the request
+    /// phase has continued, so this one copy is all the response path can know of them.
+    request: H::Map,
 }
 
-impl Stream {
-    pub fn new(id: u32, worker: Rc<Worker>) -> Stream {
-        Stream { id, worker, phase: Phase::Idle, request: Vec::new() }
+impl<H: Host> Stream<H> {
+    pub fn new(id: u32, host: H, worker: Rc<Worker<H>>) -> Stream<H> {
+        Stream { id, host, worker, phase: Phase::Idle, request: H::Map::default() }
     }
 
     fn config(&self) -> Rc<Config> {
@@ -132,8 +133,8 @@ impl Stream {
     }
 
     /// Decides; returns the header action.
-    fn intercept(&mut self, status: u16, response: Vec<u8>, end_of_stream: bool) -> Action {
-        let mut facts = Facts::new(status, std::mem::take(&mut self.request), response);
+    fn intercept(&mut self, status: u16, response: H::Map, end_of_stream: bool) -> Action {
+        let mut facts = Facts::new(self.host.clone(), status, std::mem::take(&mut self.request), response);
         if facts.excluded() {
             return Action::Continue;
         }
@@ -148,7 +149,7 @@ impl Stream {
             Decision::Passthrough(rule) => {
                 self.worker.metrics.passthrough.bump();
                 debug!("[ctx {}] {status} passes through by {}", self.id, rule.id);
-                record(status, status, &rule.id, "passthrough");
+                record(&self.host, status, status, &rule.id, "passthrough");
                 self.phase = Phase::Done;
                 return Action::Continue;
             }
@@ -164,7 +165,7 @@ impl Stream {
             Box::new(Pending { rule: rule.at, variant: variant_index, facts, headers_only: end_of_stream });
         match lookup {
             Ok(object) => {
-                let (phase, action) = finish(&self.worker, self.id, &mut pending, object);
+                let (phase, action) = finish(&self.host, &self.worker, self.id, &mut pending, object);
                 self.phase = phase;
                 action
             }
@@ -179,7 +180,7 @@ impl Stream {
                 Action::Pause
             }
             Err(Miss::Follow(key)) => {
-                let slot: Slot = Rc::new(RefCell::new(None));
+                let slot: Slot<H> = Rc::new(RefCell::new(None));
                 if let Some(flight) = self.worker.flights.borrow_mut().get_mut(&key) {
                     flight.waiters.push(Waiter { id: self.id, slot: slot.clone(), pending });
                 }
@@ -196,7 +197,7 @@ impl Stream {
         &self,
         serve: &Serve,
         variant: &Variant,
-        facts: &mut Facts,
+        facts: &mut Facts<H>,
     ) -> Result<Option<(Rc<Object>, Outcome)>, Miss> {
         let config = &self.worker.config;
         let Some(path_template) = &variant.path else { return Ok(None) };
@@ -214,8 +215,8 @@ impl Stream {
         if let Some(leader) = leader {
             // A leader that died since the last tick cannot answer: this request takes over
             // its flight (and its waiters) instead of waiting for nothing.
-            let alive = host::set_effective_context(leader);
-            host::set_effective_context(self.id);
+            let alive = self.host.set_effective_context(leader);
+            self.host.set_effective_context(self.id);
             if alive {
                 return Err(Miss::Follow(key));
             }
@@ -230,10 +231,10 @@ impl Stream {
             request_id: &request_id,
         };
         let headers = error_service::call_headers(svc, &path, &call);
-        match host::dispatch(&svc.cluster, &headers, svc.timeout_ms) {
+        match self.host.dispatch(&svc.cluster, &headers, svc.timeout_ms) {
             Some(token) => {
                 debug!("[ctx {}] {}: fetching {path} from {}", self.id, facts.status, svc.cluster);
-                Err(Miss::Lead(Call { token, service, cache_key: key, started_ms: host::now_ms() }))
+                Err(Miss::Lead(Call { token, service, cache_key: key, started_ms: self.host.now_ms() }))
             }
             None => {
                 warn!("[ctx {}] cannot call error service cluster \"{}\" (is it defined?)", self.id, svc.cluster);
@@ -243,23 +244,23 @@ impl Stream {
         }
     }
 
-    fn finish_fetch(&mut self, call: Call, mut pending: Box<Pending>, body_size: usize) {
+    fn finish_fetch(&mut self, call: Call, mut pending: Box<Pending<H>>, body_size: usize) {
         let config = self.config();
         let Some(svc) = config.services.get(call.service) else {
             self.phase = Phase::Done;
-            host::resume_response();
-            release_waiters(&self.worker, &call.cache_key, None, self.id);
+            resume(&self.host, self.id);
+            release_waiters(&self.host, &self.worker, &call.cache_key, None, self.id);
             return;
         };
         let default_type = rule_serve(&config, pending.rule)
             .map(|(_, serve)| variant_of(serve, pending.variant).content_type.clone())
             .unwrap_or_default();
-        let now = host::now_ms();
-        let headers = host::call_response_headers();
+        let now = self.host.now_ms();
+        let headers = self.host.call_response_headers();
         let object =
             match error_service::evaluate(svc, &headers, body_size, now.saturating_sub(call.started_ms), &default_type)
             {
-                Ok(meta) => match host::call_response_body(body_size) {
+                Ok(meta) => match self.host.call_response_body(body_size) {
                     Some(body) => {
                         self.worker.metrics.fetched.bump();
                         let ttl = cache::ttl_seconds(meta.cache_control.as_deref(), svc.cache_ttl_s);
@@ -282,12 +283,12 @@ impl Stream {
                     None
                 }
             };
-        let (phase, action) = finish(&self.worker, self.id, &mut pending, object.clone());
+        let (phase, action) = finish(&self.host, &self.worker, self.id, &mut pending, object.clone());
         self.phase = phase;
-        if matches!(action, Action::Continue) {
-            host::resume_response();
+        if action == Action::Continue {
+            resume(&self.host, self.id);
         }
-        release_waiters(&self.worker, &call.cache_key, object, self.id);
+        release_waiters(&self.host, &self.worker, &call.cache_key, object, self.id);
     }
 
     /// A waiter's phase, once its leader has decided it.
@@ -304,7 +305,13 @@ impl Stream {
 /// Completes every request that waited on the fetch under `key`, with the object (or the
 /// fallback when there is none), each in its own context; then makes `current` the
 /// effective context again.
-fn release_waiters(worker: &Worker, key: &str, object: Option<(Rc<Object>, Outcome)>, current: u32) {
+fn release_waiters<H: Host>(
+    host: &H,
+    worker: &Worker<H>,
+    key: &str,
+    object: Option<(Rc<Object>, Outcome)>,
+    current: u32,
+) {
     let waiters = worker.flights.borrow_mut().remove(key).map(|f| f.waiters).unwrap_or_default();
     if waiters.is_empty() {
         return;
@@ -312,24 +319,24 @@ fn release_waiters(worker: &Worker, key: &str, object: Option<(Rc<Object>, Outco
     // A waiter shares the leader's object; it was not fetched for it.
     let shared = object.map(|(o, _)| (o, Outcome::Cache));
     for mut w in waiters {
-        if !host::set_effective_context(w.id) {
+        if !host.set_effective_context(w.id) {
             continue; // that request is gone
         }
         if shared.is_some() {
             worker.metrics.cache_hit.bump();
         }
-        let (phase, action) = finish(worker, w.id, &mut w.pending, shared.clone());
+        let (phase, action) = finish(host, worker, w.id, &mut w.pending, shared.clone());
         *w.slot.borrow_mut() = Some(phase);
-        if matches!(action, Action::Continue) {
-            host::resume_response();
+        if action == Action::Continue {
+            resume(host, w.id);
         }
     }
-    host::set_effective_context(current);
+    host.set_effective_context(current);
 }
 
 /// On the root's tick: flights whose leader's request is gone (Envoy cancelled its call,
 /// so no answer will come) release their waiters with the fallback.
-pub(crate) fn release_orphaned_flights(worker: &Worker, root: u32) {
+pub(super) fn release_orphaned_flights<H: Host>(host: &H, worker: &Worker<H>, root: u32) {
     if worker.flights.borrow().is_empty() {
         return;
     }
@@ -337,13 +344,13 @@ pub(crate) fn release_orphaned_flights(worker: &Worker, root: u32) {
         .flights
         .borrow()
         .iter()
-        .filter(|(_, f)| !host::set_effective_context(f.leader))
+        .filter(|(_, f)| !host.set_effective_context(f.leader))
         .map(|(k, _)| k.clone())
         .collect();
-    host::set_effective_context(root);
+    host.set_effective_context(root);
     for key in orphaned {
         warn!("[ctx {root}] the request fetching {key} is gone: its waiters get the fallback");
-        release_waiters(worker, &key, None, root);
+        release_waiters(host, worker, &key, None, root);
     }
 }
 
@@ -358,10 +365,24 @@ fn variant_of(serve: &Serve, index: Option<usize>) -> &Variant {
     index.and_then(|i| serve.variants.get(i)).unwrap_or(&serve.default)
 }
 
+/// Lets a paused response go on. A refusal means the stream is gone (the client left):
+/// nothing is waiting for it any more.
+fn resume(host: &impl Host, id: u32) {
+    if !host.resume_response() {
+        debug!("[ctx {id}] could not resume the response: the stream is gone");
+    }
+}
+
 /// Builds the replacement for a request of the current (effective) context and sends it:
 /// counts, records the access-log fields, rewrites headers or answers locally. Returns the
 /// request's next phase and what to do with its paused headers.
-fn finish(worker: &Worker, id: u32, pending: &mut Pending, object: Option<(Rc<Object>, Outcome)>) -> (Phase, Action) {
+fn finish<H: Host>(
+    host: &H,
+    worker: &Worker<H>,
+    id: u32,
+    pending: &mut Pending<H>,
+    object: Option<(Rc<Object>, Outcome)>,
+) -> (Phase<H>, Action) {
     let config = worker.config.clone();
     let Some((rule, serve)) = rule_serve(&config, pending.rule) else {
         return (Phase::Done, Action::Continue);
@@ -374,14 +395,14 @@ fn finish(worker: &Worker, id: u32, pending: &mut Pending, object: Option<(Rc<Ob
         Outcome::Inline => worker.metrics.inline.bump(),
         Outcome::Fallback => worker.metrics.fallback.bump(),
     }
-    record(pending.facts.status, reply.status, &rule.id, reply.outcome.as_str());
     let mut headers = reply::headers(&reply, serve, pending.facts.response_headers());
     if pending.headers_only {
         // Envoy sets `:status` and content-length, and drops the body for HEAD itself.
-        if !host::send_response(reply.status, &headers, &reply.body) {
-            warn!("[ctx {id}] local reply refused by Envoy; the original response stands");
+        if !host.send_response(reply.status, &headers, &reply.body) {
+            warn!("[ctx {id}] local reply refused by the proxy; the original response stands");
             return (Phase::Done, Action::Continue);
         }
+        record(host, pending.facts.status, reply.status, &rule.id, reply.outcome.as_str());
         return (Phase::Done, Action::Pause);
     }
     // In place (see the module comment): the body goes out with the last original chunk.
@@ -391,9 +412,17 @@ fn finish(worker: &Worker, id: u32, pending: &mut Pending, object: Option<(Rc<Ob
     // the upstream response to its end, or it may close and take the upstream connection
     // with it (the last chunk's terminator is what it waits for).
     if pending.facts.original_length().is_some_and(|n| n <= MAX_DROP_BYTES) {
-        headers.push(("content-length".into(), reply.body.len().to_string().into()));
+        let mut length = String::with_capacity(8);
+        crate::push_decimal(&mut length, reply.body.len() as u64);
+        headers.push(("content-length".into(), length.into()));
     }
-    host::set_response_headers(&headers);
+    if !host.set_response_headers(&headers) {
+        // Streaming the page under the original headers would mislabel it: leave the
+        // response as it came rather than send a hybrid.
+        warn!("[ctx {id}] the proxy refused the replacement headers; the original response stands");
+        return (Phase::Done, Action::Continue);
+    }
+    record(host, pending.facts.status, reply.status, &rule.id, reply.outcome.as_str());
     drop(headers); // it borrows from `reply`, whose body moves on
     (Phase::Streaming { body: reply.body, sent: false, dropped: 0 }, Action::Continue)
 }
@@ -402,7 +431,7 @@ fn finish(worker: &Worker, id: u32, pending: &mut Pending, object: Option<(Rc<Ob
 /// (`original=404 served=200 outcome=cache rule=<json path>`). One `set_property`, not
 /// four: each costs Envoy a filter-state object, about 2.5 µs of CPU per call measured in
 /// `make bench` (bench/FINDINGS.md).
-fn record(original: u16, served: u16, rule: &str, outcome: &str) {
+fn record(host: &impl Host, original: u16, served: u16, rule: &str, outcome: &str) {
     let mut value = String::with_capacity(48 + rule.len());
     value.push_str("original=");
     crate::push_decimal(&mut value, original.into());
@@ -412,34 +441,27 @@ fn record(original: u16, served: u16, rule: &str, outcome: &str) {
     value.push_str(outcome);
     value.push_str(" rule=");
     value.push_str(rule);
-    host::set_filter_state("custom_error", &value);
-}
-
-impl Context for Stream {
-    fn on_http_call_response(&mut self, token: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
-        match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::Fetching { call, pending } if call.token == token => self.finish_fetch(call, pending, body_size),
-            other => self.phase = other,
-        }
+    if !host.set_filter_state("custom_error", &value) {
+        debug!("access-log fields not recorded: {value}");
     }
 }
 
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+/// The adapter's callbacks, in the order the proxy calls them.
+impl<H: Host> Stream<H> {
+    pub fn on_request_headers(&mut self) {
         // A policy without rules never needs the request: keep the success path bare.
         if !self.worker.config.codes.is_empty() {
-            self.request = host::request_headers_raw();
+            self.request = self.host.request_headers();
         }
-        Action::Continue
     }
 
-    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+    pub fn on_response_headers(&mut self, end_of_stream: bool) -> Action {
         // A policy without rules covers no status: not even `:status` is read.
         if !matches!(self.phase, Phase::Idle) || self.worker.config.codes.is_empty() {
             return Action::Continue;
         }
-        let response = host::response_headers_raw();
-        let Some(status) = host::status_of(&response) else {
+        let response = self.host.response_headers();
+        let Some(status) = status_of(&response) else {
             return Action::Continue;
         };
         if !self.worker.config.interested_in(status) {
@@ -448,16 +470,31 @@ impl HttpContext for Stream {
         self.intercept(status, response, end_of_stream)
     }
 
-    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+    pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.adopt();
         if let Phase::Streaming { body, sent, dropped } = &mut self.phase {
             // The original body never reaches the client: each chunk is dropped as it
             // arrives (nothing accumulates), and the last one carries the object.
             *dropped += body_size;
             let now = !*sent && (end_of_stream || *dropped > MAX_DROP_BYTES);
-            host::replace_response_body(body_size, if now { body } else { &[] });
+            if !self.host.replace_response_body(body_size, if now { body } else { &[] }) {
+                warn!("[ctx {}] the proxy refused to replace a response body chunk", self.id);
+            }
             *sent |= now;
         }
         Action::Continue
     }
+
+    /// The answer to a call this stream dispatched (another token: not ours, ignored).
+    pub fn on_call_response(&mut self, token: u32, body_size: usize) {
+        match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Fetching { call, pending } if call.token == token => self.finish_fetch(call, pending, body_size),
+            other => self.phase = other,
+        }
+    }
+}
+
+/// The `:status` of a response header map.
+fn status_of(map: &impl HeaderMap) -> Option<u16> {
+    map.first(":status").and_then(|v| std::str::from_utf8(v).ok()).and_then(|v| v.parse().ok())
 }

@@ -1,0 +1,198 @@
+//! A fake proxy for the runtime's tests: keeps each stream's headers, records what the
+//! filter did to it (headers set, body chunks, local reply, resumption, access-log value),
+//! the calls it dispatched, and which streams are still alive. Like Envoy, calls act on
+//! the effective stream: the one whose callback runs (`enter`) or the one the filter
+//! switched to.
+
+use super::host::{HeaderMap, Headers, Host};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
+
+#[derive(Default, Clone, Debug)]
+pub struct Map(pub Vec<(String, String)>);
+
+impl HeaderMap for Map {
+    fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.0.iter().map(|(k, v)| (k.as_bytes(), v.as_bytes()))
+    }
+}
+
+/// A call's answer as the proxy gives it: headers, and the body (none when it has none).
+pub type Answer = (Vec<(String, Vec<u8>)>, Option<Vec<u8>>);
+/// A local reply: status, headers, body.
+pub type LocalReply = (u16, Vec<(String, String)>, Vec<u8>);
+
+fn owned(headers: &Headers<'_>) -> Vec<(String, String)> {
+    headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// One stream as the fake proxy sees it.
+#[derive(Default, Debug)]
+pub struct StreamLog {
+    pub request: Vec<(String, String)>,
+    pub response: Vec<(String, String)>,
+    pub code_details: String,
+    /// The response headers the filter set (in place).
+    pub set_headers: Option<Vec<(String, String)>>,
+    /// What the replaced body chunks carried, in order.
+    pub body_out: Vec<u8>,
+    pub chunks: usize,
+    pub local_reply: Option<LocalReply>,
+    pub resumed: usize,
+    pub filter_state: Option<String>,
+}
+
+impl StreamLog {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let list = self.set_headers.as_ref().or(self.local_reply.as_ref().map(|(_, h, _)| h))?;
+        list.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+}
+
+#[derive(Debug)]
+pub struct Call {
+    pub token: u32,
+    pub from: u32,
+    pub cluster: String,
+    pub headers: Vec<(&'static str, String)>,
+}
+
+#[derive(Default)]
+pub struct State {
+    pub current: u32,
+    pub alive: BTreeSet<u32>,
+    pub streams: BTreeMap<u32, StreamLog>,
+    pub calls: Vec<Call>,
+    pub refuse_dispatch: bool,
+    pub refuse_headers: bool,
+    /// The answer being delivered to `on_call_response`: headers, and the body (none when
+    /// the proxy has none to give).
+    pub answer: Answer,
+    pub now_ms: u64,
+    pub counters: Vec<(String, u64)>,
+}
+
+#[derive(Clone, Default)]
+pub struct Fake(pub Rc<RefCell<State>>);
+
+impl Fake {
+    pub fn state(&self) -> std::cell::RefMut<'_, State> {
+        self.0.borrow_mut()
+    }
+
+    /// Envoy runs a callback of stream `id`: calls act on it.
+    pub fn enter(&self, id: u32) {
+        self.state().current = id;
+    }
+
+    fn with_current<T>(&self, f: impl FnOnce(&mut StreamLog) -> T) -> Option<T> {
+        let mut s = self.state();
+        let id = s.current;
+        if !s.alive.contains(&id) {
+            return None;
+        }
+        s.streams.get_mut(&id).map(f)
+    }
+
+    pub fn counter(&self, name: &str) -> u64 {
+        self.0.borrow().counters.iter().find(|(n, _)| n == &format!("custom_error_pages.{name}")).map_or(0, |(_, v)| *v)
+    }
+}
+
+impl Host for Fake {
+    type Map = Map;
+
+    fn request_headers(&self) -> Map {
+        Map(self.with_current(|s| s.request.clone()).unwrap_or_default())
+    }
+
+    fn response_headers(&self) -> Map {
+        Map(self.with_current(|s| s.response.clone()).unwrap_or_default())
+    }
+
+    fn set_response_headers(&self, headers: &Headers<'_>) -> bool {
+        if self.0.borrow().refuse_headers {
+            return false;
+        }
+        self.with_current(|s| s.set_headers = Some(owned(headers))).is_some()
+    }
+
+    fn replace_response_body(&self, _size: usize, body: &[u8]) -> bool {
+        self.with_current(|s| {
+            s.body_out.extend_from_slice(body);
+            s.chunks += 1;
+        })
+        .is_some()
+    }
+
+    fn send_response(&self, status: u16, headers: &Headers<'_>, body: &[u8]) -> bool {
+        let headers = owned(headers).into_iter().filter(|(k, _)| !k.starts_with(':')).collect();
+        self.with_current(|s| s.local_reply = Some((status, headers, body.to_vec()))).is_some()
+    }
+
+    fn resume_response(&self) -> bool {
+        self.with_current(|s| s.resumed += 1).is_some()
+    }
+
+    fn dispatch(&self, cluster: &str, headers: &[(&'static str, String)], _timeout_ms: u64) -> Option<u32> {
+        let mut s = self.state();
+        if s.refuse_dispatch {
+            return None;
+        }
+        let token = 100 + s.calls.len() as u32;
+        let from = s.current;
+        s.calls.push(Call { token, from, cluster: cluster.to_string(), headers: headers.to_vec() });
+        Some(token)
+    }
+
+    fn call_response_headers(&self) -> Vec<(String, Vec<u8>)> {
+        self.0.borrow().answer.0.clone()
+    }
+
+    fn call_response_body(&self, _size: usize) -> Option<Vec<u8>> {
+        self.0.borrow().answer.1.clone()
+    }
+
+    fn set_effective_context(&self, id: u32) -> bool {
+        let mut s = self.state();
+        // Envoy answers NotFound for a gone context and leaves the effective one as it was.
+        if id != 0 && !s.alive.contains(&id) {
+            return false;
+        }
+        s.current = id;
+        true
+    }
+
+    fn response_code_details(&self) -> Option<String> {
+        self.with_current(|s| s.code_details.clone())
+    }
+
+    fn route_name(&self) -> Option<String> {
+        None
+    }
+
+    fn set_filter_state(&self, _name: &str, value: &str) -> bool {
+        self.with_current(|s| s.filter_state = Some(value.to_string())).is_some()
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.0.borrow().now_ms
+    }
+
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        let mut s = self.state();
+        s.counters.push((name.to_string(), 0));
+        Some(s.counters.len() as u32 - 1)
+    }
+
+    fn add_to_counter(&self, id: u32, n: u64) -> bool {
+        match self.state().counters.get_mut(id as usize) {
+            Some((_, v)) => {
+                *v += n;
+                true
+            }
+            None => false,
+        }
+    }
+}

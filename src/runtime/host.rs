@@ -1,0 +1,75 @@
+//! What one request's life needs from the proxy, and nothing more. The proxy-wasm adapter
+//! (`src/envoy/`) implements it with host calls; tests implement it with a fake host that
+//! records what the filter did. Every status comes back as a value: the runtime decides
+//! what a refusal means (a response is never lost because the host said no).
+
+use std::borrow::Cow;
+
+/// A header map as the proxy hands it over: read in one piece, kept as it came, and only
+/// searched (never parsed whole) on the path of an error.
+pub trait HeaderMap: Default {
+    /// `(name, value)` in the proxy's order; names lower-case, as Envoy keeps them.
+    fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8])>;
+
+    /// The first value of `name` (lower-case), without copying.
+    fn first(&self, name: &str) -> Option<&[u8]> {
+        self.entries().find(|(k, _)| *k == name.as_bytes()).map(|(_, v)| v)
+    }
+
+    /// Every value of `name` (lower-case) joined with ",", as one header.
+    fn joined(&self, name: &str) -> Option<String> {
+        let mut found: Option<String> = None;
+        for (_, v) in self.entries().filter(|(k, _)| *k == name.as_bytes()) {
+            let v = String::from_utf8_lossy(v);
+            found = Some(match found {
+                Some(prev) => prev + "," + &v,
+                None => v.into_owned(),
+            });
+        }
+        found
+    }
+}
+
+/// A header list to send: `:status` first where the call needs it.
+pub type Headers<'a> = [(Cow<'a, str>, Cow<'a, str>)];
+
+/// The proxy, as seen from one worker. Calls act on the *effective* stream: the one whose
+/// callback is running, or the one `set_effective_context` switched to.
+pub trait Host: Clone {
+    type Map: HeaderMap;
+
+    /// The request headers (only while the request phase runs: Envoy hides them later).
+    fn request_headers(&self) -> Self::Map;
+    /// The response headers, `:status` included.
+    fn response_headers(&self) -> Self::Map;
+    /// Replaces every response header (the paused headers of the effective stream).
+    fn set_response_headers(&self, headers: &Headers<'_>) -> bool;
+    /// Replaces the current response body chunk (`size` bytes) with `body`.
+    fn replace_response_body(&self, size: usize, body: &[u8]) -> bool;
+    /// A local reply; pseudo headers in `headers` are ignored.
+    fn send_response(&self, status: u16, headers: &Headers<'_>, body: &[u8]) -> bool;
+    /// Lets the paused response go on.
+    fn resume_response(&self) -> bool;
+
+    /// Starts a call to a cluster; its answer arrives as `Stream::on_call_response` with
+    /// the token returned here. `None`: the proxy refused (unknown cluster, bad headers).
+    fn dispatch(&self, cluster: &str, headers: &[(&'static str, String)], timeout_ms: u64) -> Option<u32>;
+    /// The answer's headers (during `on_call_response`).
+    fn call_response_headers(&self) -> Vec<(String, Vec<u8>)>;
+    /// The answer's body (during `on_call_response`); `None` when the proxy has none.
+    fn call_response_body(&self, size: usize) -> Option<Vec<u8>>;
+
+    /// Makes the following calls act on another request's stream; false: it is gone.
+    fn set_effective_context(&self, id: u32) -> bool;
+    /// Envoy's `response.code_details` (`via_upstream` for a backend's response).
+    fn response_code_details(&self) -> Option<String>;
+    /// The name of the route Envoy chose (`xds.route_name`).
+    fn route_name(&self) -> Option<String>;
+    /// A value for the access log: filter state `wasm.<name>` in the proxy-wasm build.
+    fn set_filter_state(&self, name: &str, value: &str) -> bool;
+
+    /// Milliseconds since the epoch.
+    fn now_ms(&self) -> u64;
+    fn define_counter(&self, name: &str) -> Option<u32>;
+    fn add_to_counter(&self, id: u32, n: u64) -> bool;
+}

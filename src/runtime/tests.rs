@@ -1,0 +1,388 @@
+//! The per-request state machine against the fake proxy: what Envoy's callbacks, in
+//! Envoy's order, make the filter do. The end-to-end suite proves the same against the
+//! real Envoy; these pin down the orderings that are hard to provoke there.
+
+use super::fake::{Answer, Fake, StreamLog};
+use super::{Action, Stream, Worker};
+use crate::config;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+const ROOT: u32 = 0;
+
+struct Proxy {
+    host: Fake,
+    worker: Rc<Worker<Fake>>,
+    streams: BTreeMap<u32, Stream<Fake>>,
+}
+
+fn rules(rules: serde_json::Value) -> serde_json::Value {
+    json!({"errorService": {"cluster": "errors", "timeoutMs": 1000, "maxBodyBytes": 100},
+           "defaultCustomErrorResponsePolicy": {"errorResponseRules": rules}})
+}
+
+fn page_rule() -> serde_json::Value {
+    rules(json!([{"matchResponseCodes": ["5xx", "404"], "path": "/e/{status}.html"}]))
+}
+
+fn ok_answer(body: &str) -> Answer {
+    let headers = [(":status", "200"), ("content-type", "text/html"), ("x-envoy-upstream-service-time", "1")];
+    (headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect(), Some(body.as_bytes().to_vec()))
+}
+
+impl Proxy {
+    fn new(policy: serde_json::Value) -> Proxy {
+        let host = Fake::default();
+        host.state().now_ms = 1_000_000;
+        let cfg = config::load(policy.to_string().as_bytes()).unwrap();
+        let worker = Rc::new(Worker::new(&host, cfg));
+        Proxy { host, worker, streams: BTreeMap::new() }
+    }
+
+    /// A request for `path` passes the filter (request phase).
+    fn request(&mut self, id: u32, method: &str, path: &str) {
+        {
+            let mut s = self.host.state();
+            s.alive.insert(id);
+            let log = s.streams.entry(id).or_default();
+            log.request = [(":method", method), (":path", path), (":authority", "shop.test"), ("x-request-id", "r1")]
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+        }
+        let mut stream = Stream::new(id, self.host.clone(), self.worker.clone());
+        self.host.enter(id);
+        stream.on_request_headers();
+        self.streams.insert(id, stream);
+    }
+
+    /// The response headers reach the filter.
+    fn respond(&mut self, id: u32, status: u16, headers: &[(&str, &str)], end_of_stream: bool) -> Action {
+        {
+            let mut s = self.host.state();
+            let log = s.streams.entry(id).or_default();
+            log.response = vec![(":status".into(), status.to_string())];
+            log.response.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            log.code_details = "via_upstream".into();
+        }
+        self.host.enter(id);
+        self.streams.get_mut(&id).unwrap().on_response_headers(end_of_stream)
+    }
+
+    fn body(&mut self, id: u32, size: usize, end_of_stream: bool) -> Action {
+        self.host.enter(id);
+        self.streams.get_mut(&id).unwrap().on_response_body(size, end_of_stream)
+    }
+
+    /// The error service's answer to the call with `token` reaches the stream that made it.
+    fn answer(&mut self, token: u32, answer: Answer) {
+        let from = self.call(token).from;
+        let size = answer.1.as_ref().map_or(0, Vec::len);
+        self.host.state().answer = answer;
+        self.host.enter(from);
+        self.streams.get_mut(&from).unwrap().on_call_response(token, size);
+    }
+
+    fn call(&self, token: u32) -> super::fake::Call {
+        let s = self.host.0.borrow();
+        let c = s.calls.iter().find(|c| c.token == token).unwrap();
+        super::fake::Call { token: c.token, from: c.from, cluster: c.cluster.clone(), headers: c.headers.clone() }
+    }
+
+    fn calls(&self) -> usize {
+        self.host.0.borrow().calls.len()
+    }
+
+    /// The client of stream `id` went away: Envoy destroys the stream (and cancels its call).
+    fn gone(&mut self, id: u32) {
+        self.host.state().alive.remove(&id);
+        self.streams.remove(&id);
+    }
+
+    fn tick(&mut self) {
+        self.host.enter(ROOT);
+        self.worker.on_tick(&self.host, ROOT);
+    }
+
+    fn log<T>(&self, id: u32, f: impl FnOnce(&StreamLog) -> T) -> T {
+        f(&self.host.0.borrow().streams[&id])
+    }
+
+    /// A whole exchange: the response with a body of `chunks`, all delivered.
+    fn body_chunks(&mut self, id: u32, chunks: &[usize]) {
+        for (i, size) in chunks.iter().enumerate() {
+            assert_eq!(self.body(id, *size, i + 1 == chunks.len()), Action::Continue);
+        }
+    }
+}
+
+#[test]
+fn a_status_no_rule_covers_passes_untouched() {
+    let mut p = Proxy::new(page_rule());
+    p.request(1, "GET", "/");
+    assert_eq!(p.respond(1, 200, &[], false), Action::Continue);
+    p.body_chunks(1, &[10]);
+    assert_eq!(p.calls(), 0);
+    p.log(1, |s| assert!(s.set_headers.is_none() && s.chunks == 0 && s.filter_state.is_none()));
+}
+
+#[test]
+fn leader_fetches_then_cache_serves_in_place() {
+    let mut p = Proxy::new(page_rule());
+    p.request(1, "GET", "/a");
+    assert_eq!(p.respond(1, 404, &[("content-length", "5"), ("set-cookie", "x")], false), Action::Pause);
+    assert_eq!(p.calls(), 1);
+    let call = p.call(100);
+    assert_eq!((call.from, call.cluster.as_str()), (1, "errors"));
+    assert!(call.headers.contains(&(":path", "/e/404.html".into())));
+    p.answer(100, ok_answer("<h1>404</h1>"));
+    p.log(1, |s| {
+        assert_eq!(s.resumed, 1, "the paused headers go on");
+        assert_eq!(s.header(":status"), Some("404"));
+        assert_eq!(s.header("content-length"), Some("12"), "the original announced a short body: our length");
+        assert_eq!(s.header("set-cookie"), None);
+        assert!(s.filter_state.as_deref().unwrap().starts_with("original=404 served=404 outcome=fetched rule="));
+    });
+    p.body_chunks(1, &[5]);
+    p.log(1, |s| assert_eq!(s.body_out, b"<h1>404</h1>"));
+
+    // The second request is a cache hit: no pause, no call.
+    p.request(2, "GET", "/b");
+    assert_eq!(p.respond(2, 404, &[], false), Action::Continue);
+    assert_eq!(p.calls(), 1);
+    p.body_chunks(2, &[3, 3]);
+    p.log(2, |s| {
+        assert_eq!(s.body_out, b"<h1>404</h1>");
+        assert_eq!(s.header("content-length"), None, "no announced length: stays chunked");
+        assert!(s.filter_state.as_deref().unwrap().contains("outcome=cache"));
+    });
+    p.tick();
+    assert_eq!((p.host.counter("intercepted"), p.host.counter("fetched"), p.host.counter("cache_hit")), (2, 1, 1));
+}
+
+#[test]
+fn a_body_in_many_chunks_is_dropped_and_the_page_rides_the_last() {
+    let mut p = Proxy::new(rules(json!([{"matchResponseCodes": ["500"], "body": "page"}])));
+    p.request(1, "GET", "/");
+    assert_eq!(p.respond(1, 500, &[], false), Action::Continue);
+    for _ in 0..9 {
+        p.body(1, 1000, false);
+        p.log(1, |s| assert!(s.body_out.is_empty(), "nothing before the last chunk"));
+    }
+    p.body(1, 1000, true);
+    p.log(1, |s| assert_eq!((s.body_out.as_slice(), s.chunks), (&b"page"[..], 10)));
+}
+
+#[test]
+fn an_original_body_over_the_drop_limit_is_not_waited_for() {
+    let mut p = Proxy::new(rules(json!([{"matchResponseCodes": ["500"], "body": "page"}])));
+    p.request(1, "GET", "/");
+    p.respond(1, 500, &[], false);
+    p.body(1, 64 * 1024, false);
+    p.log(1, |s| assert!(s.body_out.is_empty(), "64 KiB exactly: still waiting"));
+    p.body(1, 1, false);
+    p.log(1, |s| assert_eq!(s.body_out, b"page", "past the limit: sent with this chunk"));
+    p.body(1, 16, true);
+    p.log(1, |s| assert_eq!(s.body_out, b"page", "sent once"));
+}
+
+#[test]
+fn headers_only_and_head_get_a_local_reply() {
+    for (method, end_of_stream) in [("GET", true), ("HEAD", true)] {
+        let mut p = Proxy::new(rules(json!([{"matchResponseCodes": ["404"], "body": "inline page"}])));
+        p.request(1, method, "/");
+        assert_eq!(p.respond(1, 404, &[], end_of_stream), Action::Pause, "the local reply replaces the response");
+        p.log(1, |s| {
+            let (status, headers, body) = s.local_reply.clone().unwrap();
+            assert_eq!((status, body.as_slice()), (404, &b"inline page"[..]));
+            assert!(headers.iter().all(|(k, _)| !k.starts_with(':')));
+            assert!(s.set_headers.is_none());
+            assert!(s.filter_state.as_deref().unwrap().contains("outcome=inline"));
+        });
+    }
+}
+
+#[test]
+fn a_refused_local_reply_or_header_set_leaves_the_original() {
+    let mut p = Proxy::new(rules(json!([{"matchResponseCodes": ["404"], "body": "inline page"}])));
+    p.request(1, "GET", "/");
+    p.host.state().refuse_headers = true;
+    assert_eq!(p.respond(1, 404, &[], false), Action::Continue);
+    p.body_chunks(1, &[4]);
+    p.log(1, |s| {
+        assert!(s.set_headers.is_none() && s.chunks == 0, "no page under the original headers");
+        assert!(s.filter_state.is_none(), "nothing served, nothing recorded");
+    });
+}
+
+#[test]
+fn waiters_share_the_leaders_fetch() {
+    let mut p = Proxy::new(page_rule());
+    for id in 1..=3 {
+        p.request(id, "GET", "/");
+        assert_eq!(p.respond(id, 503, &[], false), Action::Pause);
+    }
+    assert_eq!(p.calls(), 1, "one fetch for three misses");
+    p.answer(100, ok_answer("down"));
+    for id in 1..=3 {
+        p.log(id, |s| {
+            assert_eq!(s.resumed, 1, "stream {id}");
+            assert_eq!(s.header(":status"), Some("503"));
+        });
+        p.body_chunks(id, &[7]);
+        p.log(id, |s| assert_eq!(s.body_out, b"down", "stream {id}"));
+    }
+    p.log(2, |s| assert!(s.filter_state.as_deref().unwrap().contains("outcome=cache")));
+    p.tick();
+    assert_eq!((p.host.counter("fetched"), p.host.counter("cache_hit")), (1, 2));
+}
+
+#[test]
+fn a_dead_leaders_flight_is_taken_over_by_the_next_miss() {
+    let mut p = Proxy::new(page_rule());
+    p.request(1, "GET", "/");
+    p.respond(1, 503, &[], false);
+    p.request(2, "GET", "/");
+    p.respond(2, 503, &[], false);
+    p.gone(1); // Envoy cancels the leader's call: its answer never comes
+    p.request(3, "GET", "/");
+    assert_eq!(p.respond(3, 503, &[], false), Action::Pause);
+    assert_eq!(p.calls(), 2, "the next miss fetches again");
+    assert_eq!(p.call(101).from, 3);
+    p.answer(101, ok_answer("taken over"));
+    for id in [2, 3] {
+        p.body_chunks(id, &[1]);
+        p.log(id, |s| assert_eq!(s.body_out, b"taken over", "stream {id}"));
+    }
+}
+
+#[test]
+fn the_tick_releases_waiters_of_a_dead_leader_with_the_fallback() {
+    let mut p = Proxy::new(page_rule());
+    p.request(1, "GET", "/");
+    p.respond(1, 502, &[], false);
+    p.request(2, "GET", "/");
+    p.respond(2, 502, &[], false);
+    p.tick();
+    p.log(2, |s| assert_eq!(s.resumed, 0, "a live leader: keep waiting"));
+    p.gone(1);
+    p.tick();
+    p.log(2, |s| {
+        assert_eq!(s.resumed, 1);
+        assert!(s.filter_state.as_deref().unwrap().contains("served=502 outcome=fallback"));
+    });
+    p.body_chunks(2, &[1]);
+    p.log(2, |s| assert!(String::from_utf8_lossy(&s.body_out).contains("502 Bad Gateway")));
+    p.tick();
+    assert_eq!(p.host.counter("fallback"), 1);
+}
+
+#[test]
+fn a_waiter_that_is_gone_is_skipped() {
+    let mut p = Proxy::new(page_rule());
+    for id in 1..=3 {
+        p.request(id, "GET", "/");
+        p.respond(id, 500, &[], false);
+    }
+    p.gone(2);
+    p.answer(100, ok_answer("page"));
+    p.log(3, |s| assert_eq!(s.resumed, 1));
+    p.log(2, |s| assert!(s.filter_state.is_none() && s.resumed == 0));
+    p.tick();
+    assert_eq!(p.host.counter("cache_hit"), 1, "only the live waiter");
+}
+
+#[test]
+fn a_refused_dispatch_serves_the_fallback_at_once() {
+    let mut p = Proxy::new(page_rule());
+    p.host.state().refuse_dispatch = true;
+    p.request(1, "GET", "/");
+    assert_eq!(p.respond(1, 500, &[], false), Action::Continue, "nothing to wait for");
+    p.body_chunks(1, &[1]);
+    p.log(1, |s| assert!(String::from_utf8_lossy(&s.body_out).contains("500 Internal Server Error")));
+    p.tick();
+    assert_eq!((p.host.counter("fetch_failed.dispatch"), p.host.counter("fallback")), (1, 1));
+}
+
+#[test]
+fn every_fetch_failure_falls_back_and_is_counted_and_never_cached() {
+    let hs = |list: &[(&str, &[u8])]| list.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect::<Vec<_>>();
+    let cases: Vec<(&str, Answer, u64)> = vec![
+        ("unreachable", (vec![], None), 10),
+        ("timeout", (vec![], None), 1000),
+        ("status", (hs(&[(":status", b"404"), ("x-envoy-upstream-service-time", b"1")]), Some(b"no".to_vec())), 10),
+        ("too_large", (hs(&[(":status", b"200")]), Some(vec![b'x'; 101])), 10),
+        ("malformed", (hs(&[(":status", b"200"), ("x-bad", b"a\r\nb")]), Some(b"page".to_vec())), 10),
+        ("unreachable", (hs(&[(":status", b"200")]), None), 10), // a 200 whose body the proxy cannot give
+    ];
+    for (reason, answer, elapsed) in cases {
+        let mut p = Proxy::new(page_rule());
+        p.request(1, "GET", "/");
+        p.respond(1, 500, &[], false);
+        p.host.state().now_ms += elapsed;
+        p.answer(100, answer);
+        p.log(1, |s| {
+            assert_eq!(s.resumed, 1, "{reason}");
+            assert!(s.filter_state.as_deref().unwrap().contains("outcome=fallback"), "{reason}");
+        });
+        p.tick();
+        assert_eq!((p.host.counter(&format!("fetch_failed.{reason}")), p.host.counter("fallback")), (1, 1), "{reason}");
+        p.request(2, "GET", "/");
+        assert_eq!(p.respond(2, 500, &[], false), Action::Pause, "{reason}: a failure is never cached");
+    }
+}
+
+#[test]
+fn an_answer_to_another_token_is_ignored() {
+    let mut p = Proxy::new(page_rule());
+    p.request(1, "GET", "/");
+    p.respond(1, 500, &[], false);
+    p.host.state().answer = ok_answer("x");
+    p.host.enter(1);
+    p.streams.get_mut(&1).unwrap().on_call_response(999, 1);
+    p.log(1, |s| assert_eq!(s.resumed, 0));
+    p.answer(100, ok_answer("mine"));
+    p.log(1, |s| assert_eq!(s.resumed, 1));
+}
+
+#[test]
+fn the_replacement_is_not_intercepted_again() {
+    let mut p = Proxy::new(rules(json!([{"matchResponseCodes": ["404"], "body": "page"}])));
+    p.request(1, "HEAD", "/");
+    assert_eq!(p.respond(1, 404, &[], true), Action::Pause);
+    // Envoy runs the filter's own local reply through the chain: the stream is done.
+    assert_eq!(p.respond(1, 404, &[], true), Action::Continue);
+    p.log(1, |s| assert!(s.local_reply.is_some()));
+    p.tick();
+    assert_eq!(p.host.counter("intercepted"), 1);
+}
+
+#[test]
+fn grpc_and_connect_are_never_touched() {
+    let mut p = Proxy::new(rules(json!([{"matchResponseCodes": ["5xx"], "body": "page"}])));
+    p.request(1, "CONNECT", "/");
+    assert_eq!(p.respond(1, 503, &[], false), Action::Continue);
+    p.request(2, "GET", "/");
+    assert_eq!(p.respond(2, 503, &[("content-type", "application/grpc+proto")], false), Action::Continue);
+    p.request(3, "GET", "/");
+    assert_eq!(p.respond(3, 503, &[("content-type", "text/plain")], false), Action::Continue);
+    p.body_chunks(3, &[1]);
+    p.log(1, |s| assert!(s.set_headers.is_none()));
+    p.log(2, |s| assert!(s.set_headers.is_none()));
+    p.log(3, |s| assert_eq!(s.body_out, b"page"));
+}
+
+#[test]
+fn counters_survive_a_refused_flush() {
+    let mut p = Proxy::new(rules(json!([{"matchResponseCodes": ["404"], "passthrough": true}])));
+    p.request(1, "GET", "/");
+    assert_eq!(p.respond(1, 404, &[], false), Action::Continue);
+    assert_eq!(p.worker.metrics.passthrough.pending(), 1);
+    let saved = std::mem::take(&mut p.host.state().counters);
+    p.tick(); // the counter ids point nowhere: the proxy refuses
+    assert_eq!(p.worker.metrics.passthrough.pending(), 1, "kept for the next tick");
+    p.host.state().counters = saved;
+    p.tick();
+    assert_eq!((p.host.counter("passthrough"), p.worker.metrics.passthrough.pending()), (1, 0));
+}

@@ -1,0 +1,51 @@
+//! State shared by every request of one worker (one wasm VM per Envoy worker thread):
+//! the policy, the object cache, counters, a clock, and the fetches in flight.
+
+use super::host::Host;
+use super::metrics::Metrics;
+use super::stream::{self, Flights};
+use crate::cache::Cache;
+use crate::config::Config;
+use std::cell::{Cell, RefCell};
+use std::rc::Rc;
+
+/// How often the adapter should call `Worker::on_tick` (the proxy-wasm root's tick).
+pub const TICK_MS: u32 = 100;
+
+pub struct Worker<H: Host> {
+    pub(crate) config: Rc<Config>,
+    pub(crate) cache: RefCell<Cache>,
+    pub(crate) metrics: Metrics,
+    /// Milliseconds since the epoch, refreshed on every tick: cache hits read it instead of
+    /// asking the host for the time (entries may outlive their TTL by up to one tick).
+    pub(crate) clock: Cell<u64>,
+    /// Error-object fetches in flight, with the requests waiting on them.
+    pub(crate) flights: RefCell<Flights<H>>,
+}
+
+impl<H: Host> Worker<H> {
+    pub fn new(host: &H, config: Config) -> Worker<H> {
+        Worker {
+            config: Rc::new(config),
+            cache: RefCell::new(Cache::default()),
+            metrics: Metrics::define(host),
+            clock: Cell::new(host.now_ms()),
+            flights: RefCell::new(Default::default()),
+        }
+    }
+
+    /// Adds the counts not yet flushed to the proxy's counters (before a new policy
+    /// replaces this worker).
+    pub fn flush_counters(&self, host: &H) {
+        self.metrics.flush(host);
+    }
+
+    /// Every `TICK_MS`, from the root context `root`: refreshes the clock, adds the counts
+    /// to the proxy's counters, and releases requests waiting on a fetch whose leading
+    /// request is gone.
+    pub fn on_tick(&self, host: &H, root: u32) {
+        self.clock.set(host.now_ms());
+        self.metrics.flush(host);
+        stream::release_orphaned_flights(host, self, root);
+    }
+}
