@@ -208,6 +208,55 @@ mod tests {
     }
 
     #[test]
+    fn expired_go_before_live_even_when_used_later() {
+        let mut c = Cache::new(2, 1_000);
+        c.put("live".into(), obj(1), 60, 0);
+        c.put("expiring".into(), obj(1), 1, 0);
+        assert!(c.get("expiring", 500).is_some()); // used after "live", still fresh
+        c.put("new".into(), obj(1), 60, 1_500); // "expiring" has expired by now
+        assert!(c.get("live", 1_600).is_some(), "the live entry stays");
+        assert!(c.get("new", 1_600).is_some());
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn lru_among_entries_never_read() {
+        let mut c = Cache::new(3, 1_000);
+        for k in ["a", "b", "c"] {
+            c.put(k.into(), obj(1), 60, 0);
+        }
+        c.put("d".into(), obj(1), 60, 0);
+        assert!(c.get("a", 1).is_none(), "the first stored, never read, goes first");
+        assert!(c.get("b", 1).is_some() && c.get("c", 1).is_some() && c.get("d", 1).is_some());
+    }
+
+    #[test]
+    fn byte_limit_edges() {
+        // Size counts body and key: 9 + 1 = 10 bytes each.
+        let mut c = Cache::new(100, 20);
+        c.put("a".into(), obj(9), 60, 0);
+        c.put("b".into(), obj(9), 60, 0);
+        assert_eq!((c.len(), c.bytes()), (2, 20), "exactly at the limit: both kept");
+        c.put("c".into(), obj(9), 60, 0);
+        assert_eq!((c.len(), c.bytes()), (2, 20), "one over: one evicted");
+        assert!(c.get("a", 1).is_none());
+        let mut c = Cache::new(100, 10);
+        c.put("k".into(), obj(9), 60, 0);
+        assert_eq!(c.len(), 1, "an object exactly the limit's size is stored");
+        c.put("l".into(), obj(10), 60, 0);
+        assert_eq!((c.len(), c.bytes()), (1, 10), "one byte over the limit: not stored, nothing evicted");
+        assert!(c.get("k", 1).is_some());
+    }
+
+    #[test]
+    fn expiry_boundary_and_ttl_in_seconds() {
+        let mut c = Cache::default();
+        c.put("k".into(), obj(1), 2, 10);
+        assert!(c.get("k", 2_009).is_some());
+        assert!(c.get("k", 2_010).is_none(), "expires at now + ttl * 1000 exactly");
+    }
+
+    #[test]
     fn replacing_a_key_keeps_byte_count_right() {
         let mut c = Cache::default();
         c.put("k".into(), obj(10), 60, 0);

@@ -2,8 +2,8 @@
 //! and the numeric status only (plus a few request facts in dedicated `x-` headers): the
 //! client's cookies, authorization and other headers never reach the error service.
 
-use crate::config::load::{is_token_byte, valid_header_value};
 use crate::config::ErrorService;
+use crate::http::{is_media_type, valid_header_value};
 
 /// The error object's path on the error service, `{status}` replaced by the original code.
 pub fn object_path(template: &str, original_status: u16) -> String {
@@ -134,14 +134,8 @@ pub fn evaluate(
     let header_text = |name: &str| {
         get(name).and_then(|v| std::str::from_utf8(v).ok()).map(str::trim).filter(|v| !v.is_empty()).map(str::to_string)
     };
-    let content_type = header_text("content-type")
-        .filter(|ct| {
-            let essence = ct.split(';').next().unwrap_or("").trim();
-            essence.split_once('/').is_some_and(|(t, s)| {
-                !t.is_empty() && !s.is_empty() && t.bytes().all(is_token_byte) && s.bytes().all(is_token_byte)
-            })
-        })
-        .unwrap_or_else(|| default_content_type.to_string());
+    let content_type =
+        header_text("content-type").filter(|ct| is_media_type(ct)).unwrap_or_else(|| default_content_type.to_string());
     Ok(Meta { content_type, cache_control: header_text("cache-control") })
 }
 
@@ -207,6 +201,28 @@ mod tests {
         assert_eq!(m.cache_control, None);
         let m = evaluate(&svc(), &h(&[(":status", b"200"), ("content-type", b"html")]), 10, 3, "text/plain").unwrap();
         assert_eq!(m.content_type, "text/plain");
+    }
+
+    #[test]
+    fn a_content_type_that_is_not_a_media_type_becomes_the_variants() {
+        for bad in [&b"/html"[..], b"text/", b"te xt/html", b"text/html/x", b"  "] {
+            let m = evaluate(&svc(), &h(&[(":status", b"200"), ("content-type", bad)]), 10, 3, "t/t").unwrap();
+            assert_eq!(m.content_type, "t/t", "{:?}", String::from_utf8_lossy(bad));
+        }
+        let m =
+            evaluate(&svc(), &h(&[(":status", b"200"), ("Content-Type", b" image/svg+xml ")]), 10, 3, "t/t").unwrap();
+        assert_eq!(m.content_type, "image/svg+xml", "names compared case-insensitively, value trimmed");
+    }
+
+    #[test]
+    fn timeout_slack_is_fifty_milliseconds() {
+        // Envoy reports a timed-out call like a connect failure; only the elapsed time
+        // tells them apart, with 50 ms for the scheduling of the timer.
+        assert_eq!(evaluate(&svc(), &[], 0, 949, "t/t"), Err(FetchFailure::Unreachable));
+        assert_eq!(evaluate(&svc(), &[], 0, 950, "t/t"), Err(FetchFailure::Timeout));
+        let envoy_504 = h(&[(":status", b"504")]);
+        assert_eq!(evaluate(&svc(), &envoy_504, 0, 949, "t/t"), Err(FetchFailure::Unreachable));
+        assert_eq!(evaluate(&svc(), &envoy_504, 0, 950, "t/t"), Err(FetchFailure::Timeout));
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod error_service;
 pub mod fallback;
 pub mod fasthash;
 pub mod gcp;
+pub mod http;
 pub mod matching;
 pub mod negotiate;
 pub mod reply;

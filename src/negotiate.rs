@@ -48,7 +48,7 @@ fn parse_accept(accept: &str) -> Vec<Range<'_>> {
 
 /// The q-value the client gives a content type: that of the most specific matching range.
 fn quality(ranges: &[Range<'_>], content_type: &str) -> u16 {
-    let essence = content_type.split(';').next().unwrap_or("").trim();
+    let essence = crate::http::essence(content_type);
     let (kind, sub) = essence.split_once('/').unwrap_or((essence, ""));
     let mut best: Option<(u8, u16)> = None;
     for r in ranges {
@@ -89,11 +89,6 @@ pub fn choose<'s>(serve: &'s Serve, accept: Option<&str>) -> &'s Variant {
         }
     }
     best
-}
-
-/// The content type's essence (`text/html`), sent to the error service as `x-format`.
-pub fn essence(content_type: &str) -> &str {
-    content_type.split(';').next().unwrap_or("").trim()
 }
 
 #[cfg(test)]

@@ -188,6 +188,36 @@ mod tests {
     }
 
     #[test]
+    fn renders_every_variable() {
+        let out = render("{{method}} {{source}} {{codeDetails}} {{host}}", &vars("/"), Escape::Text);
+        assert_eq!(out, "GET proxy x h");
+        for name in VARIABLES {
+            let text = format!("{{{{{name}}}}}");
+            assert_ne!(render(&text, &vars("/"), Escape::Text), text, "{name} is never rendered");
+        }
+    }
+
+    #[test]
+    fn control_characters_per_content_type() {
+        assert_eq!(render("{{path}}", &vars("a\u{1}b\u{7f}"), Escape::Html), "a&#1;b&#127;");
+        assert_eq!(render("{{path}}", &vars("a\u{1}b\tc\u{7f}"), Escape::Text), "a?b\tc?");
+        // JSON: below 0x20 escaped, 0x20 itself kept; the two line separators JavaScript
+        // would break a string on are escaped too.
+        assert_eq!(
+            render("{{path}}", &vars("\u{1f} \u{2028}\u{2029}\u{2027}"), Escape::JsonString),
+            "\\u001f \\u2028\\u2029\u{2027}"
+        );
+    }
+
+    #[test]
+    fn xml_and_svg_are_escaped_as_markup() {
+        assert_eq!(Escape::for_content_type("application/xml"), Escape::Html);
+        assert_eq!(Escape::for_content_type("Text/XML"), Escape::Html);
+        assert_eq!(Escape::for_content_type("image/svg"), Escape::Html);
+        assert_eq!(Escape::for_content_type("application/octet-stream"), Escape::Text);
+    }
+
+    #[test]
     fn validate_names() {
         assert!(validate("{{status}} {{ path }}").is_ok());
         assert!(validate("no vars").is_ok());

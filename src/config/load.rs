@@ -3,6 +3,7 @@
 use super::error::{ConfigError, Result};
 use super::model::*;
 use super::reader::{as_obj, as_str, Obj};
+use crate::http::{is_media_type, is_token, valid_header_value};
 use crate::matching::codes::{CodeSet, CodeSpec, CodeTable, Source};
 use crate::matching::hosts::{HostIndex, HostPattern};
 use crate::matching::routes::{
@@ -283,7 +284,7 @@ impl Loader {
         for (hp, hv) in o.opt_array("headerMatches")? {
             let mut h = as_obj(hv, &hp)?;
             let name = h.req_str("headerName")?;
-            if name.is_empty() || !name.bytes().all(is_token_byte) {
+            if !is_token(name) {
                 return Err(ConfigError::new(h.field_path("headerName"), format!("\"{name}\" is not a header name")));
             }
             let invert = h.opt_bool("invertMatch")?.unwrap_or(false);
@@ -516,11 +517,7 @@ fn check_object_path(p: &str, path: &str) -> Result<()> {
 }
 
 fn check_content_type(ct: &str, path: &str) -> Result<()> {
-    let essence = ct.split(';').next().unwrap_or("").trim();
-    let ok = essence.split_once('/').is_some_and(|(t, s)| {
-        !t.is_empty() && !s.is_empty() && t.bytes().all(is_token_byte) && s.bytes().all(is_token_byte)
-    });
-    if !ok || !valid_header_value(ct) {
+    if !is_media_type(ct) {
         return Err(ConfigError::new(
             path,
             format!("\"{ct}\" is not a media type such as \"text/html; charset=utf-8\""),
@@ -546,7 +543,7 @@ const RESERVED_HEADERS: &[&str] = &[
 
 fn check_set_header(name: &str, value: &str, path: &str) -> Result<()> {
     let lower = name.to_ascii_lowercase();
-    if name.is_empty() || !name.bytes().all(is_token_byte) {
+    if !is_token(name) {
         return Err(ConfigError::new(path, format!("\"{name}\" is not a header name")));
     }
     if RESERVED_HEADERS.contains(&lower.as_str()) {
@@ -556,14 +553,6 @@ fn check_set_header(name: &str, value: &str, path: &str) -> Result<()> {
         return Err(ConfigError::new(path, "a header value must not contain control characters (CR, LF, NUL)"));
     }
     Ok(())
-}
-
-pub fn valid_header_value(v: &str) -> bool {
-    v.bytes().all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
-}
-
-pub fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 fn compile_regex(re: &str, ignore_case: bool, path: &str) -> Result<Regex> {

@@ -179,7 +179,10 @@ mod tests {
 
     #[test]
     fn refuses_bad_specs() {
-        for bad in ["40", "4044", "3xx", "abc", "", "399", "600", "504-502", "500-", "x-500", "2xx"] {
+        for bad in [
+            "40", "4044", "0404", "+404", "4o4", "3xx", "abc", "", "399", "600", "504-502", "500-", "x-500", "2xx",
+            "+50-504",
+        ] {
             assert!(CodeSpec::parse(bad).is_err(), "{bad} should be refused");
         }
         assert_eq!(CodeSpec::parse("504-502").unwrap_err(), "\"504-502\" is an empty range (start after end)");
@@ -212,6 +215,29 @@ mod tests {
         let only_proxy = CodeTable::build(&[(vec![spec("503")], Source::Proxy)]);
         assert_eq!(only_proxy.lookup(503, false), None);
         assert!(only_proxy.mentions(503));
+    }
+
+    #[test]
+    fn source_specific_beats_any_of_the_same_width_either_way_round() {
+        for (rules, proxy_rule) in [
+            (vec![(vec![spec("5xx")], Source::Any), (vec![spec("5xx")], Source::Proxy)], 1),
+            (vec![(vec![spec("5xx")], Source::Proxy), (vec![spec("5xx")], Source::Any)], 0),
+        ] {
+            let t = CodeTable::build(&rules);
+            assert_eq!(t.lookup(503, true), Some(proxy_rule));
+            assert_eq!(t.lookup(503, false), Some(1 - proxy_rule), "an upstream response never gets the proxy rule");
+        }
+        // A narrower "any" rule still beats a wider source-specific one.
+        let t = CodeTable::build(&[(vec![spec("5xx")], Source::Upstream), (vec![spec("503")], Source::Any)]);
+        assert_eq!(t.lookup(503, false), Some(1));
+        assert_eq!(t.lookup(502, false), Some(0));
+        assert_eq!(t.lookup(502, true), None, "an upstream-only rule never answers the proxy");
+    }
+
+    #[test]
+    fn first_declared_wins_among_equals() {
+        let t = CodeTable::build(&[(vec![spec("4xx")], Source::Proxy), (vec![spec("400-499")], Source::Proxy)]);
+        assert_eq!(t.lookup(404, true), Some(0));
     }
 
     #[test]

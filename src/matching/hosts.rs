@@ -167,6 +167,9 @@ mod tests {
         assert_eq!(strip_port("[::1]:80"), "[::1]");
         assert_eq!(strip_port("[::1]"), "[::1]");
         assert_eq!(strip_port("a.com."), "a.com");
+        assert_eq!(strip_port("a.com:http"), "a.com:http", "not a port: the authority stays whole");
+        assert_eq!(strip_port("a.com:"), "a.com", "an empty port");
+        assert_eq!(strip_port("a.com:80x"), "a.com:80x");
     }
 
     #[test]

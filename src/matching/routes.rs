@@ -260,6 +260,10 @@ mod tests {
         m.path = PathCond::Full("/api".into());
         assert!(check(&m, "/Api?x", &[], None));
         assert!(!check(&m, "/api/", &[], None));
+        m.ignore_case = false;
+        assert!(check(&m, "/api?x", &[], None));
+        assert!(!check(&m, "/Api", &[], None), "case-sensitive unless ignoreCase");
+        assert!(!check(&m, "/api/", &[], None));
     }
 
     #[test]

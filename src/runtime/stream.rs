@@ -221,7 +221,7 @@ impl<H: Host> Stream<H> {
                 return Err(Miss::Follow(key));
             }
         }
-        let format = negotiate::essence(&variant.content_type).to_string();
+        let format = crate::http::essence(&variant.content_type).to_string();
         let (uri, host_name, request_id) = (facts.path(), facts.authority(), facts.request_id());
         let call = CallFacts {
             original_status: facts.status,
