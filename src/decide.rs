@@ -1,11 +1,14 @@
 //! Which rule answers a response: Google Cloud's precedence, decided per code. The most
 //! specific level (route/path rule, then the host's path matcher default, then the
 //! proxy-wide default) that has a rule for the code decides; a level without one defers.
+//!
+//! One decision path serves the filter and `policy explain`: it reports each step to an
+//! `Observer`, which the filter leaves empty (`()`, compiled away) and `explain` writes out.
 
-use crate::config::Routing;
-use crate::config::{Config, Rule, RuleKind, Serve};
+use crate::config::{Config, PathMatcher, Policy, Routing, Rule, RuleKind, Serve};
 use crate::matching::routes::{first_route, RouteRule};
 use crate::request::RequestView;
+use std::fmt;
 
 #[derive(Debug, Clone, Copy)]
 pub enum Decision<'c> {
@@ -16,11 +19,98 @@ pub enum Decision<'c> {
     Serve(&'c Rule, &'c Serve),
 }
 
-impl<'c> Decision<'c> {
-    pub fn rule(&self) -> Option<&'c Rule> {
-        match self {
-            Decision::None => None,
-            Decision::Passthrough(r) | Decision::Serve(r, _) => Some(r),
+/// One step of a decision, as `explain` tells it.
+pub enum Step<'c, 'a> {
+    /// No rule at any level covers the status.
+    NotCovered,
+    /// The status has a source-specific rule somewhere: who made the response.
+    Source {
+        made_by_proxy: bool,
+    },
+    HostSelects {
+        authority: &'a str,
+        matcher: &'c PathMatcher,
+    },
+    NoHostRule {
+        authority: &'a str,
+    },
+    /// No path or route rule of the matcher covers the status: not matched at all.
+    RulesSilent {
+        matcher: &'c PathMatcher,
+    },
+    /// Route rules after `last` cannot change the outcome: not evaluated.
+    RoutesAfter {
+        last: &'c Policy,
+    },
+    NoRouteCovers,
+    Matches {
+        policy: &'c Policy,
+    },
+    NothingMatches,
+    Decides {
+        policy: &'c Policy,
+        rule: &'c Rule,
+    },
+    Defers {
+        policy: &'c Policy,
+    },
+    NoLevel,
+}
+
+/// Sees each step of a decision.
+pub trait Observer {
+    fn step(&mut self, status: u16, step: Step<'_, '_>);
+}
+
+/// The filter's observer: sees nothing, costs nothing.
+impl Observer for () {
+    #[inline(always)]
+    fn step(&mut self, _: u16, _: Step<'_, '_>) {}
+}
+
+/// `policy explain`'s observer: one line per step.
+impl Observer for Vec<String> {
+    fn step(&mut self, status: u16, step: Step<'_, '_>) {
+        self.push(Line(status, step).to_string());
+    }
+}
+
+struct Line<'c, 'a>(u16, Step<'c, 'a>);
+
+fn short(p: &Policy) -> &str {
+    p.id.trim_end_matches(".customErrorResponsePolicy")
+}
+
+impl fmt::Display for Line<'_, '_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let status = self.0;
+        match &self.1 {
+            Step::NotCovered => write!(f, "no rule at any level covers {status}: the response passes through"),
+            Step::Source { made_by_proxy } => {
+                write!(f, "the response counts as made by the {}", if *made_by_proxy { "proxy" } else { "upstream" })
+            }
+            Step::HostSelects { authority, matcher } => {
+                write!(f, "host \"{authority}\" selects path matcher \"{}\"", matcher.name)
+            }
+            Step::NoHostRule { authority } => {
+                write!(f, "no host rule names \"{authority}\": only the proxy-wide policy applies")
+            }
+            Step::RulesSilent { matcher } => {
+                write!(f, "no path or route rule of \"{}\" covers {status}: not matched", matcher.name)
+            }
+            Step::RoutesAfter { last } => {
+                write!(f, "route rules after {} have no rule for {status}: not evaluated", short(last))
+            }
+            Step::NoRouteCovers => write!(f, "no route rule has a rule for {status}: none evaluated"),
+            Step::Matches { policy } => write!(f, "the request matches {}", short(policy)),
+            Step::NothingMatches => write!(f, "no path or route rule matches the request"),
+            Step::Decides { policy, rule } => write!(f, "{} has a rule for {status}: {}", policy.id, rule.id),
+            Step::Defers { policy } => {
+                write!(f, "{} has no rule for {status}: deferring to the level above", policy.id)
+            }
+            Step::NoLevel => {
+                write!(f, "no level has a rule for {status} for this request: the response passes through")
+            }
         }
     }
 }
@@ -32,99 +122,95 @@ impl Config {
     }
 
     pub fn decide(&self, status: u16, req: &mut dyn RequestView) -> Decision<'_> {
-        self.decide_traced(status, req, None)
+        self.decide_observed(status, req, &mut ())
     }
 
-    /// `decide`, with each step written to `trace` when given (for `policy explain`).
-    pub fn decide_traced(
-        &self,
-        status: u16,
-        req: &mut dyn RequestView,
-        mut trace: Option<&mut Vec<String>>,
-    ) -> Decision<'_> {
-        let mut note = |line: &dyn Fn() -> String| {
-            if let Some(t) = trace.as_deref_mut() {
-                t.push(line());
-            }
-        };
+    /// `decide`, telling `obs` each step (for `policy explain`).
+    pub fn decide_observed(&self, status: u16, req: &mut dyn RequestView, obs: &mut impl Observer) -> Decision<'_> {
         if !self.interested_in(status) {
-            note(&|| format!("no rule at any level covers {status}: the response passes through"));
+            obs.step(status, Step::NotCovered);
             return Decision::None;
         }
         let source_matters = self.source_codes.contains(status);
         let made_by_proxy = source_matters && req.made_by_proxy();
         if source_matters {
-            note(&|| {
-                format!("the response counts as made by the {}", if made_by_proxy { "proxy" } else { "upstream" })
-            });
+            obs.step(status, Step::Source { made_by_proxy });
         }
-        let mut chain: [Option<usize>; 3] = [None, None, self.proxy_policy];
-        if !self.matchers.is_empty() {
-            let authority = req.authority();
-            match self.hosts.lookup(&authority).and_then(|i| self.matchers.get(i)) {
-                Some(m) => {
-                    note(&|| format!("host \"{authority}\" selects path matcher \"{}\"", m.name));
-                    chain[1] = m.default_policy;
-                    chain[0] = match &m.routing {
-                        _ if !m.rule_codes.contains(status) => {
-                            note(&|| format!("no path or route rule of \"{}\" covers {status}: not matched", m.name));
-                            None
-                        }
-                        Routing::None => None,
-                        Routing::Paths(pr) => pr.lookup(&req.path()),
-                        Routing::Routes(rr) => {
-                            // Google Cloud picks the first route rule that matches the
-                            // request; if its policy has no rule for the code, the level
-                            // defers. So rules after the last one with a rule for this code
-                            // cannot change the outcome: they are not evaluated (a rule that
-                            // needs `xds.route_name` would cost a host call).
-                            let covers = |r: &RouteRule| {
-                                self.policies
-                                    .get(r.policy)
-                                    .is_some_and(|p| p.table.lookup(status, made_by_proxy).is_some())
-                            };
-                            let upto = rr.iter().rposition(covers).map_or(0, |i| i + 1);
-                            match upto.checked_sub(1).and_then(|i| rr.get(i)).and_then(|r| self.policies.get(r.policy))
-                            {
-                                Some(last) if upto < rr.len() => note(&|| {
-                                    format!(
-                                        "route rules after {} have no rule for {status}: not evaluated",
-                                        last.id.trim_end_matches(".customErrorResponsePolicy")
-                                    )
-                                }),
-                                None => note(&|| format!("no route rule has a rule for {status}: none evaluated")),
-                                Some(_) => {}
-                            }
-                            let path = req.path();
-                            first_route(&rr[..upto], req, &path)
-                        }
-                    };
-                    match chain[0].and_then(|p| self.policies.get(p)) {
-                        Some(p) => note(&|| {
-                            format!("the request matches {}", p.id.trim_end_matches(".customErrorResponsePolicy"))
-                        }),
-                        None if m.rule_codes.contains(status) && !matches!(m.routing, Routing::None) => {
-                            note(&|| "no path or route rule matches the request".to_string())
-                        }
-                        None => {}
-                    }
-                }
-                None => note(&|| format!("no host rule names \"{authority}\": only the proxy-wide policy applies")),
-            }
-        }
-        for policy in chain.iter().flatten().filter_map(|&p| self.policies.get(p)) {
+        let (rule_level, matcher_default) = match self.matcher_for(req, status, obs) {
+            Some(m) => (self.rule_level(m, status, made_by_proxy, req, obs), m.default_policy),
+            None => (None, None),
+        };
+        // Most specific first; each level without a rule for the status defers to the next.
+        let levels = [rule_level, matcher_default, self.proxy_policy];
+        for policy in levels.into_iter().flatten().filter_map(|p| self.policies.get(p)) {
             match policy.table.lookup(status, made_by_proxy).and_then(|i| policy.rules.get(i)) {
                 Some(rule) => {
-                    note(&|| format!("{} has a rule for {status}: {}", policy.id, rule.id));
+                    obs.step(status, Step::Decides { policy, rule });
                     return match &rule.kind {
                         RuleKind::Passthrough => Decision::Passthrough(rule),
                         RuleKind::Serve(s) => Decision::Serve(rule, s),
                     };
                 }
-                None => note(&|| format!("{} has no rule for {status}: deferring to the level above", policy.id)),
+                None => obs.step(status, Step::Defers { policy }),
             }
         }
-        note(&|| format!("no level has a rule for {status} for this request: the response passes through"));
+        obs.step(status, Step::NoLevel);
         Decision::None
+    }
+
+    /// The path matcher the request's host selects, if any.
+    fn matcher_for(&self, req: &mut dyn RequestView, status: u16, obs: &mut impl Observer) -> Option<&PathMatcher> {
+        if self.matchers.is_empty() {
+            return None;
+        }
+        let authority = req.authority();
+        let matcher = self.hosts.lookup(&authority).and_then(|i| self.matchers.get(i));
+        match matcher {
+            Some(matcher) => obs.step(status, Step::HostSelects { authority: &authority, matcher }),
+            None => obs.step(status, Step::NoHostRule { authority: &authority }),
+        }
+        matcher
+    }
+
+    /// The policy of the path rule or route rule the request matches in `m`, when one of
+    /// them can have a rule for `status`.
+    fn rule_level(
+        &self,
+        m: &PathMatcher,
+        status: u16,
+        made_by_proxy: bool,
+        req: &mut dyn RequestView,
+        obs: &mut impl Observer,
+    ) -> Option<usize> {
+        if !m.rule_codes.contains(status) {
+            obs.step(status, Step::RulesSilent { matcher: m });
+            return None;
+        }
+        let matched = match &m.routing {
+            Routing::None => return None,
+            Routing::Paths(pr) => pr.lookup(&req.path()),
+            Routing::Routes(rr) => {
+                // Google Cloud picks the first route rule that matches the request; if its
+                // policy has no rule for the code, the level defers. So rules after the last
+                // one with a rule for this code cannot change the outcome: they are not
+                // evaluated (a rule that needs `xds.route_name` would cost a host call).
+                let covers = |r: &RouteRule| {
+                    self.policies.get(r.policy).is_some_and(|p| p.table.lookup(status, made_by_proxy).is_some())
+                };
+                let upto = rr.iter().rposition(covers).map_or(0, |i| i + 1);
+                match upto.checked_sub(1).and_then(|i| rr.get(i)).and_then(|r| self.policies.get(r.policy)) {
+                    Some(last) if upto < rr.len() => obs.step(status, Step::RoutesAfter { last }),
+                    None => obs.step(status, Step::NoRouteCovers),
+                    Some(_) => {}
+                }
+                let path = req.path();
+                first_route(&rr[..upto], req, &path)
+            }
+        };
+        match matched.and_then(|p| self.policies.get(p)) {
+            Some(policy) => obs.step(status, Step::Matches { policy }),
+            None => obs.step(status, Step::NothingMatches),
+        }
+        matched
     }
 }

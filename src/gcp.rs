@@ -59,6 +59,12 @@ pub fn import(url_map: &Value, services: &[(String, String)]) -> Result<Imported
                     None => continue,
                 }
             }
+            if match_rules.is_empty() {
+                // Without match rules a route rule matches every request: far wider than
+                // the rule it comes from.
+                notes.push(format!("{rat}: no match rule could be imported, route rule dropped"));
+                continue;
+            }
             let mut rr = Map::new();
             rr.insert("priority".into(), r.get("priority").cloned().unwrap_or(json!(j)));
             rr.insert("matchRules".into(), Value::Array(match_rules));
@@ -132,7 +138,9 @@ fn match_rule(mr: &Value, at: &str, notes: &mut Vec<String>) -> Option<Value> {
                 let mut kept = Vec::new();
                 for (i, h) in v.as_array().into_iter().flatten().enumerate() {
                     if h.get("rangeMatch").is_some() {
-                        notes.push(format!("{at}.headerMatches[{i}].rangeMatch: not supported, header match dropped"));
+                        // Dropping one condition would widen the match rule: drop all of it.
+                        notes.push(format!("{at}.headerMatches[{i}].rangeMatch: not supported, match rule dropped"));
+                        return None;
                     } else {
                         kept.push(h.clone());
                     }
@@ -146,5 +154,47 @@ fn match_rule(mr: &Value, at: &str, notes: &mut Vec<String>) -> Option<Value> {
             other => notes.push(format!("{at}.{other}: not used for error responses, dropped")),
         }
     }
+    if out.is_empty() && !o.is_empty() {
+        notes.push(format!("{at}: nothing left to match on, match rule dropped"));
+        return None;
+    }
     Some(Value::Object(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route_rules(match_rules: Value) -> (Value, Vec<String>) {
+        let map = json!({"pathMatchers": [{"name": "m", "routeRules": [{"priority": 1, "matchRules": match_rules,
+            "customErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "path": "/e"}]}}]}],
+            "defaultCustomErrorResponsePolicy": {"errorService": "svc", "errorResponseRules": []}});
+        let out = import(&map, &[("svc".into(), "cluster".into())]).unwrap();
+        (out.policy["pathMatchers"][0].get("routeRules").cloned().unwrap_or(Value::Null), out.notes)
+    }
+
+    #[test]
+    fn a_route_rule_never_widens_to_match_everything() {
+        let (rules, notes) = route_rules(json!([{"pathTemplateMatch": "/a/{x=*}"}]));
+        assert_eq!(rules, Value::Null, "{notes:?}");
+        assert!(notes
+            .iter()
+            .any(|n| n.ends_with("routeRules[0]: no match rule could be imported, route rule dropped")));
+        let (rules, notes) = route_rules(json!([{"metadataFilters": [{}]}]));
+        assert_eq!(rules, Value::Null, "{notes:?}");
+        let (rules, _) =
+            route_rules(json!([{"prefixMatch": "/a", "headerMatches": [{"headerName": "x", "rangeMatch": {}}]}]));
+        assert_eq!(rules, Value::Null, "a condition that cannot be imported drops its match rule");
+        let (rules, _) = route_rules(json!([]));
+        assert_eq!(rules, Value::Null);
+    }
+
+    #[test]
+    fn importable_match_rules_are_kept() {
+        let (rules, notes) = route_rules(json!([{"pathTemplateMatch": "/a/{x=*}"}, {"prefixMatch": "/b"}]));
+        assert_eq!(rules[0]["matchRules"], json!([{"prefixMatch": "/b"}]), "{notes:?}");
+        let (rules, _) =
+            route_rules(json!([{"prefixMatch": "/a", "headerMatches": [{"headerName": "x", "exactMatch": "1"}]}]));
+        assert_eq!(rules[0]["matchRules"][0]["headerMatches"][0]["exactMatch"], "1");
+    }
 }

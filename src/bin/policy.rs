@@ -12,7 +12,8 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage:
   policy check FILE
-  policy explain FILE --host H --path P --status N [--header name:value]... [--route NAME] [--source proxy|upstream]
+  policy explain FILE --host H --path P --status N [--header name:value]... [--route NAME]
+                      [--source proxy|upstream] [--method M]
   policy import-gcp URLMAP.json --service BACKEND=CLUSTER [--service ...]";
 
 fn main() -> ExitCode {
@@ -88,7 +89,7 @@ fn explain(args: &[String]) -> Result<(), String> {
         req.path = "/".into();
     }
     let mut trace = Vec::new();
-    let decision = cfg.decide_traced(status, &mut req, Some(&mut trace));
+    let decision = cfg.decide_observed(status, &mut req, &mut trace);
     for line in &trace {
         println!("- {line}");
     }

@@ -1,4 +1,4 @@
-//! Policy configuration: the JSON contract (`../shared/policy-spec.md`) parsed, validated
+//! Policy configuration: the JSON policy (reference: docs/policy.md) parsed, validated
 //! and compiled into the structures matching walks.
 
 pub mod error;

@@ -8,7 +8,7 @@
 
 use crate::runtime::{HeaderMap, Headers, Host};
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{BufferType, MapType, MetricType};
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
 use std::ptr::null_mut;
 use std::time::Duration;
 
@@ -39,6 +39,7 @@ extern "C" {
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_set_tick_period_milliseconds(ms: u32) -> u32;
     fn proxy_set_effective_context(context_id: u32) -> u32;
+    fn proxy_get_log_level(out: *mut u32) -> u32;
 }
 
 /// Takes ownership of a host-allocated buffer (allocated through the SDK's exported
@@ -233,6 +234,23 @@ impl Host for Wasm {
         // SAFETY: no pointers.
         unsafe { proxy_increment_metric(id, n.min(i64::MAX as u64) as i64) == OK }
     }
+}
+
+/// The log level Envoy runs the wasm component at (`--component-log-level wasm:...`).
+pub fn log_level() -> Option<LogLevel> {
+    let mut level = 0u32;
+    // SAFETY: as above.
+    if unsafe { proxy_get_log_level(&mut level) } != OK {
+        return None;
+    }
+    Some(match level {
+        0 => LogLevel::Trace,
+        1 => LogLevel::Debug,
+        2 => LogLevel::Info,
+        3 => LogLevel::Warn,
+        4 => LogLevel::Error,
+        _ => LogLevel::Critical,
+    })
 }
 
 pub fn set_tick_ms(ms: u32) -> bool {

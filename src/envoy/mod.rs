@@ -25,6 +25,16 @@ struct Root {
 impl Context for Root {}
 
 impl RootContext for Root {
+    fn on_vm_start(&mut self, _size: usize) -> bool {
+        // Envoy's level for its wasm component decides what reaches its log (the release
+        // build compiles debug lines out).
+        if let Some(level) = host::log_level() {
+            proxy_wasm::set_log_level(level);
+        }
+        info!("custom-error-pages: version {} (proxy-wasm) started", env!("CARGO_PKG_VERSION"));
+        true
+    }
+
     fn on_configure(&mut self, size: usize) -> bool {
         let text = host::plugin_configuration(size).unwrap_or_default();
         match config::load(&text) {

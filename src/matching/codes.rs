@@ -63,14 +63,6 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Source::Any => "any",
-            Source::Upstream => "upstream",
-            Source::Proxy => "proxy",
-        }
-    }
-
     pub fn overlaps(&self, other: Source) -> bool {
         *self == Source::Any || other == Source::Any || *self == other
     }

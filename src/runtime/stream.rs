@@ -148,7 +148,7 @@ impl<H: Host> Stream<H> {
             Decision::None => return Action::Continue,
             Decision::Passthrough(rule) => {
                 self.worker.metrics.passthrough.bump();
-                debug!("[ctx {}] {status} passes through by {}", self.id, rule.id);
+                debug!("custom-error-pages: [ctx {}] {status} passes through by {}", self.id, rule.id);
                 record(&self.host, status, status, &rule.id, "passthrough");
                 self.phase = Phase::Done;
                 return Action::Continue;
@@ -184,7 +184,7 @@ impl<H: Host> Stream<H> {
                 if let Some(flight) = self.worker.flights.borrow_mut().get_mut(&key) {
                     flight.waiters.push(Waiter { id: self.id, slot: slot.clone(), pending });
                 }
-                debug!("[ctx {}] waiting on the fetch in flight for {key}", self.id);
+                debug!("custom-error-pages: [ctx {}] waiting on the fetch in flight for {key}", self.id);
                 self.phase = Phase::Waiting(slot);
                 Action::Pause
             }
@@ -233,11 +233,14 @@ impl<H: Host> Stream<H> {
         let headers = error_service::call_headers(svc, &path, &call);
         match self.host.dispatch(&svc.cluster, &headers, svc.timeout_ms) {
             Some(token) => {
-                debug!("[ctx {}] {}: fetching {path} from {}", self.id, facts.status, svc.cluster);
+                debug!("custom-error-pages: [ctx {}] {}: fetching {path} from {}", self.id, facts.status, svc.cluster);
                 Err(Miss::Lead(Call { token, service, cache_key: key, started_ms: self.host.now_ms() }))
             }
             None => {
-                warn!("[ctx {}] cannot call error service cluster \"{}\" (is it defined?)", self.id, svc.cluster);
+                warn!(
+                    "custom-error-pages: [ctx {}] cannot call error service cluster \"{}\" (is it defined?)",
+                    self.id, svc.cluster
+                );
                 self.worker.metrics.fetch_failed(FetchFailure::Dispatch).bump();
                 Ok(None)
             }
@@ -278,7 +281,12 @@ impl<H: Host> Stream<H> {
                     }
                 },
                 Err(f) => {
-                    debug!("[ctx {}] error service {}: fetch failed: {}", self.id, svc.cluster, f.as_str());
+                    debug!(
+                        "custom-error-pages: [ctx {}] error service {}: fetch failed: {}",
+                        self.id,
+                        svc.cluster,
+                        f.as_str()
+                    );
                     self.worker.metrics.fetch_failed(f).bump();
                     None
                 }
@@ -349,7 +357,7 @@ pub(super) fn release_orphaned_flights<H: Host>(host: &H, worker: &Worker<H>, ro
         .collect();
     host.set_effective_context(root);
     for key in orphaned {
-        warn!("[ctx {root}] the request fetching {key} is gone: its waiters get the fallback");
+        warn!("custom-error-pages: [ctx {root}] the request fetching {key} is gone: its waiters get the fallback");
         release_waiters(host, worker, &key, None, root);
     }
 }
@@ -369,7 +377,7 @@ fn variant_of(serve: &Serve, index: Option<usize>) -> &Variant {
 /// nothing is waiting for it any more.
 fn resume(host: &impl Host, id: u32) {
     if !host.resume_response() {
-        debug!("[ctx {id}] could not resume the response: the stream is gone");
+        debug!("custom-error-pages: [ctx {id}] could not resume the response: the stream is gone");
     }
 }
 
@@ -399,7 +407,7 @@ fn finish<H: Host>(
     if pending.headers_only {
         // Envoy sets `:status` and content-length, and drops the body for HEAD itself.
         if !host.send_response(reply.status, &headers, &reply.body) {
-            warn!("[ctx {id}] local reply refused by the proxy; the original response stands");
+            warn!("custom-error-pages: [ctx {id}] local reply refused by the proxy; the original response stands");
             return (Phase::Done, Action::Continue);
         }
         record(host, pending.facts.status, reply.status, &rule.id, reply.outcome.as_str());
@@ -419,7 +427,7 @@ fn finish<H: Host>(
     if !host.set_response_headers(&headers) {
         // Streaming the page under the original headers would mislabel it: leave the
         // response as it came rather than send a hybrid.
-        warn!("[ctx {id}] the proxy refused the replacement headers; the original response stands");
+        warn!("custom-error-pages: [ctx {id}] the proxy refused the replacement headers; the original response stands");
         return (Phase::Done, Action::Continue);
     }
     record(host, pending.facts.status, reply.status, &rule.id, reply.outcome.as_str());
@@ -442,7 +450,7 @@ fn record(host: &impl Host, original: u16, served: u16, rule: &str, outcome: &st
     value.push_str(" rule=");
     value.push_str(rule);
     if !host.set_filter_state("custom_error", &value) {
-        debug!("access-log fields not recorded: {value}");
+        debug!("custom-error-pages: access-log fields not recorded: {value}");
     }
 }
 
@@ -478,7 +486,7 @@ impl<H: Host> Stream<H> {
             *dropped += body_size;
             let now = !*sent && (end_of_stream || *dropped > MAX_DROP_BYTES);
             if !self.host.replace_response_body(body_size, if now { body } else { &[] }) {
-                warn!("[ctx {}] the proxy refused to replace a response body chunk", self.id);
+                warn!("custom-error-pages: [ctx {}] the proxy refused to replace a response body chunk", self.id);
             }
             *sent |= now;
         }

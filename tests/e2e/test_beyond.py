@@ -1,5 +1,5 @@
-"""Issue 3: cache, negotiation, templates, {status}, passthrough, headers, source,
-counters and access-log fields, in the real Envoy."""
+"""Beyond Google Cloud's feature: cache, negotiation, templates, {status}, passthrough,
+headers, source, counters and access-log fields, in the real Envoy."""
 
 import json
 import time

@@ -1,4 +1,5 @@
-"""Issue 2: the core filter in the real Envoy 1.40, over real sockets."""
+"""The core filter in the real Envoy 1.40, over real sockets: levels and precedence, what is
+served, what never leaks."""
 
 import time
 

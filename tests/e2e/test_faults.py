@@ -1,4 +1,4 @@
-"""Issue 5: it keeps serving under faults of the error service, of the request around it,
+"""It keeps serving under faults of the error service, of the request around it,
 and when the VM itself traps. Each case is listed in docs/faults.md."""
 
 import socket
