@@ -252,6 +252,40 @@ mod tests {
     }
 
     #[test]
+    fn a_read_makes_an_entry_the_most_recently_used() {
+        let mut c = Cache::default();
+        c.put("a".into(), obj(1), 60, 0);
+        c.put("b".into(), obj(1), 60, 0);
+        let before = c.entries["b"].last_used;
+        assert!(c.get("a", 1).is_some());
+        assert!(c.entries["a"].last_used > before, "a read moves the entry past every other");
+    }
+
+    #[test]
+    fn an_entry_expiring_right_now_is_evicted_as_expired() {
+        let mut c = Cache::new(2, 1_000);
+        c.put("ends-now".into(), obj(1), 1, 0); // expires at 1,000 ms
+        c.put("live".into(), obj(1), 60, 0);
+        assert!(c.get("ends-now", 999).is_some()); // now the most recently used
+        c.put("new".into(), obj(1), 60, 1_000);
+        assert!(c.get("live", 1_000).is_some(), "the expired one went, not the least recently used");
+    }
+
+    #[test]
+    fn default_bounds() {
+        let mut c = Cache::default();
+        c.put("k".into(), obj(MAX_BYTES - 1), 60, 0);
+        assert_eq!(c.len(), 1, "an object of 16 MiB (with its key) fits");
+        c.put("l".into(), obj(MAX_BYTES), 60, 0);
+        assert!(c.get("l", 1).is_none(), "one byte more does not");
+        let mut c = Cache::default();
+        for i in 0..=MAX_ENTRIES {
+            c.put(i.to_string(), obj(1), 60, 0);
+        }
+        assert_eq!((c.len(), MAX_ENTRIES), (512, 512));
+    }
+
+    #[test]
     fn expiry_boundary_and_ttl_in_seconds() {
         let mut c = Cache::default();
         c.put("k".into(), obj(1), 2, 10);

@@ -214,3 +214,63 @@ impl Config {
         matched
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load;
+    use crate::request::StaticRequest;
+    use serde_json::json;
+
+    fn explain(status: u16, host: &str, path: &str) -> Vec<String> {
+        let policy = json!({
+            "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["5xx"], "body": "p"}]},
+            "hostRules": [{"hosts": ["api.test"], "pathMatcher": "api"}, {"hosts": ["img.test"], "pathMatcher": "img"}],
+            "pathMatchers": [
+                {"name": "api", "routeRules": [
+                    {"priority": 1, "matchRules": [{"prefixMatch": "/a/"}], "customErrorResponsePolicy":
+                        {"errorResponseRules": [{"matchResponseCodes": ["502"], "body": "a"}]}},
+                    {"priority": 2, "matchRules": [{"prefixMatch": "/b/"}], "customErrorResponsePolicy":
+                        {"errorResponseRules": [{"matchResponseCodes": ["503"], "body": "b"}]}}]},
+                {"name": "img", "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "i"}]},
+                 "pathRules": [{"paths": ["/x/*"], "customErrorResponsePolicy":
+                    {"errorResponseRules": [{"matchResponseCodes": ["410"], "body": "x"}]}}]}]
+        });
+        let cfg = load(policy.to_string().as_bytes()).unwrap();
+        let mut req = StaticRequest { authority: host.into(), path: path.into(), ..Default::default() };
+        let mut trace = Vec::new();
+        cfg.decide_observed(status, &mut req, &mut trace);
+        trace
+    }
+
+    #[test]
+    fn explains_every_step() {
+        assert_eq!(
+            explain(404, "none.test", "/"),
+            [
+                "no host rule names \"none.test\": only the proxy-wide policy applies",
+                "defaultCustomErrorResponsePolicy has no rule for 404: deferring to the level above",
+                "no level has a rule for 404 for this request: the response passes through"
+            ]
+        );
+        assert_eq!(explain(302, "api.test", "/"), ["no rule at any level covers 302: the response passes through"]);
+        let t = explain(502, "api.test", "/a/1");
+        assert_eq!(t[1], "route rules after pathMatchers[0].routeRules[0] have no rule for 502: not evaluated");
+        assert_eq!(t[2], "the request matches pathMatchers[0].routeRules[0]");
+        // The first matching route rule is the request's, even without a rule for the code.
+        let t = explain(503, "api.test", "/a/1");
+        assert_eq!(t[1], "the request matches pathMatchers[0].routeRules[0]", "{t:?}");
+        assert_eq!(
+            t[2],
+            "pathMatchers[0].routeRules[0].customErrorResponsePolicy has no rule for 503: deferring to the level above"
+        );
+        assert_eq!(t.len(), 4, "the last route rule has 503, nothing skipped: {t:?}");
+        let t = explain(503, "api.test", "/c/1");
+        assert_eq!(t[1], "no path or route rule matches the request", "{t:?}");
+        let t = explain(500, "api.test", "/a/1");
+        assert_eq!(t[1], "no path or route rule of \"api\" covers 500: not matched");
+        let t = explain(410, "img.test", "/x/1");
+        assert_eq!(t[1], "the request matches pathMatchers[1].pathRules[0]");
+        let t = explain(410, "img.test", "/y");
+        assert_eq!(t[1], "no path or route rule matches the request");
+    }
+}

@@ -131,6 +131,12 @@ mod tests {
     }
 
     #[test]
+    fn a_range_listed_twice_counts_once_the_first() {
+        assert_eq!(pick(Some("application/json;q=0.1, application/json;q=0.9, text/html;q=0.5")), "/e.html");
+        assert_eq!(pick(Some("application/json;q=0.9, application/json;q=0.1, text/html;q=0.5")), "/e.json");
+    }
+
+    #[test]
     fn wildcard_ties_go_to_the_default() {
         assert_eq!(pick(Some("*/*")), "/e.html");
         assert_eq!(pick(None), "/e.html");
