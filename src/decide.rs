@@ -1,13 +1,17 @@
 //! Which rule answers a response: Google Cloud's precedence, decided per code. The most
-//! specific level (route/path rule, then the host's path matcher default, then the
-//! proxy-wide default) that has a rule for the code decides; a level without one defers.
+//! specific level that has a rule for the code decides; a level without one defers. From
+//! the most specific: the named policy the route's metadata selects, the path or route
+//! rule of the host's path matcher, the named policy the virtual host's metadata selects,
+//! the path matcher's default, the proxy-wide default. Each level is looked at only when
+//! the ones before it had nothing for the code, so metadata and route names are read only
+//! when they can matter.
 //!
 //! One decision path serves the filter and `policy explain`: it reports each step to an
 //! `Observer`, which the filter leaves empty (`()`, compiled away) and `explain` writes out.
 
-use crate::config::{Config, PathMatcher, Policy, Routing, Rule, RuleKind, Serve};
+use crate::config::{Config, PathMatcher, Policy, Routing, Rule, RuleKind, Serve, POLICY_KEY};
 use crate::matching::routes::{first_route, RouteRule};
-use crate::request::RequestView;
+use crate::request::{Metadata, RequestView};
 use std::fmt;
 
 #[derive(Debug, Clone, Copy)]
@@ -47,6 +51,17 @@ pub enum Step<'c, 'a> {
         policy: &'c Policy,
     },
     NothingMatches,
+    /// The route's or virtual host's metadata names a policy.
+    Selects {
+        of: Metadata,
+        name: &'a str,
+        policy: &'c Policy,
+    },
+    /// ... a name `policies` does not have: that level is skipped.
+    UnknownPolicy {
+        of: Metadata,
+        name: &'a str,
+    },
     Decides {
         policy: &'c Policy,
         rule: &'c Rule,
@@ -77,6 +92,13 @@ impl Observer for Vec<String> {
 
 struct Line<'c, 'a>(u16, Step<'c, 'a>);
 
+fn whose(of: Metadata) -> &'static str {
+    match of {
+        Metadata::Route => "route's",
+        Metadata::VirtualHost => "virtual host's",
+    }
+}
+
 fn short(p: &Policy) -> &str {
     p.id.trim_end_matches(".customErrorResponsePolicy")
 }
@@ -104,6 +126,12 @@ impl fmt::Display for Line<'_, '_> {
             Step::NoRouteCovers => write!(f, "no route rule has a rule for {status}: none evaluated"),
             Step::Matches { policy } => write!(f, "the request matches {}", short(policy)),
             Step::NothingMatches => write!(f, "no path or route rule matches the request"),
+            Step::Selects { of, name, policy } => {
+                write!(f, "the {} metadata selects policy \"{name}\" ({})", whose(*of), policy.id)
+            }
+            Step::UnknownPolicy { of, name } => {
+                write!(f, "the {} metadata names policy \"{name}\", which policies does not have: skipped", whose(*of))
+            }
             Step::Decides { policy, rule } => write!(f, "{} has a rule for {status}: {}", policy.id, rule.id),
             Step::Defers { policy } => {
                 write!(f, "{} has no rule for {status}: deferring to the level above", policy.id)
@@ -136,26 +164,73 @@ impl Config {
         if source_matters {
             obs.step(status, Step::Source { made_by_proxy });
         }
-        let (rule_level, matcher_default) = match self.matcher_for(req, status, obs) {
-            Some(m) => (self.rule_level(m, status, made_by_proxy, req, obs), m.default_policy),
-            None => (None, None),
-        };
-        // Most specific first; each level without a rule for the status defers to the next.
-        let levels = [rule_level, matcher_default, self.proxy_policy];
-        for policy in levels.into_iter().flatten().filter_map(|p| self.policies.get(p)) {
-            match policy.table.lookup(status, made_by_proxy).and_then(|i| policy.rules.get(i)) {
-                Some(rule) => {
-                    obs.step(status, Step::Decides { policy, rule });
-                    return match &rule.kind {
-                        RuleKind::Passthrough => Decision::Passthrough(rule),
-                        RuleKind::Serve(s) => Decision::Serve(rule, s),
-                    };
-                }
-                None => obs.step(status, Step::Defers { policy }),
+        // Named policies are looked up only for codes one of them covers.
+        let named = !self.named.is_empty() && self.named_codes.contains(status);
+        let route_named = if named { self.named_policy(Metadata::Route, req, status, obs) } else { None };
+        if let Some(d) = self.level(route_named, status, made_by_proxy, obs) {
+            return d;
+        }
+        let matcher = self.matcher_for(req, status, obs);
+        let rule_level = matcher.and_then(|m| self.rule_level(m, status, made_by_proxy, req, obs));
+        if let Some(d) = self.level(rule_level, status, made_by_proxy, obs) {
+            return d;
+        }
+        let host_named = if named { self.named_policy(Metadata::VirtualHost, req, status, obs) } else { None };
+        for policy in [host_named, matcher.and_then(|m| m.default_policy), self.proxy_policy] {
+            if let Some(d) = self.level(policy, status, made_by_proxy, obs) {
+                return d;
             }
         }
         obs.step(status, Step::NoLevel);
         Decision::None
+    }
+
+    /// The decision of one level's policy, or `None` when it has no rule for the code (or
+    /// there is no policy at that level): the next level decides.
+    fn level(
+        &self,
+        policy: Option<usize>,
+        status: u16,
+        made_by_proxy: bool,
+        obs: &mut impl Observer,
+    ) -> Option<Decision<'_>> {
+        let policy = self.policies.get(policy?)?;
+        match policy.table.lookup(status, made_by_proxy).and_then(|i| policy.rules.get(i)) {
+            Some(rule) => {
+                obs.step(status, Step::Decides { policy, rule });
+                Some(match &rule.kind {
+                    RuleKind::Passthrough => Decision::Passthrough(rule),
+                    RuleKind::Serve(s) => Decision::Serve(rule, s),
+                })
+            }
+            None => {
+                obs.step(status, Step::Defers { policy });
+                None
+            }
+        }
+    }
+
+    /// The named policy the route's or virtual host's metadata selects.
+    fn named_policy(
+        &self,
+        of: Metadata,
+        req: &mut dyn RequestView,
+        status: u16,
+        obs: &mut impl Observer,
+    ) -> Option<usize> {
+        let name = req.metadata(of, &self.metadata_namespace, POLICY_KEY)?;
+        match self.named.get(&name) {
+            Some(&i) => {
+                if let Some(policy) = self.policies.get(i) {
+                    obs.step(status, Step::Selects { of, name: &name, policy });
+                }
+                Some(i)
+            }
+            None => {
+                obs.step(status, Step::UnknownPolicy { of, name: &name });
+                None
+            }
+        }
     }
 
     /// The path matcher the request's host selects, if any.

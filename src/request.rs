@@ -13,6 +13,16 @@ pub trait RequestView {
     /// Whether Envoy made the response itself (no healthy upstream, connect failure,
     /// timeout, reset, no route, a filter's local reply) rather than a backend.
     fn made_by_proxy(&mut self) -> bool;
+    /// A string in the route's or the virtual host's metadata,
+    /// `filter_metadata.<namespace>.<key>` (`xds.route_metadata`, `xds.virtual_host_metadata`).
+    fn metadata(&mut self, of: Metadata, namespace: &str, key: &str) -> Option<String>;
+}
+
+/// Whose metadata: the route Envoy chose, or its virtual host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Metadata {
+    Route,
+    VirtualHost,
 }
 
 /// The path without query string or fragment, as rules match it.
@@ -82,6 +92,10 @@ pub struct StaticRequest {
     pub headers: Vec<(String, String)>,
     pub route_name: Option<String>,
     pub made_by_proxy: bool,
+    /// `(namespace, key, value)` of the route's `filter_metadata`.
+    pub route_metadata: Vec<(String, String, String)>,
+    /// The same for the virtual host.
+    pub virtual_host_metadata: Vec<(String, String, String)>,
 }
 
 impl RequestView for StaticRequest {
@@ -105,6 +119,13 @@ impl RequestView for StaticRequest {
     }
     fn made_by_proxy(&mut self) -> bool {
         self.made_by_proxy
+    }
+    fn metadata(&mut self, of: Metadata, namespace: &str, key: &str) -> Option<String> {
+        let list = match of {
+            Metadata::Route => &self.route_metadata,
+            Metadata::VirtualHost => &self.virtual_host_metadata,
+        };
+        list.iter().find(|(n, k, _)| n == namespace && k == key).map(|(_, _, v)| v.clone())
     }
 }
 

@@ -63,6 +63,42 @@ fn check_warns_about_a_success_page_caches_may_keep() {
 }
 
 #[test]
+fn explain_takes_the_routes_and_virtual_hosts_metadata() {
+    let f = temp(
+        "named.json",
+        r#"{"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["5xx"], "body": "site"}]},
+            "hostRules": [{"hosts": ["h"], "pathMatcher": "m"}],
+            "pathMatchers": [{"name": "m", "routeRules": [{"priority": 1,
+                "matchRules": [{"routeMetadataMatches": [{"namespace": "istio", "key": "config", "suffixMatch": "/virtual-service/shop"}]}],
+                "customErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["502"], "body": "shop"}]}}]}],
+            "policies": {"checkout": {"errorResponseRules": [{"matchResponseCodes": ["503"], "body": "checkout"}]}}}"#,
+    );
+    let (ok, out, err) = policy(&["explain", &f, "--host", "h", "--status", "503", "--route-policy", "checkout"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("- the route's metadata selects policy \"checkout\" (policies.checkout)"), "{out}");
+    assert!(out.contains("result: served by policies.checkout.errorResponseRules[0] (level: named)"), "{out}");
+    let (_, out, _) = policy(&["explain", &f, "--host", "h", "--status", "503", "--vhost-policy", "nope"]);
+    assert!(
+        out.contains("- the virtual host's metadata names policy \"nope\", which policies does not have: skipped"),
+        "{out}"
+    );
+    assert!(out.contains("result: served by defaultCustomErrorResponsePolicy.errorResponseRules[0]"), "{out}");
+    let vs = "istio.config=/apis/networking.istio.io/v1alpha3/namespaces/web/virtual-service/shop";
+    let (_, out, _) = policy(&["explain", &f, "--host", "h", "--status", "502", "--route-metadata", vs]);
+    assert!(
+        out.contains("result: served by pathMatchers[0].routeRules[0].customErrorResponsePolicy.errorResponseRules[0]"),
+        "{out}"
+    );
+    let (_, out, _) = policy(&["explain", &f, "--host", "h", "--status", "502"]);
+    assert!(
+        out.contains("result: served by defaultCustomErrorResponsePolicy"),
+        "without the VirtualService's routes: {out}"
+    );
+    let (ok, _, err) = policy(&["explain", &f, "--host", "h", "--status", "502", "--route-metadata", "novalue"]);
+    assert!(!ok && err.contains("expected NAMESPACE.KEY=VALUE"), "{err}");
+}
+
+#[test]
 fn explain_names_level_rule_and_object() {
     let (ok, out, err) =
         policy(&["explain", &sample(), "--host", "shop.localhost", "--path", "/images/a.png", "--status", "404"]);

@@ -5,7 +5,7 @@
 
 use custom_error_pages::config::{load, Level};
 use custom_error_pages::decide::Decision;
-use custom_error_pages::request::StaticRequest;
+use custom_error_pages::request::{Metadata, StaticRequest};
 use serde_json::json;
 
 fn err(policy: serde_json::Value) -> String {
@@ -329,10 +329,11 @@ fn error_service_inheritance() {
     assert_eq!(cfg.service(Some(0)).unwrap().cluster, "top");
 }
 
-/// Counts how often the decision asks for the route name (a host call in Envoy).
+/// Counts how often the decision asks for the route name or metadata (host calls in Envoy).
 struct CountingRequest {
     inner: StaticRequest,
     route_name_reads: usize,
+    metadata_reads: usize,
 }
 
 impl custom_error_pages::request::RequestView for CountingRequest {
@@ -351,6 +352,10 @@ impl custom_error_pages::request::RequestView for CountingRequest {
     }
     fn made_by_proxy(&mut self) -> bool {
         self.inner.made_by_proxy()
+    }
+    fn metadata(&mut self, of: Metadata, namespace: &str, key: &str) -> Option<String> {
+        self.metadata_reads += 1;
+        self.inner.metadata(of, namespace, key)
     }
 }
 
@@ -375,6 +380,7 @@ fn decide_counting(policy: &serde_json::Value, status: u16, path: &str) -> (Stri
     let mut r = CountingRequest {
         inner: StaticRequest { route_name: Some("checkout".into()), ..req("h", path) },
         route_name_reads: 0,
+        metadata_reads: 0,
     };
     let what = match cfg.decide(status, &mut r) {
         Decision::Serve(_, serve) => serve.default.path.clone().unwrap_or_default(),
@@ -402,4 +408,160 @@ fn route_rules_up_to_the_last_one_covering_the_code_are_evaluated() {
     assert_eq!(decide_counting(&p, 503, "/x"), ("/checkout/503".to_string(), 1));
     // ...unless an earlier rule matches first.
     assert_eq!(decide_counting(&p, 503, "/shadow/x"), ("/host".to_string(), 0));
+}
+
+// ---------- named policies chosen by Envoy's route and virtual host metadata ----------
+
+fn named_levels() -> serde_json::Value {
+    let rule = |code: &str, body: &str| json!({"matchResponseCodes": [code], "body": body});
+    json!({
+        "defaultCustomErrorResponsePolicy": {"errorResponseRules": [rule("4xx", "proxy"), rule("5xx", "proxy")]},
+        "hostRules": [{"hosts": ["h"], "pathMatcher": "m"}],
+        "pathMatchers": [{"name": "m",
+            "defaultCustomErrorResponsePolicy": {"errorResponseRules": [rule("404", "matcher"), rule("500", "matcher")]},
+            "routeRules": [{"priority": 1, "matchRules": [{"prefixMatch": "/r/"}],
+                            "customErrorResponsePolicy": {"errorResponseRules": [rule("410", "route rule"), rule("502", "route rule")]}}]}],
+        "policies": {
+            "checkout": {"errorResponseRules": [rule("503", "checkout"), rule("410", "checkout")]},
+            "site": {"errorResponseRules": [rule("502", "site"), rule("500", "site"), rule("504", "site")]}
+        }
+    })
+}
+
+fn body_for(cfg: &custom_error_pages::config::Config, status: u16, r: &mut StaticRequest) -> String {
+    match cfg.decide(status, r) {
+        Decision::Serve(rule, serve) => format!("{} {}", serve.default.body.clone().unwrap_or_default(), rule.id),
+        other => format!("{other:?}"),
+    }
+}
+
+fn with_metadata(path: &str, route: Option<&str>, vhost: Option<&str>) -> StaticRequest {
+    let md = |v: Option<&str>| {
+        v.map(|v| ("custom_error_pages".to_string(), "policy".to_string(), v.to_string())).into_iter().collect()
+    };
+    StaticRequest { route_metadata: md(route), virtual_host_metadata: md(vhost), ..req("h", path) }
+}
+
+#[test]
+fn route_metadata_policy_is_the_most_specific_level_per_code() {
+    let cfg = load(named_levels().to_string().as_bytes()).unwrap();
+    let mut r = with_metadata("/r/x", Some("checkout"), Some("site"));
+    assert_eq!(
+        body_for(&cfg, 410, &mut r),
+        "checkout policies.checkout.errorResponseRules[1]",
+        "route metadata beats the route rule"
+    );
+    assert_eq!(body_for(&cfg, 503, &mut r), "checkout policies.checkout.errorResponseRules[0]");
+    // checkout has no 502: the route rule decides, before the virtual host's policy.
+    assert!(body_for(&cfg, 502, &mut r).starts_with("route rule "));
+    // Neither route level has 500: the virtual host's policy beats the matcher default.
+    assert_eq!(body_for(&cfg, 500, &mut r), "site policies.site.errorResponseRules[1]");
+    assert_eq!(
+        body_for(&cfg, 404, &mut r),
+        "matcher pathMatchers[0].defaultCustomErrorResponsePolicy.errorResponseRules[0]"
+    );
+    assert!(body_for(&cfg, 403, &mut r).starts_with("proxy "));
+}
+
+#[test]
+fn without_metadata_the_google_cloud_levels_decide() {
+    let cfg = load(named_levels().to_string().as_bytes()).unwrap();
+    let mut r = with_metadata("/r/x", None, None);
+    assert!(body_for(&cfg, 410, &mut r).starts_with("route rule "));
+    assert!(body_for(&cfg, 503, &mut r).starts_with("proxy "));
+    assert!(body_for(&cfg, 500, &mut r).starts_with("matcher "));
+    // The virtual host's policy applies to hosts without a path matcher too.
+    let mut other = StaticRequest {
+        virtual_host_metadata: with_metadata("/", None, Some("site")).virtual_host_metadata,
+        ..req("other", "/")
+    };
+    assert_eq!(body_for(&cfg, 504, &mut other), "site policies.site.errorResponseRules[2]");
+}
+
+#[test]
+fn an_unknown_policy_name_skips_its_level_and_is_reported() {
+    let cfg = load(named_levels().to_string().as_bytes()).unwrap();
+    let mut r = with_metadata("/r/x", Some("chekout"), Some("site"));
+    assert_eq!(body_for(&cfg, 500, &mut r), "site policies.site.errorResponseRules[1]");
+    let mut trace = Vec::new();
+    cfg.decide_observed(503, &mut r, &mut trace);
+    assert!(
+        trace
+            .iter()
+            .any(|l| l == "the route's metadata names policy \"chekout\", which policies does not have: skipped"),
+        "{trace:?}"
+    );
+    assert!(trace.iter().any(|l| l.starts_with("the virtual host's metadata selects policy \"site\"")), "{trace:?}");
+}
+
+#[test]
+fn metadata_namespace_is_configurable() {
+    let mut policy = named_levels();
+    policy["metadataNamespace"] = json!("errors_b");
+    let cfg = load(policy.to_string().as_bytes()).unwrap();
+    let mut default_ns = with_metadata("/", Some("checkout"), None);
+    assert!(body_for(&cfg, 503, &mut default_ns).starts_with("proxy "), "another filter's namespace is not ours");
+    let mut r = StaticRequest {
+        route_metadata: vec![("errors_b".into(), "policy".into(), "checkout".into())],
+        ..req("h", "/")
+    };
+    assert!(body_for(&cfg, 503, &mut r).starts_with("checkout "));
+}
+
+#[test]
+fn metadata_is_read_only_when_a_named_policy_covers_the_code() {
+    let count = |policy: serde_json::Value, status: u16| {
+        let cfg = load(policy.to_string().as_bytes()).unwrap();
+        let mut r = CountingRequest {
+            inner: with_metadata("/", Some("checkout"), None),
+            route_name_reads: 0,
+            metadata_reads: 0,
+        };
+        cfg.decide(status, &mut r);
+        r.metadata_reads
+    };
+    assert_eq!(count(named_levels(), 503), 1, "the route's policy decides: the virtual host's is never read");
+    assert_eq!(count(named_levels(), 500), 2, "checkout has no 500: the virtual host's is read too");
+    assert_eq!(count(named_levels(), 404), 0, "no named policy covers 404");
+    let mut plain = named_levels();
+    plain.as_object_mut().unwrap().remove("policies");
+    assert_eq!(count(plain, 503), 0, "no named policies: metadata never read");
+}
+
+#[test]
+fn named_policy_refusals() {
+    let cases = [
+        (json!({"policies": {"": {"errorResponseRules": []}}}), "policies: a policy name must not be empty"),
+        (
+            json!({"policies": {"a": {"errorResponseRules": [{"matchResponseCodes": ["404"], "path": "/x"}]}}}),
+            "policies.a.errorResponseRules[0].path: no errorService is in scope",
+        ),
+        (json!({"policies": {"a": {"errorResponseRules": [], "colour": 1}}}), "policies.a.colour: unknown field"),
+        (json!({"policies": {"a": []}}), "policies.a: expected an object"),
+        (json!({"metadataNamespace": ""}), "metadataNamespace: must be a name without spaces"),
+        (
+            json!({"hostRules": [{"hosts": ["h"], "pathMatcher": "m"}], "pathMatchers": [{"name": "m", "routeRules": [{"priority": 1,
+            "matchRules": [{"routeMetadataMatches": [{"namespace": "istio", "exactMatch": "x"}]}],
+            "customErrorResponsePolicy": {"errorResponseRules": []}}]}]}),
+            "pathMatchers[0].routeRules[0].matchRules[0].routeMetadataMatches[0].key",
+        ),
+        (
+            json!({"hostRules": [{"hosts": ["h"], "pathMatcher": "m"}], "pathMatchers": [{"name": "m", "routeRules": [{"priority": 1,
+            "matchRules": [{"routeMetadataMatches": [{"namespace": "istio", "key": "config"}]}],
+            "customErrorResponsePolicy": {"errorResponseRules": []}}]}]}),
+            "routeMetadataMatches[0]: needs one of exactMatch, prefixMatch, suffixMatch, regexMatch, presentMatch",
+        ),
+    ];
+    for (policy, want) in cases {
+        let got = err(policy.clone());
+        assert!(got.contains(want), "policy {policy}\n  got:  {got}\n  want: {want}");
+    }
+    // A named policy nothing in the configuration refers to is valid: routes refer to it.
+    let cfg = load(
+        json!({"policies": {"lonely": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "x"}]}}})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    assert!(cfg.interested_in(404) && cfg.warnings.is_empty());
 }

@@ -3,9 +3,11 @@
 //!   policy check FILE
 //!   policy explain FILE --host H --path P --status N [--header k:v]... [--route NAME]
 //!                       [--source proxy|upstream] [--method M]
+//!                       [--route-policy NAME] [--vhost-policy NAME]
+//!                       [--route-metadata NS.KEY=VALUE]... [--vhost-metadata NS.KEY=VALUE]...
 //!   policy import-gcp URLMAP.json --service BACKEND=cluster ...
 
-use custom_error_pages::config::{self, Config};
+use custom_error_pages::config::{self, Config, POLICY_KEY};
 use custom_error_pages::decide::Decision;
 use custom_error_pages::{error_service, gcp, negotiate, reply, request::StaticRequest};
 use std::process::ExitCode;
@@ -14,6 +16,8 @@ const USAGE: &str = "usage:
   policy check FILE
   policy explain FILE --host H --path P --status N [--header name:value]... [--route NAME]
                       [--source proxy|upstream] [--method M]
+                      [--route-policy NAME] [--vhost-policy NAME]
+                      [--route-metadata NS.KEY=VALUE]... [--vhost-metadata NS.KEY=VALUE]...
   policy import-gcp URLMAP.json --service BACKEND=CLUSTER [--service ...]";
 
 fn main() -> ExitCode {
@@ -64,6 +68,13 @@ fn flags(args: &[String]) -> Result<Vec<(String, String)>, String> {
     Ok(out)
 }
 
+/// `NS.KEY=VALUE` (the key is after the last dot: namespaces such as `envoy.lb` have dots).
+fn metadata_flag(flag: &str, v: &str) -> Result<(String, String, String), String> {
+    let (path, value) = v.split_once('=').ok_or_else(|| format!("--{flag} {v}: expected NAMESPACE.KEY=VALUE"))?;
+    let (ns, key) = path.rsplit_once('.').ok_or_else(|| format!("--{flag} {v}: expected NAMESPACE.KEY=VALUE"))?;
+    Ok((ns.to_string(), key.to_string(), value.to_string()))
+}
+
 fn explain(args: &[String]) -> Result<(), String> {
     let cfg = load(args.first())?;
     let mut req = StaticRequest::default();
@@ -81,6 +92,12 @@ fn explain(args: &[String]) -> Result<(), String> {
             "route" => req.route_name = Some(v),
             "source" => req.made_by_proxy = v == "proxy",
             "method" => method = v,
+            // What Envoy's route (or virtual host) carries in its metadata: the policy it
+            // names in the configured namespace, or any `filter_metadata` string.
+            "route-policy" => req.route_metadata.push((cfg.metadata_namespace.clone(), POLICY_KEY.into(), v)),
+            "vhost-policy" => req.virtual_host_metadata.push((cfg.metadata_namespace.clone(), POLICY_KEY.into(), v)),
+            "route-metadata" => req.route_metadata.push(metadata_flag(&k, &v)?),
+            "vhost-metadata" => req.virtual_host_metadata.push(metadata_flag(&k, &v)?),
             other => return Err(format!("unknown option --{other}\n{USAGE}")),
         }
     }

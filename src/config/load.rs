@@ -4,10 +4,11 @@ use super::error::{ConfigError, Result};
 use super::model::*;
 use super::reader::{as_obj, as_str, Obj};
 use crate::http::{is_media_type, is_token, valid_header_value};
-use crate::matching::codes::{CodeSet, CodeSpec, CodeTable, Source};
+use crate::matching::codes::{CodeSet, CodeSpec, CodeTable, Source, MAX_CODE, MIN_CODE};
 use crate::matching::hosts::{HostIndex, HostPattern};
 use crate::matching::routes::{
-    literal_prefix, validate_path_rule_path, HeaderCond, MatchRule, PathCond, PathRules, QueryCond, RouteRule, StrCond,
+    literal_prefix, validate_path_rule_path, HeaderCond, MatchRule, MetadataCond, PathCond, PathRules, QueryCond,
+    RouteRule, StrCond,
 };
 use crate::template;
 use regex_lite::Regex;
@@ -51,6 +52,34 @@ impl Loader {
         let proxy_policy = match o.opt_obj("defaultCustomErrorResponsePolicy")? {
             Some(p) => Some(self.policy(p, Scope { service: top_service, level: Level::Proxy })?.0),
             None => None,
+        };
+
+        let mut named_policies = HashMap::new();
+        if let Some(mut ps) = o.opt_obj("policies")? {
+            for name in ps.keys() {
+                if name.is_empty() {
+                    return Err(ConfigError::new(ps.path(), "a policy name must not be empty"));
+                }
+                let policy = ps
+                    .opt_obj(&name)?
+                    .ok_or_else(|| ConfigError::new(ps.field_path(&name), "expected an object, found null"))?;
+                let (i, _) = self.policy(policy, Scope { service: top_service, level: Level::Named })?;
+                named_policies.insert(name, i);
+            }
+            ps.finish()?;
+        }
+        let mut named_codes = CodeSet::default();
+        for code in MIN_CODE..=MAX_CODE {
+            if named_policies.values().filter_map(|&i| self.policies.get(i)).any(|p| p.table.mentions(code)) {
+                named_codes.insert(code);
+            }
+        }
+        let metadata_namespace = match o.opt_str("metadataNamespace")? {
+            Some(ns) if ns.is_empty() || !ns.bytes().all(|b| b.is_ascii_graphic()) => {
+                return Err(ConfigError::new(o.field_path("metadataNamespace"), "must be a name without spaces"));
+            }
+            Some(ns) => ns.to_string(),
+            None => DEFAULT_METADATA_NAMESPACE.to_string(),
         };
 
         #[cfg(feature = "trap-test")]
@@ -116,6 +145,9 @@ impl Loader {
             proxy_policy,
             hosts,
             matchers,
+            named: named_policies,
+            named_codes,
+            metadata_namespace,
             codes: self.codes,
             source_codes: self.source_codes,
             #[cfg(feature = "trap-test")]
@@ -303,9 +335,24 @@ impl Loader {
             q.finish()?;
             query.push(QueryCond { name, cond });
         }
+        let mut metadata = Vec::new();
+        for (mp, mv) in o.opt_array("routeMetadataMatches")? {
+            let mut m = as_obj(mv, &mp)?;
+            let namespace = m.req_str("namespace")?.to_string();
+            let key = m.req_str("key")?.to_string();
+            for (field, value) in [("namespace", &namespace), ("key", &key)] {
+                if value.is_empty() {
+                    return Err(ConfigError::new(m.field_path(field), "must not be empty"));
+                }
+            }
+            let invert = m.opt_bool("invertMatch")?.unwrap_or(false);
+            let cond = str_cond(&mut m, true)?;
+            m.finish()?;
+            metadata.push(MetadataCond { namespace, key, cond, invert });
+        }
         let route_name = o.opt_str("routeName")?.map(str::to_string);
         o.finish()?;
-        Ok(MatchRule { path, ignore_case, headers, query, route_name })
+        Ok(MatchRule { path, ignore_case, headers, query, route_name, metadata })
     }
 
     /// Returns the policy's index and the error service its rules use.

@@ -9,6 +9,10 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 pub const DEFAULT_CACHE_TTL_S: u64 = 300;
 pub const DEFAULT_CONTENT_TYPE: &str = "text/html; charset=utf-8";
+/// The `filter_metadata` namespace a route or virtual host names its policy in.
+pub const DEFAULT_METADATA_NAMESPACE: &str = "custom_error_pages";
+/// The key under that namespace.
+pub const POLICY_KEY: &str = "policy";
 /// What a replacement tells caches in front of the proxy when it answers a non-error
 /// status and neither the rule's `headers` nor the object say how to cache it: a
 /// maintenance page served as 200 must not become the URL's cached answer.
@@ -31,6 +35,8 @@ pub enum Level {
     Host,
     PathRule,
     RouteRule,
+    /// A named policy (`policies`), chosen by a route's or virtual host's metadata.
+    Named,
 }
 
 impl Level {
@@ -40,6 +46,7 @@ impl Level {
             Level::Host => "host",
             Level::PathRule => "pathRule",
             Level::RouteRule => "routeRule",
+            Level::Named => "named",
         }
     }
 }
@@ -124,6 +131,12 @@ pub struct Config {
     pub proxy_policy: Option<usize>,
     pub hosts: HostIndex,
     pub matchers: Vec<PathMatcher>,
+    /// Named policies (`policies`) by name, for routes' and virtual hosts' metadata.
+    pub named: std::collections::HashMap<String, usize>,
+    /// Codes some named policy covers: only for these is a route's metadata worth reading.
+    pub named_codes: CodeSet,
+    /// The `filter_metadata` namespace a route names its policy in.
+    pub metadata_namespace: String,
     /// Every code some rule covers: any other status passes with no further work.
     pub codes: CodeSet,
     /// Codes some rule with a `source` covers: only for these does the decision need to

@@ -6,7 +6,7 @@
 //! `dispatch_http_call` goes through the SDK, because its dispatcher must register the
 //! token to route the answer to the right context.
 
-use crate::runtime::{HeaderMap, Headers, Host};
+use crate::runtime::{HeaderMap, Headers, Host, Metadata};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
 use std::ptr::null_mut;
@@ -204,6 +204,16 @@ impl Host for Wasm {
 
     fn route_name(&self) -> Option<String> {
         property(&["xds", "route_name"])
+    }
+
+    /// `xds.route_metadata.filter_metadata.<ns>.<key>` answers the string itself (Envoy
+    /// 1.36-1.40), readable in the response phase.
+    fn metadata(&self, of: Metadata, namespace: &str, key: &str) -> Option<String> {
+        let whose = match of {
+            Metadata::Route => "route_metadata",
+            Metadata::VirtualHost => "virtual_host_metadata",
+        };
+        property(&["xds", whose, "filter_metadata", namespace, key])
     }
 
     /// Filter state `wasm.<name>`, readable by the access log as

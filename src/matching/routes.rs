@@ -2,7 +2,7 @@
 //! priority first; any of its match rules; every condition of a match rule must hold).
 
 use crate::fasthash::FastMap;
-use crate::request::{path_only, query_of, query_param, RequestView};
+use crate::request::{path_only, query_of, query_param, Metadata, RequestView};
 use regex_lite::Regex;
 
 /// `pathRules`: `/x/*` is a prefix, `/x` is exact; the longest match wins.
@@ -129,6 +129,16 @@ pub struct QueryCond {
     pub cond: StrCond,
 }
 
+/// A condition on a string in the route's metadata, `filter_metadata.<namespace>.<key>`
+/// (Istio writes the VirtualService that made a route under `istio.config`).
+#[derive(Debug, Clone)]
+pub struct MetadataCond {
+    pub namespace: String,
+    pub key: String,
+    pub cond: StrCond,
+    pub invert: bool,
+}
+
 #[derive(Debug, Clone)]
 pub struct MatchRule {
     pub path: PathCond,
@@ -136,6 +146,7 @@ pub struct MatchRule {
     pub headers: Vec<HeaderCond>,
     pub query: Vec<QueryCond>,
     pub route_name: Option<String>,
+    pub metadata: Vec<MetadataCond>,
 }
 
 impl MatchRule {
@@ -163,6 +174,12 @@ impl MatchRule {
         for h in &self.headers {
             let value = req.header(&h.name);
             if h.cond.holds(value.as_deref()) == h.invert {
+                return false;
+            }
+        }
+        for m in &self.metadata {
+            let value = req.metadata(Metadata::Route, &m.namespace, &m.key);
+            if m.cond.holds(value.as_deref()) == m.invert {
                 return false;
             }
         }
@@ -206,12 +223,19 @@ mod tests {
             path: path.into(),
             headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
             route_name: route.map(str::to_string),
-            made_by_proxy: false,
+            ..Default::default()
         }
     }
 
     fn any_rule() -> MatchRule {
-        MatchRule { path: PathCond::Any, ignore_case: false, headers: vec![], query: vec![], route_name: None }
+        MatchRule {
+            path: PathCond::Any,
+            ignore_case: false,
+            headers: vec![],
+            query: vec![],
+            route_name: None,
+            metadata: vec![],
+        }
     }
 
     fn check(m: &MatchRule, path: &str, headers: &[(&str, &str)], route: Option<&str>) -> bool {
@@ -323,6 +347,31 @@ mod tests {
         assert!(check(&r, "/", &[], Some("checkout")));
         assert!(!check(&r, "/", &[], Some("cart")));
         assert!(!check(&r, "/", &[], None));
+    }
+
+    #[test]
+    fn route_metadata_matches_and_invert() {
+        let vs = "/apis/networking.istio.io/v1alpha3/namespaces/shop/virtual-service/checkout";
+        let mut m = any_rule();
+        m.metadata.push(MetadataCond {
+            namespace: "istio".into(),
+            key: "config".into(),
+            cond: StrCond::Suffix("/virtual-service/checkout".into()),
+            invert: false,
+        });
+        let mut r = req("/x", &[], None);
+        r.route_metadata.push(("istio".into(), "config".into(), vs.into()));
+        assert!(m.matches(&mut r, "/x", "/x"));
+        let mut other = req("/x", &[], None);
+        other.route_metadata.push(("istio".into(), "config".into(), vs.replace("checkout", "cart")));
+        assert!(!m.matches(&mut other, "/x", "/x"));
+        assert!(!m.matches(&mut req("/x", &[], None), "/x", "/x"), "no metadata: no match");
+        let mut vhost_only = req("/x", &[], None);
+        vhost_only.virtual_host_metadata.push(("istio".into(), "config".into(), vs.into()));
+        assert!(!m.matches(&mut vhost_only, "/x", "/x"), "the route's metadata, not the virtual host's");
+        m.metadata[0].invert = true;
+        assert!(!m.matches(&mut r, "/x", "/x"));
+        assert!(m.matches(&mut other, "/x", "/x"));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! the fields a decision asks for.
 
 use super::host::{HeaderMap, Host};
-use crate::request::RequestView;
+use crate::request::{Metadata, RequestView};
 use crate::template::Vars;
 use std::borrow::Cow;
 
@@ -123,6 +123,10 @@ impl<H: Host> RequestView for Facts<H> {
 
     fn route_name(&mut self) -> Option<String> {
         self.host.route_name().filter(|s| !s.is_empty())
+    }
+
+    fn metadata(&mut self, of: Metadata, namespace: &str, key: &str) -> Option<String> {
+        self.host.metadata(of, namespace, key).filter(|s| !s.is_empty())
     }
 
     /// Envoy marks responses that came from a backend with code details `via_upstream`;

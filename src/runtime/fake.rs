@@ -4,7 +4,7 @@
 //! the effective stream: the one whose callback runs (`enter`) or the one the filter
 //! switched to.
 
-use super::host::{HeaderMap, Headers, Host};
+use super::host::{HeaderMap, Headers, Host, Metadata};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -33,6 +33,10 @@ pub struct StreamLog {
     pub request: Vec<(String, String)>,
     pub response: Vec<(String, String)>,
     pub code_details: String,
+    pub route_name: Option<String>,
+    /// `(namespace, key, value)` of the route's and the virtual host's `filter_metadata`.
+    pub route_metadata: Vec<(String, String, String)>,
+    pub virtual_host_metadata: Vec<(String, String, String)>,
     /// The response headers the filter set (in place).
     pub set_headers: Option<Vec<(String, String)>>,
     /// What the replaced body chunks carried, in order.
@@ -169,7 +173,15 @@ impl Host for Fake {
     }
 
     fn route_name(&self) -> Option<String> {
-        None
+        self.with_current(|s| s.route_name.clone()).flatten()
+    }
+
+    fn metadata(&self, of: Metadata, namespace: &str, key: &str) -> Option<String> {
+        self.with_current(|s| {
+            let list = if of == Metadata::Route { &s.route_metadata } else { &s.virtual_host_metadata };
+            list.iter().find(|(n, k, _)| n == namespace && k == key).map(|(_, _, v)| v.clone())
+        })
+        .flatten()
     }
 
     fn set_filter_state(&self, _name: &str, value: &str) -> bool {

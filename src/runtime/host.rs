@@ -3,6 +3,7 @@
 //! records what the filter did. Every status comes back as a value: the runtime decides
 //! what a refusal means (a response is never lost because the host said no).
 
+pub use crate::request::Metadata;
 use std::borrow::Cow;
 
 /// A header map as the proxy hands it over: read in one piece, kept as it came, and only
@@ -65,6 +66,8 @@ pub trait Host: Clone {
     fn response_code_details(&self) -> Option<String>;
     /// The name of the route Envoy chose (`xds.route_name`).
     fn route_name(&self) -> Option<String>;
+    /// A string in the chosen route's or virtual host's `filter_metadata.<namespace>.<key>`.
+    fn metadata(&self, of: Metadata, namespace: &str, key: &str) -> Option<String>;
     /// A value for the access log: filter state `wasm.<name>` in the proxy-wasm build.
     fn set_filter_state(&self, name: &str, value: &str) -> bool;
 

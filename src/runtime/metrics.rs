@@ -46,6 +46,8 @@ pub struct Metrics {
     pub inline: Counter,
     pub fallback: Counter,
     pub passthrough: Counter,
+    /// A route or virtual host named a policy `policies` does not have.
+    pub unknown_policy: Counter,
     fetch_failed: [Counter; 6],
 }
 
@@ -58,6 +60,7 @@ impl Metrics {
             inline: Counter::define(host, "inline"),
             fallback: Counter::define(host, "fallback"),
             passthrough: Counter::define(host, "passthrough"),
+            unknown_policy: Counter::define(host, "unknown_policy"),
             fetch_failed: FetchFailure::ALL.map(|f| Counter::define(host, &format!("fetch_failed.{}", f.as_str()))),
         }
     }
@@ -70,7 +73,15 @@ impl Metrics {
 
     /// Called on the root context's tick.
     pub fn flush(&self, host: &impl Host) {
-        for c in [&self.intercepted, &self.cache_hit, &self.fetched, &self.inline, &self.fallback, &self.passthrough] {
+        for c in [
+            &self.intercepted,
+            &self.cache_hit,
+            &self.fetched,
+            &self.inline,
+            &self.fallback,
+            &self.passthrough,
+            &self.unknown_policy,
+        ] {
             c.flush(host);
         }
         for c in &self.fetch_failed {

@@ -13,7 +13,7 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
-pub use host::{HeaderMap, Headers, Host};
+pub use host::{HeaderMap, Headers, Host, Metadata};
 pub use stream::Stream;
 pub use worker::{Worker, TICK_MS};
 

@@ -38,11 +38,12 @@ use super::worker::Worker;
 use super::Action;
 use crate::cache::{self, Object};
 use crate::config::{Config, Rule, RuleKind, Serve, Variant};
-use crate::decide::Decision;
+use crate::decide::{Decision, Observer, Step};
 use crate::error_service::{self, CallFacts, FetchFailure};
 use crate::fasthash::FastMap;
 use crate::negotiate;
 use crate::reply::{self, Outcome};
+use crate::request::Metadata;
 use crate::request::RequestView;
 use log::{debug, warn};
 use std::cell::RefCell;
@@ -144,7 +145,7 @@ impl<H: Host> Stream<H> {
         if config.test_trap_on_path.as_deref().is_some_and(|p| facts.path() == p) {
             panic!("trap-test: deliberate trap on {}", facts.path());
         }
-        let (rule, serve) = match config.decide(status, &mut facts) {
+        let (rule, serve) = match config.decide_observed(status, &mut facts, &mut Unknowns(&self.worker)) {
             Decision::None => return Action::Continue,
             Decision::Passthrough(rule) => {
                 self.worker.metrics.passthrough.bump();
@@ -498,6 +499,23 @@ impl<H: Host> Stream<H> {
         match std::mem::replace(&mut self.phase, Phase::Done) {
             Phase::Fetching { call, pending } if call.token == token => self.finish_fetch(call, pending, body_size),
             other => self.phase = other,
+        }
+    }
+}
+
+/// What the filter wants to hear of a decision: a route or virtual host naming a policy
+/// `policies` does not have (a typo in a route, or a policy not yet delivered). Counted,
+/// and logged once per name and worker, never an error response.
+struct Unknowns<'w, H: Host>(&'w Worker<H>);
+
+impl<H: Host> Observer for Unknowns<'_, H> {
+    fn step(&mut self, _status: u16, step: Step<'_, '_>) {
+        if let Step::UnknownPolicy { of, name } = step {
+            self.0.metrics.unknown_policy.bump();
+            if self.0.warned.borrow_mut().insert(name.to_string()) {
+                let whose = if of == Metadata::Route { "a route" } else { "a virtual host" };
+                warn!("custom-error-pages: {whose} names policy \"{name}\", which the configuration's policies do not have: that level is skipped");
+            }
         }
     }
 }

@@ -386,3 +386,30 @@ fn counters_survive_a_refused_flush() {
     p.tick();
     assert_eq!((p.host.counter("passthrough"), p.worker.metrics.passthrough.pending()), (1, 0));
 }
+
+#[test]
+fn a_routes_policy_is_read_from_its_metadata_and_an_unknown_one_is_counted() {
+    let mut p = Proxy::new(json!({
+        "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["5xx"], "body": "site"}]},
+        "policies": {"checkout": {"errorResponseRules": [{"matchResponseCodes": ["503"], "body": "checkout"}]}}
+    }));
+    let md = |name: &str| vec![("custom_error_pages".to_string(), "policy".to_string(), name.to_string())];
+    for (id, name, want) in [(1, "checkout", "checkout"), (2, "chekout", "site"), (3, "chekout", "site")] {
+        p.request(id, "GET", "/");
+        p.host.state().streams.get_mut(&id).unwrap().route_metadata = md(name);
+        p.respond(id, 503, &[], false);
+        p.body_chunks(id, &[1]);
+        p.log(id, |s| {
+            assert_eq!(String::from_utf8_lossy(&s.body_out), want, "stream {id}");
+            let rule = if want == "checkout" {
+                "rule=policies.checkout.errorResponseRules[0]"
+            } else {
+                "rule=defaultCustomErrorResponsePolicy"
+            };
+            assert!(s.filter_state.as_deref().unwrap().contains(rule), "{:?}", s.filter_state);
+        });
+    }
+    p.tick();
+    assert_eq!(p.host.counter("unknown_policy"), 2, "counted per request");
+    assert_eq!(p.worker.warned.borrow().len(), 1, "logged once per name");
+}

@@ -7,6 +7,7 @@ use super::stream::{self, Flights};
 use crate::cache::Cache;
 use crate::config::Config;
 use std::cell::{Cell, RefCell};
+use std::collections::HashSet;
 use std::rc::Rc;
 
 /// How often the adapter should call `Worker::on_tick` (the proxy-wasm root's tick).
@@ -21,6 +22,8 @@ pub struct Worker<H: Host> {
     pub(crate) clock: Cell<u64>,
     /// Error-object fetches in flight, with the requests waiting on them.
     pub(crate) flights: RefCell<Flights<H>>,
+    /// Unknown policy names already logged (once per name and worker).
+    pub(crate) warned: RefCell<HashSet<String>>,
 }
 
 impl<H: Host> Worker<H> {
@@ -31,6 +34,7 @@ impl<H: Host> Worker<H> {
             metrics: Metrics::define(host),
             clock: Cell::new(host.now_ms()),
             flights: RefCell::new(Default::default()),
+            warned: RefCell::new(HashSet::new()),
         }
     }
 

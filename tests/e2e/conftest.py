@@ -35,10 +35,10 @@ def start_envoy(request, tmp_path, upstream, errors):
     """start_envoy(policy) -> a ready Envoy; stopped (and its log dumped on failure) after."""
     started = []
 
-    def start(policy, expect_ready=True, config=None, error_service=None, wasm=None):
+    def start(policy, expect_ready=True, config=None, error_service=None, wasm=None, customize=None):
         d = tmp_path / f"envoy{len(started)}"
         d.mkdir()
-        e = Envoy(d, policy, upstream, error_service or errors, config=config, wasm=wasm)
+        e = Envoy(d, policy, upstream, error_service or errors, config=config, wasm=wasm, customize=customize)
         started.append(e)
         e.start(expect_ready=expect_ready)
         return e

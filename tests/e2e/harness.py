@@ -43,6 +43,11 @@ def wasm_filter(policy, vm_id="custom_error_pages", wasm=None):
     }
 
 
+def hcm_of(config):
+    """The HTTP connection manager of the (first) listener, to adjust routes and filters."""
+    return config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+
+
 def cluster(name, port, connect_timeout="0.25s"):
     return {
         "name": name,
@@ -121,13 +126,15 @@ class Response:
 
 
 class Envoy:
-    def __init__(self, workdir, policy, upstream, errors, config=None, wasm=None):
+    def __init__(self, workdir, policy, upstream, errors, config=None, wasm=None, customize=None):
         self.workdir = Path(workdir)
         self.admin_port = free_port()
         self.port = free_port()
         self.access_log = self.workdir / "access.log"
         self.log = self.workdir / "envoy.log"
         self.config = config or envoy_config(policy, self.admin_port, self.port, upstream.port, errors.port, self.access_log, wasm)
+        if customize:
+            customize(self.config)
         self.proc = None
 
     def start(self, expect_ready=True, timeout=60):
