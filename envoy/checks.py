@@ -71,6 +71,10 @@ def run(base, admin):
     check("api host: inline JSON 5xx", s == 503 and json.loads(b) == {"error": "unavailable", "status": 503, "path": "/status/503"})
     s, h, b = request(base, "/checkout", host="api.localhost")
     check("route rule by Envoy route name", s == 503 and b"Checkout is unavailable" in b)
+    s, h, b = request(base, "/orders", headers={"x-request-id": "check-3"})
+    check("route metadata selects the named policy orders", s == 503 and b"Orders are paused" in b and b"check-3" in b and h.get("retry-after") == "30")
+    s, h, b = request(base, "/raw/status/500")
+    check("filter switched off on a route: the backend's own error", s == 500 and b"backend error page" in b)
     if admin:
         check("counters: passthrough counted", counter(admin, "passthrough", 1) >= 1)
         check("counters: intercepted counted", counter(admin, "intercepted", 11) >= 11)
