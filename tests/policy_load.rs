@@ -565,3 +565,71 @@ fn named_policy_refusals() {
     .unwrap();
     assert!(cfg.interested_in(404) && cfg.warnings.is_empty());
 }
+
+// ---------- edges mutation testing found unguarded ----------
+
+#[test]
+fn limits_are_inclusive_and_one_past_is_refused() {
+    let svc = |field: &str, n: u64| json!({"errorService": {"cluster": "c", field: n}});
+    assert!(load(svc("maxBodyBytes", 16 * 1024 * 1024).to_string().as_bytes()).is_ok());
+    assert!(err(svc("maxBodyBytes", 16 * 1024 * 1024 + 1)).contains("errorService.maxBodyBytes"));
+    assert!(load(svc("cacheTtlSeconds", 86_400 * 365).to_string().as_bytes()).is_ok());
+    assert!(err(svc("cacheTtlSeconds", 86_400 * 365 + 1)).contains("errorService.cacheTtlSeconds"));
+    let regex = |n: usize| {
+        json!({"hostRules": [{"hosts": ["h"], "pathMatcher": "m"}], "pathMatchers": [{"name": "m", "routeRules": [{"priority": 1,
+            "matchRules": [{"regexMatch": format!("/{}", "a".repeat(n - 1))}], "customErrorResponsePolicy": {"errorResponseRules": []}}]}]})
+    };
+    assert!(load(regex(1024).to_string().as_bytes()).is_ok());
+    assert!(err(regex(1025)).contains("a regex is limited to 1024 characters"));
+}
+
+#[test]
+fn each_field_alone_is_checked() {
+    let rule = |extra: serde_json::Value| {
+        let mut r = json!({"matchResponseCodes": ["404"]});
+        r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!({"errorService": "c", "defaultCustomErrorResponsePolicy": {"errorResponseRules": [r]}})
+    };
+    for extra in [
+        json!({"passthrough": true, "overrideResponseCode": 200}),
+        json!({"passthrough": true, "variants": [{"contentType": "text/plain", "body": "x"}]}),
+        json!({"passthrough": true, "path": "/x"}),
+        json!({"passthrough": true, "body": "x"}),
+    ] {
+        assert!(
+            err(rule(extra.clone())).contains("passthrough: a passthrough rule leaves the response as it is"),
+            "{extra}"
+        );
+    }
+    for (authority, ok) in [("", false), ("a b", false), ("errors.internal", true)] {
+        let policy = json!({"errorService": {"cluster": "c", "authority": authority}});
+        assert_eq!(load(policy.to_string().as_bytes()).is_ok(), ok, "authority {authority:?}");
+    }
+    for (path, ok) in [("/e#x", false), ("/e x", false), ("/e.html", true)] {
+        assert_eq!(load(rule(json!({"path": path})).to_string().as_bytes()).is_ok(), ok, "path {path:?}");
+    }
+    let matcher = |cond: serde_json::Value| {
+        json!({"hostRules": [{"hosts": ["h"], "pathMatcher": "m"}], "pathMatchers": [{"name": "m", "routeRules": [{"priority": 1,
+            "matchRules": [cond], "customErrorResponsePolicy": {"errorResponseRules": []}}]}]})
+    };
+    assert!(err(matcher(json!({"prefixMatch": "api/"})))
+        .contains("matchRules[0].prefixMatch: \"api/\" must start with \"/\""));
+    assert!(err(matcher(json!({"fullPathMatch": "api"}))).contains("matchRules[0].fullPathMatch"));
+    // A variant must say its type; the rule's own object defaults to HTML.
+    assert!(err(rule(json!({"body": "x", "variants": [{"body": "{}"}]})))
+        .contains("variants[0].contentType: is required for a variant"));
+}
+
+#[test]
+fn a_source_specific_rule_asks_who_made_the_response() {
+    let policy = json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+        {"matchResponseCodes": ["5xx"], "body": "any"},
+        {"matchResponseCodes": ["503"], "source": "proxy", "body": "proxy"}]}});
+    let cfg = load(policy.to_string().as_bytes()).unwrap();
+    let body = |made_by_proxy: bool| match cfg.decide(503, &mut StaticRequest { made_by_proxy, ..req("h", "/") }) {
+        Decision::Serve(_, s) => s.default.body.clone().unwrap_or_default(),
+        other => format!("{other:?}"),
+    };
+    assert_eq!(body(true), "proxy");
+    assert_eq!(body(false), "any");
+}

@@ -413,3 +413,17 @@ fn a_routes_policy_is_read_from_its_metadata_and_an_unknown_one_is_counted() {
     assert_eq!(p.host.counter("unknown_policy"), 2, "counted per request");
     assert_eq!(p.worker.warned.borrow().len(), 1, "logged once per name");
 }
+
+#[test]
+fn templates_get_the_request_facts_and_kept_headers_survive() {
+    let mut p = Proxy::new(rules(json!([{"matchResponseCodes": ["502"], "contentType": "text/plain",
+        "body": "{{method}} {{host}}{{path}} {{requestId}} {{codeDetails}} {{source}} {{originalStatus}}"}])));
+    p.request(1, "POST", "/a?b=1");
+    p.respond(1, 502, &[("retry-after", "9"), ("set-cookie", "s=1"), ("content-length", "3")], false);
+    p.body_chunks(1, &[3]);
+    p.log(1, |s| {
+        assert_eq!(String::from_utf8_lossy(&s.body_out), "POST shop.test/a?b=1 r1 via_upstream upstream 502");
+        assert_eq!(s.header("retry-after"), Some("9"), "kept from the original");
+        assert_eq!(s.header("set-cookie"), None);
+    });
+}

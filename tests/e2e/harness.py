@@ -14,6 +14,9 @@ from servers import dead_port, free_port
 ROOT = Path(__file__).resolve().parents[2]
 WASM = Path(os.environ.get("FILTER_WASM", ROOT / "target/wasm32-wasip1/release/custom_error_pages.wasm"))
 ENVOY = os.environ.get("ENVOY_BIN", str(ROOT / ".tools/envoy"))
+# Envoy worker threads (one wasm VM, with its own cache, per worker): `make e2e-workers`
+# runs the suite with 2.
+CONCURRENCY = os.environ.get("ENVOY_CONCURRENCY", "1")
 
 ACCESS_LOG_FORMAT = (
     "%REQ(:METHOD)% %REQ(:PATH)% code=%RESPONSE_CODE% details=%RESPONSE_CODE_DETAILS% "
@@ -142,7 +145,7 @@ class Envoy:
         cfg.write_text(json.dumps(self.config, indent=1))
         self.logfile = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [ENVOY, "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart", "-l", "info",
+            [ENVOY, "-c", str(cfg), "--concurrency", CONCURRENCY, "--disable-hot-restart", "-l", "info",
              "--component-log-level", os.environ.get("ENVOY_COMPONENT_LOG", "wasm:debug")],
             stdout=self.logfile, stderr=subprocess.STDOUT,
         )
