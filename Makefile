@@ -2,7 +2,7 @@
 WASM := target/wasm32-wasip1/release/custom_error_pages.wasm
 PY := .tools/venv/bin/python
 
-.PHONY: setup build lint test test-oldest unit e2e e2e-oldest run bench soak load mutants clean
+.PHONY: setup build lint test test-oldest unit e2e e2e-oldest e2e-workers run bench soak load mutants clean
 
 setup:
 	scripts/setup.sh
@@ -34,6 +34,11 @@ e2e-oldest: build
 	ENVOY_BIN=.tools/envoy-$(OLDEST_ENVOY)/envoy $(PY) -m pytest -q tests/e2e
 
 test-oldest: setup e2e-oldest
+
+# The suite with two Envoy workers (two wasm VMs, two caches), but for the tests that count
+# what one worker does (marked one_worker).
+e2e-workers: build
+	ENVOY_CONCURRENCY=2 $(PY) -m pytest -q -m "not one_worker" tests/e2e
 
 run: build
 	scripts/demo.sh

@@ -9,6 +9,14 @@ from harness import Envoy  # noqa: E402
 from servers import ErrorServiceHandler, Running, UpstreamHandler  # noqa: E402
 
 
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "one_worker: counts what one Envoy worker does (fetches, upstream connections, VM reloads); "
+        "`make e2e-workers` runs the rest of the suite with two workers",
+    )
+
+
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     outcome = yield
@@ -35,10 +43,12 @@ def start_envoy(request, tmp_path, upstream, errors):
     """start_envoy(policy) -> a ready Envoy; stopped (and its log dumped on failure) after."""
     started = []
 
-    def start(policy, expect_ready=True, config=None, error_service=None, wasm=None, customize=None):
+    def start(policy, expect_ready=True, config=None, error_service=None, wasm=None, customize=None, concurrency=None):
         d = tmp_path / f"envoy{len(started)}"
         d.mkdir()
         e = Envoy(d, policy, upstream, error_service or errors, config=config, wasm=wasm, customize=customize)
+        if concurrency:
+            e.concurrency = str(concurrency)
         started.append(e)
         e.start(expect_ready=expect_ready)
         return e

@@ -138,6 +138,7 @@ class Envoy:
         self.config = config or envoy_config(policy, self.admin_port, self.port, upstream.port, errors.port, self.access_log, wasm)
         if customize:
             customize(self.config)
+        self.concurrency = CONCURRENCY
         self.proc = None
 
     def start(self, expect_ready=True, timeout=60):
@@ -145,7 +146,7 @@ class Envoy:
         cfg.write_text(json.dumps(self.config, indent=1))
         self.logfile = open(self.log, "wb")
         self.proc = subprocess.Popen(
-            [ENVOY, "-c", str(cfg), "--concurrency", CONCURRENCY, "--disable-hot-restart", "-l", "info",
+            [ENVOY, "-c", str(cfg), "--concurrency", self.concurrency, "--disable-hot-restart", "-l", "info",
              "--component-log-level", os.environ.get("ENVOY_COMPONENT_LOG", "wasm:debug")],
             stdout=self.logfile, stderr=subprocess.STDOUT,
         )

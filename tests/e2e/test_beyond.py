@@ -1,5 +1,6 @@
 """Beyond Google Cloud's feature: cache, negotiation, templates, {status}, passthrough,
 headers, source, counters and access-log fields, in the real Envoy."""
+import pytest
 
 import json
 import time
@@ -11,6 +12,7 @@ def policy(*rules, svc=SVC):
     return {"errorService": svc, "defaultCustomErrorResponsePolicy": {"errorResponseRules": list(rules)}}
 
 
+@pytest.mark.one_worker
 def test_second_identical_error_is_served_from_cache(start_envoy, errors):
     errors.pages["/e/404.html"] = {"body": "cached page"}
     e = start_envoy(policy({"matchResponseCodes": ["4xx"], "path": "/e/{status}.html"}))
@@ -31,6 +33,7 @@ def test_second_identical_error_is_served_from_cache(start_envoy, errors):
     assert "rule=defaultCustomErrorResponsePolicy.errorResponseRules[0]" in line
 
 
+@pytest.mark.one_worker
 def test_expiry_refetches_and_no_store_is_never_cached(start_envoy, errors):
     errors.pages["/short.html"] = {"body": "short-lived", "headers": [("cache-control", "public, max-age=1")]}
     errors.pages["/nostore.html"] = {"body": "fresh each time", "headers": [("cache-control", "no-store")]}
@@ -61,6 +64,7 @@ NEGOTIATED = {"matchResponseCodes": ["404"], "path": "/e/404.html",
                            {"contentType": "text/plain", "body": "not found: {{path}}"}]}
 
 
+@pytest.mark.one_worker
 def test_json_for_api_clients_html_for_browsers(start_envoy, errors):
     errors.pages["/e/404.html"] = {"body": "<h1>html</h1>"}
     errors.pages["/e/404.json"] = {"body": '{"error":"json"}', "ct": "application/json"}
@@ -138,6 +142,7 @@ def test_source_proxy_versus_upstream(start_envoy, errors):
     assert e2.request("/dead").body == b"proxy only"
 
 
+@pytest.mark.one_worker
 def test_concurrent_misses_share_one_fetch(start_envoy, errors):
     import threading
     errors.pages["/slow.html"] = {"body": "shared page", "delay_ms": 400}
@@ -160,6 +165,7 @@ def test_concurrent_misses_share_one_fetch(start_envoy, errors):
     assert e.counter("fallback", 0) == 0
 
 
+@pytest.mark.one_worker
 def test_waiters_get_the_fallback_when_the_fetching_request_dies(start_envoy, errors):
     import socket
     import threading

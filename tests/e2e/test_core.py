@@ -238,6 +238,7 @@ def test_error_service_failures_degrade_to_fallback(start_envoy, errors, case):
     assert e.counter("fallback", 1) == 1
 
 
+@pytest.mark.one_worker
 def test_upstream_connection_kept_alive_and_large_body_swallowed(start_envoy, errors, upstream):
     errors.pages["/e.html"] = {"body": "page", "headers": [("cache-control", "no-store")]}
     e = start_envoy(failing_policy())
@@ -263,6 +264,7 @@ BODIES = {
 }
 
 
+@pytest.mark.one_worker
 def test_original_body_never_reaches_the_client(start_envoy, errors, upstream):
     page = b"<h1>error page</h1>" * 10
     errors.pages["/e.html"] = {"body": page.decode()}

@@ -153,6 +153,7 @@ def test_the_shipped_module_refuses_the_trap_field(start_envoy):
     assert "testTrapOnPath: unknown field" in e.log_text()
 
 
+@pytest.mark.one_worker
 def test_trap_is_followed_by_recovery(start_envoy, errors, trap_wasm):
     errors.pages["/e.html"] = {"body": "page"}
     e = start_envoy(dict(policy(), testTrapOnPath="/trap/status/500"), wasm=trap_wasm)

@@ -1,3 +1,8 @@
+"""The smallest end-to-end pass: fetch, cache, inline body, a proxy-made error, HEAD."""
+
+import pytest
+
+
 def basic_policy():
     return {
         "errorService": {"cluster": "error_pages", "authority": "errors.internal", "timeoutMs": 500},
@@ -9,6 +14,7 @@ def basic_policy():
     }
 
 
+@pytest.mark.one_worker
 def test_fetch_then_cache(start_envoy, errors, upstream):
     errors.pages["/errors/404.html"] = {"body": "<h1>branded 404</h1>"}
     e = start_envoy(basic_policy())
