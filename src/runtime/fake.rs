@@ -75,6 +75,8 @@ pub struct State {
     pub answer: Answer,
     pub now_ms: u64,
     pub counters: Vec<(String, u64)>,
+    /// Calls that added to a counter (each a host call in Envoy).
+    pub counter_adds: usize,
 }
 
 #[derive(Clone, Default)]
@@ -199,7 +201,9 @@ impl Host for Fake {
     }
 
     fn add_to_counter(&self, id: u32, n: u64) -> bool {
-        match self.state().counters.get_mut(id as usize) {
+        let mut s = self.state();
+        s.counter_adds += 1;
+        match s.counters.get_mut(id as usize) {
             Some((_, v)) => {
                 *v += n;
                 true

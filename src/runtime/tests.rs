@@ -46,9 +46,11 @@ impl Proxy {
             let mut s = self.host.state();
             s.alive.insert(id);
             let log = s.streams.entry(id).or_default();
+            let extra = std::mem::take(&mut log.request); // headers a test set before the request
             log.request = [(":method", method), (":path", path), (":authority", "shop.test"), ("x-request-id", "r1")]
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
+                .chain(extra)
                 .collect();
         }
         let mut stream = Stream::new(id, self.host.clone(), self.worker.clone());
@@ -426,4 +428,84 @@ fn templates_get_the_request_facts_and_kept_headers_survive() {
         assert_eq!(s.header("retry-after"), Some("9"), "kept from the original");
         assert_eq!(s.header("set-cookie"), None);
     });
+}
+
+#[test]
+fn decisions_see_host_path_headers_route_and_origin() {
+    let mut p = Proxy::new(json!({
+        "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["5xx"], "body": "proxy-wide"}]},
+        "hostRules": [{"hosts": ["shop.test"], "pathMatcher": "m"}],
+        "pathMatchers": [{"name": "m", "routeRules": [
+            {"priority": 1, "matchRules": [{"prefixMatch": "/beta/", "headerMatches": [{"headerName": "x-beta", "exactMatch": "1,2"}]}],
+             "customErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["500"], "body": "beta"}]}},
+            {"priority": 2, "matchRules": [{"routeName": "checkout"}],
+             "customErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["500"], "body": "checkout"}]}},
+            {"priority": 3, "matchRules": [{}],
+             "customErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["503"], "source": "proxy", "body": "made by envoy"}]}}]}]
+    }));
+    // `setup` adjusts the stream before its request passes (the filter copies the request
+    // headers then) and before its response comes.
+    let serve = |p: &mut Proxy, id: u32, path: &str, setup: &dyn Fn(&mut super::fake::StreamLog), status: u16| {
+        p.host.state().alive.insert(id);
+        setup(p.host.state().streams.entry(id).or_default());
+        p.request(id, "GET", path);
+        setup(p.host.state().streams.get_mut(&id).unwrap());
+        p.respond(id, status, &[], false);
+        p.body_chunks(id, &[1]);
+        p.log(id, |s| String::from_utf8_lossy(&s.body_out).into_owned())
+    };
+    let beta = |s: &mut super::fake::StreamLog| {
+        if s.request.is_empty() {
+            s.request.push(("x-beta".into(), "1".into()));
+            s.request.push(("x-beta".into(), "2".into())); // two values: matched joined with ","
+        }
+    };
+    assert_eq!(serve(&mut p, 1, "/beta/x", &beta, 500), "beta");
+    assert_eq!(serve(&mut p, 2, "/beta/x", &|_| {}, 500), "proxy-wide", "no header: no match");
+    let route = |s: &mut super::fake::StreamLog| s.route_name = Some("checkout".into());
+    assert_eq!(serve(&mut p, 3, "/x", &route, 500), "checkout");
+    let empty_route = |s: &mut super::fake::StreamLog| s.route_name = Some(String::new());
+    assert_eq!(serve(&mut p, 4, "/x", &empty_route, 500), "proxy-wide");
+    let mut other_host = Proxy::new(
+        json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["5xx"], "body": "proxy-wide"}]},
+        "hostRules": [{"hosts": ["other.test"], "pathMatcher": "m"}],
+        "pathMatchers": [{"name": "m", "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["500"], "body": "other"}]}}]}),
+    );
+    assert_eq!(serve(&mut other_host, 1, "/", &|_| {}, 500), "proxy-wide", "the request's host is shop.test");
+}
+
+#[test]
+fn the_origin_of_a_response_comes_from_envoys_code_details() {
+    for (details, want) in [
+        ("via_upstream", "proxy-wide"),
+        ("upstream_reset_before_response_started{connection_failure}", "made by envoy"),
+    ] {
+        let mut p = Proxy::new(rules(json!([{"matchResponseCodes": ["5xx"], "body": "proxy-wide"},
+                                            {"matchResponseCodes": ["503"], "source": "proxy", "body": "made by envoy"}])));
+        p.request(1, "GET", "/");
+        {
+            let mut s = p.host.state();
+            let log = s.streams.get_mut(&1).unwrap();
+            log.response = vec![(":status".into(), "503".into())];
+            log.code_details = details.into();
+        }
+        p.host.enter(1);
+        p.streams.get_mut(&1).unwrap().on_response_headers(false);
+        p.body_chunks(1, &[1]);
+        p.log(1, |s| assert_eq!(String::from_utf8_lossy(&s.body_out), want, "{details}"));
+    }
+}
+
+#[test]
+fn idle_counters_cost_no_host_call_and_a_new_policy_flushes_the_old_counts() {
+    let mut p = Proxy::new(page_rule());
+    p.tick();
+    assert_eq!(p.host.0.borrow().counter_adds, 0, "nothing counted, nothing added");
+    p.request(1, "GET", "/");
+    p.respond(1, 200, &[], false);
+    p.request(2, "GET", "/");
+    p.respond(2, 404, &[], false); // a miss: intercepted, fetching
+    p.worker.flush_counters(&p.host);
+    assert_eq!(p.host.counter("intercepted"), 1, "flushed without waiting for a tick");
+    assert_eq!(p.host.0.borrow().counter_adds, 1);
 }
