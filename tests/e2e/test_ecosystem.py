@@ -32,8 +32,38 @@ def test_compose_file_parses_and_mounts_existing_files():
     assert (ROOT / "envoy/envoy.yaml", "/work/envoy/envoy.yaml") in mounted
     assert (WASM.resolve(), "/work/target/wasm32-wasip1/release/custom_error_pages.wasm") in mounted
     assert envoy["working_dir"] == "/work"
-    assert "/work/envoy/envoy.yaml" in envoy["command"]
     assert c["services"]["backend"]["environment"]["PORT"] == "8081"
+
+
+def test_compose_stack_is_portable_without_host_networking():
+    """Docker Desktop has no host networking by default: the backend and the error service
+    share Envoy's network namespace, and Envoy publishes its ports on the host's loopback."""
+    c = yaml.safe_load(COMPOSE.read_text())
+    assert all(svc.get("network_mode") != "host" for svc in c["services"].values())
+    assert c["services"]["backend"]["network_mode"] == "service:envoy"
+    assert c["services"]["errors"]["network_mode"] == "service:envoy"
+    assert set(c["services"]["envoy"]["ports"]) == {"127.0.0.1:10000:10000", "127.0.0.1:9901:9901"}
+    assert "listen 127.0.0.1:8082;" in (COMPOSE.parent / "compose/nginx.conf").read_text()
+
+
+def test_compose_command_yields_a_config_envoy_accepts(tmp_path):
+    """The container's command, run here with the same shell and sed: it must rewrite exactly
+    the listener and admin addresses, and Envoy must accept the result."""
+    c = yaml.safe_load(COMPOSE.read_text())
+    envoy = c["services"]["envoy"]
+    assert envoy["entrypoint"] == ["/bin/sh", "-c"]
+    script = envoy["command"][0]
+    prepare, _, run = script.partition("&&")
+    assert "exec envoy -c /tmp/envoy.yaml" in run
+    local = prepare.replace("/work/envoy/envoy.yaml", str(ROOT / "envoy/envoy.yaml")).replace("/tmp/envoy.yaml", str(tmp_path / "envoy.yaml"))
+    subprocess.run(["/bin/sh", "-c", local], check=True)
+    original = (ROOT / "envoy/envoy.yaml").read_text()
+    rewritten = (tmp_path / "envoy.yaml").read_text()
+    changed = [(a, b) for a, b in zip(original.splitlines(), rewritten.splitlines()) if a != b]
+    assert len(changed) == 2, changed
+    assert all("0.0.0.0" in b and "127.0.0.1" in a for a, b in changed)
+    r = subprocess.run([ENVOY, "--mode", "validate", "-c", str(tmp_path / "envoy.yaml")], cwd=ROOT, capture_output=True, text=True)
+    assert r.returncode == 0 and "OK" in (r.stdout + r.stderr), r.stdout + r.stderr
 
 
 def test_envoy_config_validates_natively():
