@@ -419,8 +419,8 @@ end
 
 def load(b, args):
     """1,000 concurrent connections producing intercepted errors for 30 s, every body
-    checked by wrk; a cold cache at the start shows the error-service burst the per-worker
-    cache allows (no request coalescing)."""
+    checked by wrk; a cold cache at the start shows how many fetches reach the error service
+    (concurrent misses on a worker share one fetch)."""
     import resource
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
