@@ -14,6 +14,7 @@ build: setup
 # build never compiles src/envoy/), the test-only trap build included.
 lint: setup
 	cargo fmt --check
+	cargo fmt --check --manifest-path tools/wasm-shrink/Cargo.toml
 	cargo clippy --quiet --all-targets -- -D warnings
 	cargo clippy --quiet --all-targets --target wasm32-wasip1 -- -D warnings
 	cargo clippy --quiet --lib --target wasm32-wasip1 --features trap-test -- -D warnings

@@ -45,7 +45,10 @@ fn remove_exports(input: &[u8], drop: &[&str]) -> Result<(Vec<u8>, usize), Strin
             }
             other => {
                 // Function bodies are inside the code section, which is copied whole.
-                if let (false, Some((id, range))) = (matches!(other, Payload::CodeSectionEntry(_)), other.as_section()) {
+                if let (false, Some((id, range))) = (matches!(other, Payload::CodeSectionEntry(_)), other.as_section())
+                {
+                    let range = usize::try_from(range.start).unwrap_or(usize::MAX)
+                        ..usize::try_from(range.end).unwrap_or(usize::MAX);
                     let data = input.get(range).ok_or("a section past the end of the module")?;
                     module.section(&RawSection { id, data });
                 }
