@@ -72,6 +72,12 @@ impl Proxy {
         self.streams.get_mut(&id).unwrap().on_response_headers(end_of_stream)
     }
 
+    /// A `GET /` whose response is `status` with a body to come.
+    fn error(&mut self, id: u32, status: u16) -> Action {
+        self.request(id, "GET", "/");
+        self.respond(id, status, &[], false)
+    }
+
     fn body(&mut self, id: u32, size: usize, end_of_stream: bool) -> Action {
         self.host.enter(id);
         self.streams.get_mut(&id).unwrap().on_response_body(size, end_of_stream)
@@ -122,8 +128,7 @@ impl Proxy {
 #[test]
 fn a_status_no_rule_covers_passes_untouched() {
     let mut p = Proxy::new(page_rule());
-    p.request(1, "GET", "/");
-    assert_eq!(p.respond(1, 200, &[], false), Action::Continue);
+    assert_eq!(p.error(1, 200), Action::Continue);
     p.body_chunks(1, &[10]);
     assert_eq!(p.calls(), 0);
     p.log(1, |s| assert!(s.set_headers.is_none() && s.chunks == 0 && s.filter_state.is_none()));
@@ -166,8 +171,7 @@ fn leader_fetches_then_cache_serves_in_place() {
 #[test]
 fn a_body_in_many_chunks_is_dropped_and_the_page_rides_the_last() {
     let mut p = Proxy::new(rules(json!([{"matchResponseCodes": ["500"], "body": "page"}])));
-    p.request(1, "GET", "/");
-    assert_eq!(p.respond(1, 500, &[], false), Action::Continue);
+    assert_eq!(p.error(1, 500), Action::Continue);
     for _ in 0..9 {
         p.body(1, 1000, false);
         p.log(1, |s| assert!(s.body_out.is_empty(), "nothing before the last chunk"));
@@ -179,8 +183,7 @@ fn a_body_in_many_chunks_is_dropped_and_the_page_rides_the_last() {
 #[test]
 fn an_original_body_over_the_drop_limit_is_not_waited_for() {
     let mut p = Proxy::new(rules(json!([{"matchResponseCodes": ["500"], "body": "page"}])));
-    p.request(1, "GET", "/");
-    p.respond(1, 500, &[], false);
+    p.error(1, 500);
     p.body(1, 64 * 1024, false);
     p.log(1, |s| assert!(s.body_out.is_empty(), "64 KiB exactly: still waiting"));
     p.body(1, 1, false);
@@ -222,8 +225,7 @@ fn a_refused_local_reply_or_header_set_leaves_the_original() {
 fn waiters_share_the_leaders_fetch() {
     let mut p = Proxy::new(page_rule());
     for id in 1..=3 {
-        p.request(id, "GET", "/");
-        assert_eq!(p.respond(id, 503, &[], false), Action::Pause);
+        assert_eq!(p.error(id, 503), Action::Pause);
     }
     assert_eq!(p.calls(), 1, "one fetch for three misses");
     p.answer(100, ok_answer("down"));
@@ -243,13 +245,10 @@ fn waiters_share_the_leaders_fetch() {
 #[test]
 fn a_dead_leaders_flight_is_taken_over_by_the_next_miss() {
     let mut p = Proxy::new(page_rule());
-    p.request(1, "GET", "/");
-    p.respond(1, 503, &[], false);
-    p.request(2, "GET", "/");
-    p.respond(2, 503, &[], false);
+    p.error(1, 503);
+    p.error(2, 503);
     p.gone(1); // Envoy cancels the leader's call: its answer never comes
-    p.request(3, "GET", "/");
-    assert_eq!(p.respond(3, 503, &[], false), Action::Pause);
+    assert_eq!(p.error(3, 503), Action::Pause);
     assert_eq!(p.calls(), 2, "the next miss fetches again");
     assert_eq!(p.call(101).from, 3);
     p.answer(101, ok_answer("taken over"));
@@ -262,10 +261,8 @@ fn a_dead_leaders_flight_is_taken_over_by_the_next_miss() {
 #[test]
 fn the_tick_releases_waiters_of_a_dead_leader_with_the_fallback() {
     let mut p = Proxy::new(page_rule());
-    p.request(1, "GET", "/");
-    p.respond(1, 502, &[], false);
-    p.request(2, "GET", "/");
-    p.respond(2, 502, &[], false);
+    p.error(1, 502);
+    p.error(2, 502);
     p.tick();
     p.log(2, |s| assert_eq!(s.resumed, 0, "a live leader: keep waiting"));
     p.gone(1);
@@ -284,8 +281,7 @@ fn the_tick_releases_waiters_of_a_dead_leader_with_the_fallback() {
 fn a_waiter_that_is_gone_is_skipped() {
     let mut p = Proxy::new(page_rule());
     for id in 1..=3 {
-        p.request(id, "GET", "/");
-        p.respond(id, 500, &[], false);
+        p.error(id, 500);
     }
     p.gone(2);
     p.answer(100, ok_answer("page"));
@@ -299,8 +295,7 @@ fn a_waiter_that_is_gone_is_skipped() {
 fn a_refused_dispatch_serves_the_fallback_at_once() {
     let mut p = Proxy::new(page_rule());
     p.host.state().refuse_dispatch = true;
-    p.request(1, "GET", "/");
-    assert_eq!(p.respond(1, 500, &[], false), Action::Continue, "nothing to wait for");
+    assert_eq!(p.error(1, 500), Action::Continue, "nothing to wait for");
     p.body_chunks(1, &[1]);
     p.log(1, |s| assert!(String::from_utf8_lossy(&s.body_out).contains("500 Internal Server Error")));
     p.tick();
@@ -320,8 +315,7 @@ fn every_fetch_failure_falls_back_and_is_counted_and_never_cached() {
     ];
     for (reason, answer, elapsed) in cases {
         let mut p = Proxy::new(page_rule());
-        p.request(1, "GET", "/");
-        p.respond(1, 500, &[], false);
+        p.error(1, 500);
         p.host.state().now_ms += elapsed;
         p.answer(100, answer);
         p.log(1, |s| {
@@ -330,16 +324,14 @@ fn every_fetch_failure_falls_back_and_is_counted_and_never_cached() {
         });
         p.tick();
         assert_eq!((p.host.counter(&format!("fetch_failed.{reason}")), p.host.counter("fallback")), (1, 1), "{reason}");
-        p.request(2, "GET", "/");
-        assert_eq!(p.respond(2, 500, &[], false), Action::Pause, "{reason}: a failure is never cached");
+        assert_eq!(p.error(2, 500), Action::Pause, "{reason}: a failure is never cached");
     }
 }
 
 #[test]
 fn an_answer_to_another_token_is_ignored() {
     let mut p = Proxy::new(page_rule());
-    p.request(1, "GET", "/");
-    p.respond(1, 500, &[], false);
+    p.error(1, 500);
     p.host.state().answer = ok_answer("x");
     p.host.enter(1);
     p.streams.get_mut(&1).unwrap().on_call_response(999, 1);
@@ -378,8 +370,7 @@ fn grpc_and_connect_are_never_touched() {
 #[test]
 fn counters_survive_a_refused_flush() {
     let mut p = Proxy::new(rules(json!([{"matchResponseCodes": ["404"], "passthrough": true}])));
-    p.request(1, "GET", "/");
-    assert_eq!(p.respond(1, 404, &[], false), Action::Continue);
+    assert_eq!(p.error(1, 404), Action::Continue);
     assert_eq!(p.worker.metrics.passthrough.pending(), 1);
     let saved = std::mem::take(&mut p.host.state().counters);
     p.tick(); // the counter ids point nowhere: the proxy refuses
@@ -501,8 +492,7 @@ fn idle_counters_cost_no_host_call_and_a_new_policy_flushes_the_old_counts() {
     let mut p = Proxy::new(page_rule());
     p.tick();
     assert_eq!(p.host.0.borrow().counter_adds, 0, "nothing counted, nothing added");
-    p.request(1, "GET", "/");
-    p.respond(1, 200, &[], false);
+    p.error(1, 200);
     p.request(2, "GET", "/");
     p.respond(2, 404, &[], false); // a miss: intercepted, fetching
     p.worker.flush_counters(&p.host);

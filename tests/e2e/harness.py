@@ -110,6 +110,17 @@ def envoy_config(policy, admin_port, listener_port, upstream_port, errors_port, 
     }
 
 
+def stop_process(proc):
+    """Terminates a process the tests started (killed if it does not go within 10 s)."""
+    if proc and proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 class Response:
     def __init__(self, status, headers, body):
         self.status = status
@@ -240,12 +251,6 @@ class Envoy:
         raise AssertionError(f"no access log line with {needle!r}: {self.access_lines()}")
 
     def stop(self):
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         if getattr(self, "logfile", None):
             self.logfile.close()

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from harness import stop_process
 from servers import free_port
 
 SVC = {"cluster": "error_pages", "authority": "errors.internal", "timeoutMs": 500}
@@ -82,13 +83,7 @@ class Nginx:
         return p.read_text(errors="replace")[-5000:] if p.exists() else ""
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
 
 
 @pytest.fixture
