@@ -621,6 +621,18 @@ fn each_field_alone_is_checked() {
 }
 
 #[test]
+fn a_policy_has_at_most_ten_thousand_rules() {
+    let rules = |n: usize| -> Vec<serde_json::Value> {
+        (0..n).map(|i| json!({"matchResponseCodes": [format!("{}", 400 + i % 200)], "source": if i / 200 % 2 == 0 { "proxy" } else { "upstream" }, "body": "x"})).collect()
+    };
+    let policy = |n| json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": rules(n)}});
+    // 400 rules fit: each code once per source. Beyond 10,000 the count alone is refused.
+    assert!(load(policy(400).to_string().as_bytes()).is_ok());
+    assert!(err(policy(10_001))
+        .contains("defaultCustomErrorResponsePolicy.errorResponseRules: at most 10000 rules in one policy"));
+}
+
+#[test]
 fn a_source_specific_rule_asks_who_made_the_response() {
     let policy = json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
         {"matchResponseCodes": ["5xx"], "body": "any"},

@@ -4,7 +4,7 @@ use super::error::{ConfigError, Result};
 use super::model::*;
 use super::reader::{as_obj, as_str, Obj};
 use crate::http::{is_media_type, is_token, valid_header_value};
-use crate::matching::codes::{CodeSet, CodeSpec, CodeTable, Source, MAX_CODE, MIN_CODE};
+use crate::matching::codes::{CodeSet, CodeSpec, CodeTable, Source, MAX_CODE, MAX_RULES, MIN_CODE};
 use crate::matching::hosts::{HostIndex, HostPattern};
 use crate::matching::routes::{
     literal_prefix, validate_path_rule_path, HeaderCond, MatchRule, MetadataCond, PathCond, PathRules, QueryCond,
@@ -54,26 +54,8 @@ impl Loader {
             None => None,
         };
 
-        let mut named_policies = HashMap::new();
-        if let Some(mut ps) = o.opt_obj("policies")? {
-            for name in ps.keys() {
-                if name.is_empty() {
-                    return Err(ConfigError::new(ps.path(), "a policy name must not be empty"));
-                }
-                let policy = ps
-                    .opt_obj(&name)?
-                    .ok_or_else(|| ConfigError::new(ps.field_path(&name), "expected an object, found null"))?;
-                let (i, _) = self.policy(policy, Scope { service: top_service, level: Level::Named })?;
-                named_policies.insert(name, i);
-            }
-            ps.finish()?;
-        }
-        let mut named_codes = CodeSet::default();
-        for code in MIN_CODE..=MAX_CODE {
-            if named_policies.values().filter_map(|&i| self.policies.get(i)).any(|p| p.table.mentions(code)) {
-                named_codes.insert(code);
-            }
-        }
+        let named_policies = self.named_policies(&mut o, top_service)?;
+        let named_codes = self.codes_of(named_policies.values().copied());
         let metadata_namespace = match o.opt_str("metadataNamespace")? {
             Some(ns) if ns.is_empty() || !ns.bytes().all(|b| b.is_ascii_graphic()) => {
                 return Err(ConfigError::new(o.field_path("metadataNamespace"), "must be a name without spaces"));
@@ -84,51 +66,8 @@ impl Loader {
 
         #[cfg(feature = "trap-test")]
         let test_trap_on_path = o.opt_str("testTrapOnPath")?.map(str::to_string);
-        let mut matchers = Vec::new();
-        let mut by_name: HashMap<String, usize> = HashMap::new();
-        for (path, v) in o.opt_array("pathMatchers")? {
-            let m = self.path_matcher(as_obj(v, &path)?, top_service)?;
-            if by_name.insert(m.name.clone(), matchers.len()).is_some() {
-                return Err(ConfigError::new(
-                    format!("{path}.name"),
-                    format!("path matcher \"{}\" is defined twice", m.name),
-                ));
-            }
-            matchers.push(m);
-        }
-
-        let mut hosts = HostIndex::default();
-        let mut named = vec![false; matchers.len()];
-        let mut host_origin: HashMap<usize, String> = HashMap::new();
-        for (path, v) in o.opt_array("hostRules")? {
-            let mut hr = as_obj(v, &path)?;
-            hr.opt_str("description")?;
-            let name = hr.req_str("pathMatcher")?;
-            let Some(&mi) = by_name.get(name) else {
-                return Err(ConfigError::new(
-                    hr.field_path("pathMatcher"),
-                    format!("no path matcher is named \"{name}\""),
-                ));
-            };
-            named[mi] = true;
-            let list = hr.opt_array("hosts")?;
-            if list.is_empty() {
-                return Err(ConfigError::new(hr.field_path("hosts"), "must list at least one host"));
-            }
-            for (hp, hv) in list {
-                let raw = as_str(hv, &hp)?;
-                let pattern = HostPattern::parse(raw).map_err(|e| ConfigError::new(&hp, e))?;
-                if let Some(prev) = hosts.insert(pattern, mi) {
-                    let owner = host_origin.get(&prev).cloned().unwrap_or_default();
-                    return Err(ConfigError::new(
-                        &hp,
-                        format!("host \"{raw}\" is already named by a host rule ({owner})"),
-                    ));
-                }
-                host_origin.entry(mi).or_insert_with(|| path.clone());
-            }
-            hr.finish()?;
-        }
+        let (matchers, by_name) = self.path_matchers(&mut o, top_service)?;
+        let (hosts, named) = host_rules(&mut o, &by_name, matchers.len())?;
         o.finish()?;
 
         let mut warnings: Vec<String> = matchers
@@ -154,6 +93,56 @@ impl Loader {
             test_trap_on_path,
             warnings,
         })
+    }
+
+    /// `policies`: named policies, selected by routes' and virtual hosts' metadata.
+    fn named_policies(&mut self, o: &mut Obj<'_>, top_service: Option<usize>) -> Result<HashMap<String, usize>> {
+        let mut named = HashMap::new();
+        let Some(mut ps) = o.opt_obj("policies")? else { return Ok(named) };
+        for name in ps.keys() {
+            if name.is_empty() {
+                return Err(ConfigError::new(ps.path(), "a policy name must not be empty"));
+            }
+            let policy = ps
+                .opt_obj(&name)?
+                .ok_or_else(|| ConfigError::new(ps.field_path(&name), "expected an object, found null"))?;
+            let (i, _) = self.policy(policy, Scope { service: top_service, level: Level::Named })?;
+            named.insert(name, i);
+        }
+        ps.finish()?;
+        Ok(named)
+    }
+
+    /// The codes some rule of these policies covers.
+    fn codes_of(&self, policies: impl Iterator<Item = usize> + Clone) -> CodeSet {
+        let mut codes = CodeSet::default();
+        for code in MIN_CODE..=MAX_CODE {
+            if policies.clone().filter_map(|i| self.policies.get(i)).any(|p| p.table.mentions(code)) {
+                codes.insert(code);
+            }
+        }
+        codes
+    }
+
+    /// `pathMatchers`, and their indices by name.
+    fn path_matchers(
+        &mut self,
+        o: &mut Obj<'_>,
+        top_service: Option<usize>,
+    ) -> Result<(Vec<PathMatcher>, HashMap<String, usize>)> {
+        let mut matchers = Vec::new();
+        let mut by_name: HashMap<String, usize> = HashMap::new();
+        for (path, v) in o.opt_array("pathMatchers")? {
+            let m = self.path_matcher(as_obj(v, &path)?, top_service)?;
+            if by_name.insert(m.name.clone(), matchers.len()).is_some() {
+                return Err(ConfigError::new(
+                    format!("{path}.name"),
+                    format!("path matcher \"{}\" is defined twice", m.name),
+                ));
+            }
+            matchers.push(m);
+        }
+        Ok((matchers, by_name))
     }
 
     fn service(&mut self, v: &Value, path: &str) -> Result<usize> {
@@ -224,137 +213,82 @@ impl Loader {
                 "a path matcher has either pathRules or routeRules, not both",
             ));
         }
-        let codes_before = self.codes.clone();
-        self.codes = CodeSet::default();
-        let routing = if !path_rules.is_empty() {
-            let mut pr = PathRules::default();
-            for (rp, rv) in path_rules {
-                let mut r = as_obj(rv, &rp)?;
-                r.opt_str("description")?;
-                let policy_obj = r
-                    .opt_obj("customErrorResponsePolicy")?
-                    .ok_or_else(|| ConfigError::new(r.field_path("customErrorResponsePolicy"), "is required"))?;
-                let (policy, _) = self.policy(policy_obj, Scope { service, level: Level::PathRule })?;
-                let paths = r.opt_array("paths")?;
-                if paths.is_empty() {
-                    return Err(ConfigError::new(r.field_path("paths"), "must list at least one path"));
-                }
-                for (pp, pv) in paths {
-                    let p = as_str(pv, &pp)?;
-                    validate_path_rule_path(p).map_err(|e| ConfigError::new(&pp, e))?;
-                    if pr.insert(p, policy).is_some() {
-                        return Err(ConfigError::new(&pp, format!("path \"{p}\" appears in two path rules")));
-                    }
-                }
-                r.finish()?;
-            }
-            Routing::Paths(pr)
+        let scope = |level| Scope { service, level };
+        let (routing, policies) = if !path_rules.is_empty() {
+            let (rules, policies) = self.path_rules(path_rules, scope(Level::PathRule))?;
+            (Routing::Paths(rules), policies)
         } else if !route_rules.is_empty() {
-            let mut rules = Vec::new();
-            let mut priorities: HashMap<u64, String> = HashMap::new();
-            for (rp, rv) in route_rules {
-                let mut r = as_obj(rv, &rp)?;
-                r.opt_str("description")?;
-                let priority = r
-                    .opt_uint("priority", 0, 2_147_483_647)?
-                    .ok_or_else(|| ConfigError::new(r.field_path("priority"), "is required"))?;
-                if let Some(prev) = priorities.insert(priority, rp.clone()) {
-                    return Err(ConfigError::new(
-                        r.field_path("priority"),
-                        format!("priority {priority} is already used by {prev}"),
-                    ));
-                }
-                let mut match_rules = Vec::new();
-                for (mp, mv) in r.opt_array("matchRules")? {
-                    match_rules.push(self.match_rule(as_obj(mv, &mp)?)?);
-                }
-                let policy_obj = r
-                    .opt_obj("customErrorResponsePolicy")?
-                    .ok_or_else(|| ConfigError::new(r.field_path("customErrorResponsePolicy"), "is required"))?;
-                let (policy, _) = self.policy(policy_obj, Scope { service, level: Level::RouteRule })?;
-                r.finish()?;
-                rules.push(RouteRule { priority, match_rules, policy });
-            }
-            rules.sort_unstable_by_key(|r| r.priority);
-            Routing::Routes(rules)
+            let rules = self.route_rules(route_rules, scope(Level::RouteRule))?;
+            let policies = rules.iter().map(|r| r.policy).collect();
+            (Routing::Routes(rules), policies)
         } else {
-            Routing::None
+            (Routing::None, Vec::new())
         };
         // Codes that some path/route rule of this matcher covers: for any other code the
         // (linear) route-rule walk cannot change the decision and is skipped.
-        let rule_codes = std::mem::replace(&mut self.codes, codes_before);
-        self.codes.extend(&rule_codes);
+        let rule_codes = self.codes_of(policies.into_iter());
         o.finish()?;
         Ok(PathMatcher { name, default_policy, routing, rule_codes })
     }
 
-    fn match_rule(&mut self, mut o: Obj<'_>) -> Result<MatchRule> {
-        let ignore_case = o.opt_bool("ignoreCase")?.unwrap_or(false);
-        let prefix = o.opt_str("prefixMatch")?;
-        let full = o.opt_str("fullPathMatch")?;
-        let regex = o.opt_str("regexMatch")?;
-        let given = [prefix.is_some(), full.is_some(), regex.is_some()].iter().filter(|b| **b).count();
-        if given > 1 {
-            return Err(ConfigError::new(
-                o.path(),
-                "at most one of prefixMatch, fullPathMatch and regexMatch may be set",
-            ));
-        }
-        let path = if let Some(p) = prefix {
-            check_match_path(p, &o.field_path("prefixMatch"))?;
-            PathCond::Prefix(p.to_string())
-        } else if let Some(p) = full {
-            check_match_path(p, &o.field_path("fullPathMatch"))?;
-            PathCond::Full(p.to_string())
-        } else if let Some(r) = regex {
-            let prefix = if ignore_case { String::new() } else { literal_prefix(r) };
-            PathCond::Regex(compile_regex(r, ignore_case, &o.field_path("regexMatch"))?, prefix)
-        } else {
-            PathCond::Any
-        };
-        let mut headers = Vec::new();
-        for (hp, hv) in o.opt_array("headerMatches")? {
-            let mut h = as_obj(hv, &hp)?;
-            let name = h.req_str("headerName")?;
-            if !is_token(name) {
-                return Err(ConfigError::new(h.field_path("headerName"), format!("\"{name}\" is not a header name")));
+    /// `pathRules`, and the policies they hold.
+    fn path_rules(&mut self, list: Vec<(String, &Value)>, scope: Scope) -> Result<(PathRules, Vec<usize>)> {
+        let mut pr = PathRules::default();
+        let mut policies = Vec::new();
+        for (rp, rv) in list {
+            let mut r = as_obj(rv, &rp)?;
+            r.opt_str("description")?;
+            let policy_obj = r
+                .opt_obj("customErrorResponsePolicy")?
+                .ok_or_else(|| ConfigError::new(r.field_path("customErrorResponsePolicy"), "is required"))?;
+            let (policy, _) = self.policy(policy_obj, scope)?;
+            policies.push(policy);
+            let paths = r.opt_array("paths")?;
+            if paths.is_empty() {
+                return Err(ConfigError::new(r.field_path("paths"), "must list at least one path"));
             }
-            let invert = h.opt_bool("invertMatch")?.unwrap_or(false);
-            let cond = str_cond(&mut h, true)?;
-            h.finish()?;
-            headers.push(HeaderCond { name: name.to_ascii_lowercase(), cond, invert });
-        }
-        let mut query = Vec::new();
-        for (qp, qv) in o.opt_array("queryParameterMatches")? {
-            let mut q = as_obj(qv, &qp)?;
-            let name = q.req_str("name")?.to_string();
-            if name.is_empty() {
-                return Err(ConfigError::new(q.field_path("name"), "must not be empty"));
-            }
-            let cond = str_cond(&mut q, false)?;
-            q.finish()?;
-            query.push(QueryCond { name, cond });
-        }
-        let mut metadata = Vec::new();
-        for (mp, mv) in o.opt_array("routeMetadataMatches")? {
-            let mut m = as_obj(mv, &mp)?;
-            let namespace = m.req_str("namespace")?.to_string();
-            let key = m.req_str("key")?.to_string();
-            for (field, value) in [("namespace", &namespace), ("key", &key)] {
-                if value.is_empty() {
-                    return Err(ConfigError::new(m.field_path(field), "must not be empty"));
+            for (pp, pv) in paths {
+                let p = as_str(pv, &pp)?;
+                validate_path_rule_path(p).map_err(|e| ConfigError::new(&pp, e))?;
+                if pr.insert(p, policy).is_some() {
+                    return Err(ConfigError::new(&pp, format!("path \"{p}\" appears in two path rules")));
                 }
             }
-            let invert = m.opt_bool("invertMatch")?.unwrap_or(false);
-            let cond = str_cond(&mut m, true)?;
-            m.finish()?;
-            metadata.push(MetadataCond { namespace, key, cond, invert });
+            r.finish()?;
         }
-        let route_name = o.opt_str("routeName")?.map(str::to_string);
-        o.finish()?;
-        Ok(MatchRule { path, ignore_case, headers, query, route_name, metadata })
+        Ok((pr, policies))
     }
 
+    /// `routeRules`, sorted by priority.
+    fn route_rules(&mut self, list: Vec<(String, &Value)>, scope: Scope) -> Result<Vec<RouteRule>> {
+        let mut rules = Vec::new();
+        let mut priorities: HashMap<u64, String> = HashMap::new();
+        for (rp, rv) in list {
+            let mut r = as_obj(rv, &rp)?;
+            r.opt_str("description")?;
+            let priority = r
+                .opt_uint("priority", 0, 2_147_483_647)?
+                .ok_or_else(|| ConfigError::new(r.field_path("priority"), "is required"))?;
+            if let Some(prev) = priorities.insert(priority, rp.clone()) {
+                return Err(ConfigError::new(
+                    r.field_path("priority"),
+                    format!("priority {priority} is already used by {prev}"),
+                ));
+            }
+            let mut match_rules = Vec::new();
+            for (mp, mv) in r.opt_array("matchRules")? {
+                match_rules.push(match_rule(as_obj(mv, &mp)?)?);
+            }
+            let policy_obj = r
+                .opt_obj("customErrorResponsePolicy")?
+                .ok_or_else(|| ConfigError::new(r.field_path("customErrorResponsePolicy"), "is required"))?;
+            let (policy, _) = self.policy(policy_obj, scope)?;
+            r.finish()?;
+            rules.push(RouteRule { priority, match_rules, policy });
+        }
+        rules.sort_unstable_by_key(|r| r.priority);
+        Ok(rules)
+    }
     /// Returns the policy's index and the error service its rules use.
     fn policy(&mut self, mut o: Obj<'_>, scope: Scope) -> Result<(usize, Option<usize>)> {
         let id = o.path().to_string();
@@ -362,10 +296,20 @@ impl Loader {
             Some(v) => Some(self.service(v, &o.field_path("errorService"))?),
             None => scope.service,
         };
+        // Rules know their address in `Config::policies`: this policy goes in next (the
+        // rules below add error services, never policies).
+        let policy_index = self.policies.len();
         let mut rules = Vec::new();
         let mut seen: Vec<(CodeSpec, Source, String)> = Vec::new();
-        for (rp, rv) in o.opt_array("errorResponseRules")? {
-            let rule = self.rule(as_obj(rv, &rp)?, scope.level, service)?;
+        let list = o.opt_array("errorResponseRules")?;
+        if list.len() > MAX_RULES {
+            return Err(ConfigError::new(
+                o.field_path("errorResponseRules"),
+                format!("at most {MAX_RULES} rules in one policy"),
+            ));
+        }
+        for (i, (rp, rv)) in list.into_iter().enumerate() {
+            let rule = self.rule(as_obj(rv, &rp)?, (policy_index, i), scope.level, service)?;
             for (i, spec) in rule.specs.iter().enumerate() {
                 if let Some((_, _, prev)) = seen.iter().find(|(s, src, _)| s == spec && src.overlaps(rule.source)) {
                     return Err(ConfigError::new(
@@ -381,36 +325,14 @@ impl Loader {
             rules.push(rule);
         }
         o.finish()?;
-        let policy_index = self.policies.len();
-        for (i, r) in rules.iter_mut().enumerate() {
-            r.at = (policy_index, i);
-        }
         let table = CodeTable::build(&rules.iter().map(|r| (r.specs.clone(), r.source)).collect::<Vec<_>>());
         self.policies.push(Policy { id, rules, table });
-        Ok((self.policies.len() - 1, service))
+        Ok((policy_index, service))
     }
 
-    fn rule(&mut self, mut o: Obj<'_>, level: Level, service: Option<usize>) -> Result<Rule> {
+    fn rule(&mut self, mut o: Obj<'_>, at: (usize, usize), level: Level, service: Option<usize>) -> Result<Rule> {
         let id = o.path().to_string();
-        let codes = o.opt_array("matchResponseCodes")?;
-        if codes.is_empty() {
-            return Err(ConfigError::new(o.field_path("matchResponseCodes"), "must list at least one code"));
-        }
-        let mut specs = Vec::new();
-        for (cp, cv) in codes {
-            specs.push(CodeSpec::parse(as_str(cv, &cp)?).map_err(|e| ConfigError::new(&cp, e))?);
-        }
-        let source = match o.opt_str("source")? {
-            None | Some("any") => Source::Any,
-            Some("upstream") => Source::Upstream,
-            Some("proxy") => Source::Proxy,
-            Some(other) => {
-                return Err(ConfigError::new(
-                    o.field_path("source"),
-                    format!("\"{other}\" is not one of \"any\", \"upstream\", \"proxy\""),
-                ))
-            }
-        };
+        let (specs, source) = codes_and_source(&mut o)?;
         if source != Source::Any {
             for spec in &specs {
                 for c in spec.lo..=spec.hi {
@@ -444,24 +366,7 @@ impl Loader {
             v.finish()?;
             variants.push(parsed);
         }
-        let mut headers = Vec::new();
-        if let Some(mut h) = o.opt_obj("headers")? {
-            let names: Vec<String> = h.keys();
-            for name in names {
-                let hp = h.field_path(&name);
-                let value = h.take_str(&name)?;
-                check_set_header(&name, value, &hp)?;
-                let lower = name.to_ascii_lowercase();
-                if headers.iter().any(|(n, _)| *n == lower) {
-                    return Err(ConfigError::new(
-                        hp,
-                        format!("\"{name}\" is set twice (header names are case-insensitive)"),
-                    ));
-                }
-                headers.push((lower, value.to_string()));
-            }
-            h.finish()?;
-        }
+        let headers = rule_headers(&mut o)?;
         o.opt_str("description")?;
         let kind = if passthrough {
             if default.path.is_some() || default.body.is_some() || !variants.is_empty() || override_code.is_some() {
@@ -481,8 +386,148 @@ impl Loader {
             RuleKind::Serve(Box::new(Serve { override_code, default, variants, headers, template, service }))
         };
         o.finish()?;
-        Ok(Rule { id, at: (0, 0), level, specs, source, kind })
+        Ok(Rule { id, at, level, specs, source, kind })
     }
+}
+
+/// `matchResponseCodes` and `source` of a rule.
+fn codes_and_source(o: &mut Obj<'_>) -> Result<(Vec<CodeSpec>, Source)> {
+    let codes = o.opt_array("matchResponseCodes")?;
+    if codes.is_empty() {
+        return Err(ConfigError::new(o.field_path("matchResponseCodes"), "must list at least one code"));
+    }
+    let mut specs = Vec::new();
+    for (cp, cv) in codes {
+        specs.push(CodeSpec::parse(as_str(cv, &cp)?).map_err(|e| ConfigError::new(&cp, e))?);
+    }
+    let source = match o.opt_str("source")? {
+        None | Some("any") => Source::Any,
+        Some("upstream") => Source::Upstream,
+        Some("proxy") => Source::Proxy,
+        Some(other) => {
+            return Err(ConfigError::new(
+                o.field_path("source"),
+                format!("\"{other}\" is not one of \"any\", \"upstream\", \"proxy\""),
+            ))
+        }
+    };
+    Ok((specs, source))
+}
+
+/// A rule's `headers`: lower-case names, each once.
+fn rule_headers(o: &mut Obj<'_>) -> Result<Vec<(String, String)>> {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let Some(mut h) = o.opt_obj("headers")? else { return Ok(headers) };
+    for name in h.keys() {
+        let hp = h.field_path(&name);
+        let value = h.take_str(&name)?;
+        check_set_header(&name, value, &hp)?;
+        let lower = name.to_ascii_lowercase();
+        if headers.iter().any(|(n, _)| *n == lower) {
+            return Err(ConfigError::new(hp, format!("\"{name}\" is set twice (header names are case-insensitive)")));
+        }
+        headers.push((lower, value.to_string()));
+    }
+    h.finish()?;
+    Ok(headers)
+}
+
+/// One `matchRules[]` entry of a route rule.
+fn match_rule(mut o: Obj<'_>) -> Result<MatchRule> {
+    let ignore_case = o.opt_bool("ignoreCase")?.unwrap_or(false);
+    let prefix = o.opt_str("prefixMatch")?;
+    let full = o.opt_str("fullPathMatch")?;
+    let regex = o.opt_str("regexMatch")?;
+    let given = [prefix.is_some(), full.is_some(), regex.is_some()].iter().filter(|b| **b).count();
+    if given > 1 {
+        return Err(ConfigError::new(o.path(), "at most one of prefixMatch, fullPathMatch and regexMatch may be set"));
+    }
+    let path = if let Some(p) = prefix {
+        check_match_path(p, &o.field_path("prefixMatch"))?;
+        PathCond::Prefix(p.to_string())
+    } else if let Some(p) = full {
+        check_match_path(p, &o.field_path("fullPathMatch"))?;
+        PathCond::Full(p.to_string())
+    } else if let Some(r) = regex {
+        let prefix = if ignore_case { String::new() } else { literal_prefix(r) };
+        PathCond::Regex(compile_regex(r, ignore_case, &o.field_path("regexMatch"))?, prefix)
+    } else {
+        PathCond::Any
+    };
+    let mut headers = Vec::new();
+    for (hp, hv) in o.opt_array("headerMatches")? {
+        let mut h = as_obj(hv, &hp)?;
+        let name = h.req_str("headerName")?;
+        if !is_token(name) {
+            return Err(ConfigError::new(h.field_path("headerName"), format!("\"{name}\" is not a header name")));
+        }
+        let invert = h.opt_bool("invertMatch")?.unwrap_or(false);
+        let cond = str_cond(&mut h, true)?;
+        h.finish()?;
+        headers.push(HeaderCond { name: name.to_ascii_lowercase(), cond, invert });
+    }
+    let mut query = Vec::new();
+    for (qp, qv) in o.opt_array("queryParameterMatches")? {
+        let mut q = as_obj(qv, &qp)?;
+        let name = q.req_str("name")?.to_string();
+        if name.is_empty() {
+            return Err(ConfigError::new(q.field_path("name"), "must not be empty"));
+        }
+        let cond = str_cond(&mut q, false)?;
+        q.finish()?;
+        query.push(QueryCond { name, cond });
+    }
+    let mut metadata = Vec::new();
+    for (mp, mv) in o.opt_array("routeMetadataMatches")? {
+        let mut m = as_obj(mv, &mp)?;
+        let namespace = m.req_str("namespace")?.to_string();
+        let key = m.req_str("key")?.to_string();
+        for (field, value) in [("namespace", &namespace), ("key", &key)] {
+            if value.is_empty() {
+                return Err(ConfigError::new(m.field_path(field), "must not be empty"));
+            }
+        }
+        let invert = m.opt_bool("invertMatch")?.unwrap_or(false);
+        let cond = str_cond(&mut m, true)?;
+        m.finish()?;
+        metadata.push(MetadataCond { namespace, key, cond, invert });
+    }
+    let route_name = o.opt_str("routeName")?.map(str::to_string);
+    o.finish()?;
+    Ok(MatchRule { path, ignore_case, headers, query, route_name, metadata })
+}
+
+/// `hostRules` into the host index; also which path matchers some host rule names.
+fn host_rules(o: &mut Obj<'_>, by_name: &HashMap<String, usize>, matchers: usize) -> Result<(HostIndex, Vec<bool>)> {
+    let mut hosts = HostIndex::default();
+    let mut named = vec![false; matchers];
+    let mut host_origin: HashMap<usize, String> = HashMap::new();
+    for (path, v) in o.opt_array("hostRules")? {
+        let mut hr = as_obj(v, &path)?;
+        hr.opt_str("description")?;
+        let name = hr.req_str("pathMatcher")?;
+        let Some(&mi) = by_name.get(name) else {
+            return Err(ConfigError::new(hr.field_path("pathMatcher"), format!("no path matcher is named \"{name}\"")));
+        };
+        if let Some(n) = named.get_mut(mi) {
+            *n = true;
+        }
+        let list = hr.opt_array("hosts")?;
+        if list.is_empty() {
+            return Err(ConfigError::new(hr.field_path("hosts"), "must list at least one host"));
+        }
+        for (hp, hv) in list {
+            let raw = as_str(hv, &hp)?;
+            let pattern = HostPattern::parse(raw).map_err(|e| ConfigError::new(&hp, e))?;
+            if let Some(prev) = hosts.insert(pattern, mi) {
+                let owner = host_origin.get(&prev).cloned().unwrap_or_default();
+                return Err(ConfigError::new(&hp, format!("host \"{raw}\" is already named by a host rule ({owner})")));
+            }
+            host_origin.entry(mi).or_insert_with(|| path.clone());
+        }
+        hr.finish()?;
+    }
+    Ok((hosts, named))
 }
 
 /// A rule that serves a fetched object under a non-error status without saying how caches

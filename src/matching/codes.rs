@@ -6,6 +6,8 @@ pub const MIN_CODE: u16 = 400;
 pub const MAX_CODE: u16 = 599;
 const SLOTS: usize = (MAX_CODE - MIN_CODE + 1) as usize;
 const NONE: u16 = u16::MAX;
+/// Rules one policy may have: their indices fit the table's `u16` slots, beside `NONE`.
+pub const MAX_RULES: usize = 10_000;
 
 /// An inclusive range of codes; an exact code is a range of width one.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,11 +100,12 @@ impl CodeTable {
                     best_px = Some(rank);
                 }
             }
+            // Rule indices stay below `NONE`: the loader refuses policies of MAX_RULES or more.
             if let Some((_, _, i)) = best_up {
-                upstream[slot] = i as u16;
+                upstream[slot] = u16::try_from(i).unwrap_or(NONE);
             }
             if let Some((_, _, i)) = best_px {
-                proxy[slot] = i as u16;
+                proxy[slot] = u16::try_from(i).unwrap_or(NONE);
             }
         }
         CodeTable { upstream, proxy }
