@@ -5,6 +5,7 @@
 //! service sees at most N fetches per object per TTL, which is cheap.
 
 use crate::fasthash::FastMap;
+use crate::ids::ServiceId;
 use std::rc::Rc;
 
 pub const MAX_ENTRIES: usize = 512;
@@ -38,9 +39,9 @@ impl Default for Cache {
 }
 
 /// Cache key: error service, path after substitution, chosen variant.
-pub fn key(service: usize, path: &str, content_type: &str) -> String {
+pub fn key(service: ServiceId, path: &str, content_type: &str) -> String {
     let mut key = String::with_capacity(path.len() + content_type.len() + 8);
-    crate::push_decimal(&mut key, service as u64);
+    crate::push_decimal(&mut key, service.0 as u64);
     key.push('|');
     key.push_str(path);
     key.push('|');
@@ -305,7 +306,8 @@ mod tests {
 
     #[test]
     fn key_separates_service_path_variant() {
-        assert_ne!(key(0, "/a", "text/html"), key(1, "/a", "text/html"));
-        assert_ne!(key(0, "/a", "text/html"), key(0, "/a", "application/json"));
+        let (a, b) = (ServiceId(0), ServiceId(1));
+        assert_ne!(key(a, "/a", "text/html"), key(b, "/a", "text/html"));
+        assert_ne!(key(a, "/a", "text/html"), key(a, "/a", "application/json"));
     }
 }

@@ -9,7 +9,7 @@
 //! One decision path serves the filter and `policy explain`: it reports each step to an
 //! `Observer`, which the filter leaves empty (`()`, compiled away) and `explain` writes out.
 
-use crate::config::{Config, PathMatcher, Policy, Routing, Rule, RuleKind, Serve, POLICY_KEY};
+use crate::config::{Config, PathMatcher, Policy, PolicyId, Routing, Rule, RuleKind, Serve, POLICY_KEY};
 use crate::matching::routes::{first_route, RouteRule};
 use crate::request::{Metadata, RequestView};
 use std::fmt;
@@ -189,12 +189,12 @@ impl Config {
     /// there is no policy at that level): the next level decides.
     fn level(
         &self,
-        policy: Option<usize>,
+        policy: Option<PolicyId>,
         status: u16,
         made_by_proxy: bool,
         obs: &mut impl Observer,
     ) -> Option<Decision<'_>> {
-        let policy = self.policies.get(policy?)?;
+        let policy = self.policy(policy?)?;
         match policy.table.lookup(status, made_by_proxy).and_then(|i| policy.rules.get(i)) {
             Some(rule) => {
                 obs.step(status, Step::Decides { policy, rule });
@@ -217,11 +217,11 @@ impl Config {
         req: &mut dyn RequestView,
         status: u16,
         obs: &mut impl Observer,
-    ) -> Option<usize> {
+    ) -> Option<PolicyId> {
         let name = req.metadata(of, &self.metadata_namespace, POLICY_KEY)?;
         match self.named.get(&name) {
             Some(&i) => {
-                if let Some(policy) = self.policies.get(i) {
+                if let Some(policy) = self.policy(i) {
                     obs.step(status, Step::Selects { of, name: &name, policy });
                 }
                 Some(i)
@@ -239,7 +239,7 @@ impl Config {
             return None;
         }
         let authority = req.authority();
-        let matcher = self.hosts.lookup(&authority).and_then(|i| self.matchers.get(i));
+        let matcher = self.hosts.lookup(&authority).and_then(|i| self.matchers.get(i.0));
         match matcher {
             Some(matcher) => obs.step(status, Step::HostSelects { authority: &authority, matcher }),
             None => obs.step(status, Step::NoHostRule { authority: &authority }),
@@ -256,7 +256,7 @@ impl Config {
         made_by_proxy: bool,
         req: &mut dyn RequestView,
         obs: &mut impl Observer,
-    ) -> Option<usize> {
+    ) -> Option<PolicyId> {
         if !m.rule_codes.contains(status) {
             obs.step(status, Step::RulesSilent { matcher: m });
             return None;
@@ -270,10 +270,10 @@ impl Config {
                 // one with a rule for this code cannot change the outcome: they are not
                 // evaluated (a rule that needs `xds.route_name` would cost a host call).
                 let covers = |r: &RouteRule| {
-                    self.policies.get(r.policy).is_some_and(|p| p.table.lookup(status, made_by_proxy).is_some())
+                    self.policy(r.policy).is_some_and(|p| p.table.lookup(status, made_by_proxy).is_some())
                 };
                 let upto = rr.iter().rposition(covers).map_or(0, |i| i + 1);
-                match upto.checked_sub(1).and_then(|i| rr.get(i)).and_then(|r| self.policies.get(r.policy)) {
+                match upto.checked_sub(1).and_then(|i| rr.get(i)).and_then(|r| self.policy(r.policy)) {
                     Some(last) if upto < rr.len() => obs.step(status, Step::RoutesAfter { last }),
                     None => obs.step(status, Step::NoRouteCovers),
                     Some(_) => {}
@@ -282,7 +282,7 @@ impl Config {
                 first_route(&rr[..upto], req, &path)
             }
         };
-        match matched.and_then(|p| self.policies.get(p)) {
+        match matched.and_then(|p| self.policy(p)) {
             Some(policy) => obs.step(status, Step::Matches { policy }),
             None => obs.step(status, Step::NothingMatches),
         }

@@ -15,6 +15,7 @@ pub mod fallback;
 pub mod fasthash;
 pub mod gcp;
 pub mod http;
+pub mod ids;
 pub mod matching;
 pub mod negotiate;
 pub mod reply;

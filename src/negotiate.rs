@@ -94,6 +94,7 @@ pub fn choose<'s>(serve: &'s Serve, accept: Option<&str>) -> &'s Variant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::ServiceId;
 
     fn serve() -> Serve {
         let v = |ct: &str, p: &str| Variant { content_type: ct.into(), path: Some(p.into()), body: None };
@@ -103,7 +104,7 @@ mod tests {
             variants: vec![v("application/json", "/e.json"), v("text/plain", "/e.txt")],
             headers: vec![],
             template: false,
-            service: Some(0),
+            service: Some(ServiceId(0)),
         }
     }
 

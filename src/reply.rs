@@ -182,6 +182,7 @@ pub fn headers<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ids::ServiceId;
 
     fn serve(default: Variant) -> Serve {
         Serve {
@@ -190,7 +191,7 @@ mod tests {
             variants: vec![],
             headers: vec![("retry-after".into(), "120".into())],
             template: false,
-            service: Some(0),
+            service: Some(ServiceId(0)),
         }
     }
 

@@ -326,7 +326,7 @@ fn error_service_inheritance() {
     assert_eq!(cluster(500, "/"), "matcher");
     assert_eq!(cluster(404, "/a/x"), "matcher");
     assert_eq!(cluster(410, "/a/x"), "rule");
-    assert_eq!(cfg.service(Some(0)).unwrap().cluster, "top");
+    assert_eq!(cfg.service(Some(custom_error_pages::ids::ServiceId(0))).unwrap().cluster, "top");
 }
 
 /// Counts how often the decision asks for the route name or metadata (host calls in Envoy).

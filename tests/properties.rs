@@ -7,6 +7,7 @@
 use custom_error_pages::cache;
 use custom_error_pages::config::{load, Serve, Variant};
 use custom_error_pages::error_service::{call_headers, evaluate, object_path, CallFacts};
+use custom_error_pages::ids::ServiceId;
 use custom_error_pages::negotiate;
 use custom_error_pages::template::{render, Escape, Vars};
 use serde_json::{json, Value};
@@ -157,11 +158,11 @@ fn cache_key_cannot_be_chosen_by_request_headers() {
         variants: vec![v("application/json"), v("text/plain")],
         headers: vec![],
         template: false,
-        service: Some(0),
+        service: Some(ServiceId(0)),
     };
     let allowed: Vec<String> = ["text/html; charset=utf-8", "application/json", "text/plain"]
         .iter()
-        .map(|ct| cache::key(0, "/e", ct))
+        .map(|ct| cache::key(ServiceId(0), "/e", ct))
         .collect();
     const MEDIA: &[&str] = &[
         "text/html",
@@ -181,7 +182,7 @@ fn cache_key_cannot_be_chosen_by_request_headers() {
         let accept: String =
             (0..rng.below(6)).map(|_| format!("{}{}", rng.pick(MEDIA), rng.hostile())).collect::<Vec<_>>().join(",");
         let chosen = negotiate::choose(&serve, Some(&accept));
-        assert!(allowed.contains(&cache::key(0, "/e", &chosen.content_type)), "{accept:?}");
+        assert!(allowed.contains(&cache::key(ServiceId(0), "/e", &chosen.content_type)), "{accept:?}");
     }
 }
 

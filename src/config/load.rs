@@ -38,7 +38,7 @@ struct Loader {
 /// What a policy inherits from above it.
 #[derive(Clone, Copy)]
 struct Scope {
-    service: Option<usize>,
+    service: Option<ServiceId>,
     level: Level,
 }
 
@@ -96,7 +96,7 @@ impl Loader {
     }
 
     /// `policies`: named policies, selected by routes' and virtual hosts' metadata.
-    fn named_policies(&mut self, o: &mut Obj<'_>, top_service: Option<usize>) -> Result<HashMap<String, usize>> {
+    fn named_policies(&mut self, o: &mut Obj<'_>, top_service: Option<ServiceId>) -> Result<HashMap<String, PolicyId>> {
         let mut named = HashMap::new();
         let Some(mut ps) = o.opt_obj("policies")? else { return Ok(named) };
         for name in ps.keys() {
@@ -114,10 +114,10 @@ impl Loader {
     }
 
     /// The codes some rule of these policies covers.
-    fn codes_of(&self, policies: impl Iterator<Item = usize> + Clone) -> CodeSet {
+    fn codes_of(&self, policies: impl Iterator<Item = PolicyId> + Clone) -> CodeSet {
         let mut codes = CodeSet::default();
         for code in MIN_CODE..=MAX_CODE {
-            if policies.clone().filter_map(|i| self.policies.get(i)).any(|p| p.table.mentions(code)) {
+            if policies.clone().filter_map(|i| self.policies.get(i.0)).any(|p| p.table.mentions(code)) {
                 codes.insert(code);
             }
         }
@@ -128,13 +128,13 @@ impl Loader {
     fn path_matchers(
         &mut self,
         o: &mut Obj<'_>,
-        top_service: Option<usize>,
-    ) -> Result<(Vec<PathMatcher>, HashMap<String, usize>)> {
+        top_service: Option<ServiceId>,
+    ) -> Result<(Vec<PathMatcher>, HashMap<String, MatcherId>)> {
         let mut matchers = Vec::new();
-        let mut by_name: HashMap<String, usize> = HashMap::new();
+        let mut by_name: HashMap<String, MatcherId> = HashMap::new();
         for (path, v) in o.opt_array("pathMatchers")? {
             let m = self.path_matcher(as_obj(v, &path)?, top_service)?;
-            if by_name.insert(m.name.clone(), matchers.len()).is_some() {
+            if by_name.insert(m.name.clone(), MatcherId(matchers.len())).is_some() {
                 return Err(ConfigError::new(
                     format!("{path}.name"),
                     format!("path matcher \"{}\" is defined twice", m.name),
@@ -145,7 +145,7 @@ impl Loader {
         Ok((matchers, by_name))
     }
 
-    fn service(&mut self, v: &Value, path: &str) -> Result<usize> {
+    fn service(&mut self, v: &Value, path: &str) -> Result<ServiceId> {
         let svc = match v {
             Value::String(s) => {
                 let cluster = cluster_name(s, path)?;
@@ -186,13 +186,13 @@ impl Loader {
             }
         };
         if let Some(i) = self.services.iter().position(|s| *s == svc) {
-            return Ok(i);
+            return Ok(ServiceId(i));
         }
         self.services.push(svc);
-        Ok(self.services.len() - 1)
+        Ok(ServiceId(self.services.len() - 1))
     }
 
-    fn path_matcher(&mut self, mut o: Obj<'_>, top_service: Option<usize>) -> Result<PathMatcher> {
+    fn path_matcher(&mut self, mut o: Obj<'_>, top_service: Option<ServiceId>) -> Result<PathMatcher> {
         let name = o.req_str("name")?.to_string();
         if name.is_empty() {
             return Err(ConfigError::new(o.field_path("name"), "must not be empty"));
@@ -232,7 +232,11 @@ impl Loader {
     }
 
     /// `pathRules`, and the policies they hold.
-    fn path_rules(&mut self, list: Vec<(String, &Value)>, scope: Scope) -> Result<(PathRules, Vec<usize>)> {
+    fn path_rules(
+        &mut self,
+        list: Vec<(String, &Value)>,
+        scope: Scope,
+    ) -> Result<(PathRules<PolicyId>, Vec<PolicyId>)> {
         let mut pr = PathRules::default();
         let mut policies = Vec::new();
         for (rp, rv) in list {
@@ -290,7 +294,7 @@ impl Loader {
         Ok(rules)
     }
     /// Returns the policy's index and the error service its rules use.
-    fn policy(&mut self, mut o: Obj<'_>, scope: Scope) -> Result<(usize, Option<usize>)> {
+    fn policy(&mut self, mut o: Obj<'_>, scope: Scope) -> Result<(PolicyId, Option<ServiceId>)> {
         let id = o.path().to_string();
         let service = match o.get("errorService") {
             Some(v) => Some(self.service(v, &o.field_path("errorService"))?),
@@ -298,7 +302,7 @@ impl Loader {
         };
         // Rules know their address in `Config::policies`: this policy goes in next (the
         // rules below add error services, never policies).
-        let policy_index = self.policies.len();
+        let policy = PolicyId(self.policies.len());
         let mut rules = Vec::new();
         let mut seen: Vec<(CodeSpec, Source, String)> = Vec::new();
         let list = o.opt_array("errorResponseRules")?;
@@ -309,7 +313,7 @@ impl Loader {
             ));
         }
         for (i, (rp, rv)) in list.into_iter().enumerate() {
-            let rule = self.rule(as_obj(rv, &rp)?, (policy_index, i), scope.level, service)?;
+            let rule = self.rule(as_obj(rv, &rp)?, RuleAt { policy, index: i }, scope.level, service)?;
             for (i, spec) in rule.specs.iter().enumerate() {
                 if let Some((_, _, prev)) = seen.iter().find(|(s, src, _)| s == spec && src.overlaps(rule.source)) {
                     return Err(ConfigError::new(
@@ -327,10 +331,10 @@ impl Loader {
         o.finish()?;
         let table = CodeTable::build(&rules.iter().map(|r| (r.specs.clone(), r.source)).collect::<Vec<_>>());
         self.policies.push(Policy { id, rules, table });
-        Ok((policy_index, service))
+        Ok((policy, service))
     }
 
-    fn rule(&mut self, mut o: Obj<'_>, at: (usize, usize), level: Level, service: Option<usize>) -> Result<Rule> {
+    fn rule(&mut self, mut o: Obj<'_>, at: RuleAt, level: Level, service: Option<ServiceId>) -> Result<Rule> {
         let id = o.path().to_string();
         let (specs, source) = codes_and_source(&mut o)?;
         if source != Source::Any {
@@ -498,10 +502,14 @@ fn match_rule(mut o: Obj<'_>) -> Result<MatchRule> {
 }
 
 /// `hostRules` into the host index; also which path matchers some host rule names.
-fn host_rules(o: &mut Obj<'_>, by_name: &HashMap<String, usize>, matchers: usize) -> Result<(HostIndex, Vec<bool>)> {
+fn host_rules(
+    o: &mut Obj<'_>,
+    by_name: &HashMap<String, MatcherId>,
+    matchers: usize,
+) -> Result<(HostIndex<MatcherId>, Vec<bool>)> {
     let mut hosts = HostIndex::default();
     let mut named = vec![false; matchers];
-    let mut host_origin: HashMap<usize, String> = HashMap::new();
+    let mut host_origin: HashMap<MatcherId, String> = HashMap::new();
     for (path, v) in o.opt_array("hostRules")? {
         let mut hr = as_obj(v, &path)?;
         hr.opt_str("description")?;
@@ -509,7 +517,7 @@ fn host_rules(o: &mut Obj<'_>, by_name: &HashMap<String, usize>, matchers: usize
         let Some(&mi) = by_name.get(name) else {
             return Err(ConfigError::new(hr.field_path("pathMatcher"), format!("no path matcher is named \"{name}\"")));
         };
-        if let Some(n) = named.get_mut(mi) {
+        if let Some(n) = named.get_mut(mi.0) {
             *n = true;
         }
         let list = hr.opt_array("hosts")?;
@@ -549,7 +557,7 @@ fn cacheable_override(rule: &Rule) -> Option<String> {
 }
 
 /// Reads `path`, `body` and `contentType` of a rule or a variant.
-fn variant(o: &mut Obj<'_>, service: Option<usize>, is_rule: bool) -> Result<Variant> {
+fn variant(o: &mut Obj<'_>, service: Option<ServiceId>, is_rule: bool) -> Result<Variant> {
     let path = o.opt_str("path")?;
     if let Some(p) = path {
         check_object_path(p, &o.field_path("path"))?;

@@ -1,6 +1,7 @@
 //! The compiled, validated policy: what the decision code walks on every error response.
 //! Built once by `load`; never changed afterwards.
 
+pub use crate::ids::{MatcherId, PolicyId, RuleAt, ServiceId};
 use crate::matching::codes::{CodeSet, CodeSpec, CodeTable, Source};
 use crate::matching::hosts::HostIndex;
 use crate::matching::routes::{PathRules, RouteRule};
@@ -71,7 +72,7 @@ pub struct Serve {
     pub headers: Vec<(String, String)>,
     /// Render `{{...}}` variables in fetched objects too.
     pub template: bool,
-    pub service: Option<usize>,
+    pub service: Option<ServiceId>,
 }
 
 impl Serve {
@@ -92,8 +93,8 @@ pub struct Rule {
     /// The rule's JSON path in the policy, e.g. `pathMatchers[0].pathRules[1]
     /// .customErrorResponsePolicy.errorResponseRules[0]`: what logs and `explain` print.
     pub id: String,
-    /// (policy index, rule index) in `Config::policies`.
-    pub at: (usize, usize),
+    /// Where the rule is in `Config::policies`.
+    pub at: RuleAt,
     pub level: Level,
     pub specs: Vec<CodeSpec>,
     pub source: Source,
@@ -111,14 +112,14 @@ pub struct Policy {
 #[derive(Debug, Clone)]
 pub enum Routing {
     None,
-    Paths(PathRules),
+    Paths(PathRules<PolicyId>),
     Routes(Vec<RouteRule>),
 }
 
 #[derive(Debug, Clone)]
 pub struct PathMatcher {
     pub name: String,
-    pub default_policy: Option<usize>,
+    pub default_policy: Option<PolicyId>,
     pub routing: Routing,
     /// Codes covered by some path/route rule policy of this matcher.
     pub rule_codes: CodeSet,
@@ -128,11 +129,11 @@ pub struct PathMatcher {
 pub struct Config {
     pub services: Vec<ErrorService>,
     pub policies: Vec<Policy>,
-    pub proxy_policy: Option<usize>,
-    pub hosts: HostIndex,
+    pub proxy_policy: Option<PolicyId>,
+    pub hosts: HostIndex<MatcherId>,
     pub matchers: Vec<PathMatcher>,
     /// Named policies (`policies`) by name, for routes' and virtual hosts' metadata.
-    pub named: std::collections::HashMap<String, usize>,
+    pub named: std::collections::HashMap<String, PolicyId>,
     /// Codes some named policy covers: only for these is a route's metadata worth reading.
     pub named_codes: CodeSet,
     /// The `filter_metadata` namespace a route names its policy in.
@@ -150,11 +151,15 @@ pub struct Config {
 }
 
 impl Config {
-    pub fn rule(&self, policy: usize, rule: usize) -> Option<&Rule> {
-        self.policies.get(policy).and_then(|p| p.rules.get(rule))
+    pub fn policy(&self, id: PolicyId) -> Option<&Policy> {
+        self.policies.get(id.0)
     }
 
-    pub fn service(&self, i: Option<usize>) -> Option<&ErrorService> {
-        i.and_then(|i| self.services.get(i))
+    pub fn rule(&self, at: RuleAt) -> Option<&Rule> {
+        self.policy(at.policy).and_then(|p| p.rules.get(at.index))
+    }
+
+    pub fn service(&self, id: Option<ServiceId>) -> Option<&ErrorService> {
+        id.and_then(|i| self.services.get(i.0))
     }
 }

@@ -5,17 +5,31 @@
 
 use crate::fasthash::FastMap;
 
-#[derive(Debug, Clone, Default)]
-pub struct HostIndex {
-    exact: FastMap<String, usize>,
+/// Host patterns of `hostRules`, each leading to a `T` (its path matcher).
+#[derive(Debug, Clone)]
+pub struct HostIndex<T> {
+    exact: FastMap<String, T>,
     /// `*.example.org` is stored as `.example.org`; `*-api.example.org` as `-api.example.org`.
-    suffix: FastMap<String, usize>,
+    suffix: FastMap<String, T>,
     /// `www.*` is stored as `www.`.
-    prefix: FastMap<String, usize>,
-    any: Option<usize>,
+    prefix: FastMap<String, T>,
+    any: Option<T>,
     /// Longest wildcard parts, so probing stops early.
     max_suffix: usize,
     max_prefix: usize,
+}
+
+impl<T> Default for HostIndex<T> {
+    fn default() -> Self {
+        HostIndex {
+            exact: FastMap::default(),
+            suffix: FastMap::default(),
+            prefix: FastMap::default(),
+            any: None,
+            max_suffix: 0,
+            max_prefix: 0,
+        }
+    }
 }
 
 /// What kind of host pattern, after validation.
@@ -72,9 +86,9 @@ pub fn strip_port(authority: &str) -> &str {
     host.strip_suffix('.').unwrap_or(host)
 }
 
-impl HostIndex {
+impl<T: Copy> HostIndex<T> {
     /// Adds a pattern; returns the matcher already holding the same pattern, if any.
-    pub fn insert(&mut self, pattern: HostPattern, matcher: usize) -> Option<usize> {
+    pub fn insert(&mut self, pattern: HostPattern, matcher: T) -> Option<T> {
         let slot = match pattern {
             HostPattern::Exact(h) => self.exact.entry(h),
             HostPattern::Suffix(s) => {
@@ -109,7 +123,7 @@ impl HostIndex {
     }
 
     /// The path matcher for a request's `:authority`.
-    pub fn lookup(&self, authority: &str) -> Option<usize> {
+    pub fn lookup(&self, authority: &str) -> Option<T> {
         if self.is_empty() {
             return None;
         }
@@ -152,7 +166,7 @@ impl HostIndex {
 mod tests {
     use super::*;
 
-    fn index(patterns: &[(&str, usize)]) -> HostIndex {
+    fn index(patterns: &[(&str, usize)]) -> HostIndex<usize> {
         let mut ix = HostIndex::default();
         for (p, m) in patterns {
             assert_eq!(ix.insert(HostPattern::parse(p).unwrap(), *m), None);

@@ -2,20 +2,28 @@
 //! priority first; any of its match rules; every condition of a match rule must hold).
 
 use crate::fasthash::FastMap;
+use crate::ids::PolicyId;
 use crate::request::{path_only, query_of, query_param, Metadata, RequestView};
 use regex_lite::Regex;
 
-/// `pathRules`: `/x/*` is a prefix, `/x` is exact; the longest match wins.
-#[derive(Debug, Clone, Default)]
-pub struct PathRules {
-    exact: FastMap<String, usize>,
+/// `pathRules`: `/x/*` is a prefix, `/x` is exact; the longest match wins. `T` is what a
+/// path leads to (the policy of its path rule).
+#[derive(Debug, Clone)]
+pub struct PathRules<T> {
+    exact: FastMap<String, T>,
     /// Stored with the trailing `/` (`/images/*` -> `/images/`).
-    prefix: FastMap<String, usize>,
+    prefix: FastMap<String, T>,
 }
 
-impl PathRules {
+impl<T> Default for PathRules<T> {
+    fn default() -> Self {
+        PathRules { exact: FastMap::default(), prefix: FastMap::default() }
+    }
+}
+
+impl<T: Copy> PathRules<T> {
     /// Returns the owner of an identical path already present.
-    pub fn insert(&mut self, path: &str, policy: usize) -> Option<usize> {
+    pub fn insert(&mut self, path: &str, policy: T) -> Option<T> {
         let (map, key) = match path.strip_suffix('*') {
             Some(p) => (&mut self.prefix, p),
             None => (&mut self.exact, path),
@@ -29,7 +37,7 @@ impl PathRules {
         }
     }
 
-    pub fn lookup(&self, path: &str) -> Option<usize> {
+    pub fn lookup(&self, path: &str) -> Option<T> {
         let path = path_only(path);
         // An exact path is as long as the request path, so no prefix can beat it.
         if let Some(&p) = self.exact.get(path) {
@@ -200,11 +208,11 @@ impl MatchRule {
 pub struct RouteRule {
     pub priority: u64,
     pub match_rules: Vec<MatchRule>,
-    pub policy: usize,
+    pub policy: PolicyId,
 }
 
 /// Route rules sorted by priority; the first rule with a matching match rule wins.
-pub fn first_route(rules: &[RouteRule], req: &mut dyn RequestView, full_path: &str) -> Option<usize> {
+pub fn first_route(rules: &[RouteRule], req: &mut dyn RequestView, full_path: &str) -> Option<PolicyId> {
     let path = path_only(full_path);
     rules
         .iter()
@@ -379,13 +387,13 @@ mod tests {
         let mut api = any_rule();
         api.path = PathCond::Prefix("/api/".into());
         let rules = vec![
-            RouteRule { priority: 1, match_rules: vec![api], policy: 7 },
-            RouteRule { priority: 2, match_rules: vec![any_rule()], policy: 8 },
+            RouteRule { priority: 1, match_rules: vec![api], policy: PolicyId(7) },
+            RouteRule { priority: 2, match_rules: vec![any_rule()], policy: PolicyId(8) },
         ];
         let mut r = req("/api/x", &[], None);
-        assert_eq!(first_route(&rules, &mut r, "/api/x"), Some(7));
+        assert_eq!(first_route(&rules, &mut r, "/api/x"), Some(PolicyId(7)));
         let mut r = req("/web", &[], None);
-        assert_eq!(first_route(&rules, &mut r, "/web"), Some(8));
+        assert_eq!(first_route(&rules, &mut r, "/web"), Some(PolicyId(8)));
         assert_eq!(first_route(&rules[..1], &mut r, "/web"), None);
     }
 }

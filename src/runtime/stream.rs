@@ -37,7 +37,7 @@ use super::host::{HeaderMap, Host};
 use super::worker::Worker;
 use super::Action;
 use crate::cache::{self, Object};
-use crate::config::{Config, Rule, RuleKind, Serve, Variant};
+use crate::config::{Config, Rule, RuleAt, RuleKind, Serve, ServiceId, Variant};
 use crate::decide::{Decision, Observer, Step};
 use crate::error_service::{self, CallFacts, FetchFailure};
 use crate::fasthash::FastMap;
@@ -73,7 +73,7 @@ type Slot<H> = Rc<RefCell<Option<Phase<H>>>>;
 
 /// What a request needs to finish once its object (or the lack of one) is known.
 struct Pending<H: Host> {
-    rule: (usize, usize),
+    rule: RuleAt,
     variant: Option<usize>,
     facts: Facts<H>,
     /// The upstream response ended with its headers (no body to carry the object).
@@ -83,7 +83,7 @@ struct Pending<H: Host> {
 /// The dispatched call to the error service.
 struct Call {
     token: u32,
-    service: usize,
+    service: ServiceId,
     cache_key: String,
     started_ms: u64,
 }
@@ -203,7 +203,7 @@ impl<H: Host> Stream<H> {
         let config = &self.worker.config;
         let Some(path_template) = &variant.path else { return Ok(None) };
         // Validation guarantees a service for every path; without one, serve the fallback.
-        let Some((service, svc)) = serve.service.and_then(|i| config.services.get(i).map(|s| (i, s))) else {
+        let Some((service, svc)) = serve.service.and_then(|i| config.service(Some(i)).map(|s| (i, s))) else {
             return Ok(None);
         };
         let path = error_service::object_path(path_template, facts.status);
@@ -250,7 +250,7 @@ impl<H: Host> Stream<H> {
 
     fn finish_fetch(&mut self, call: Call, mut pending: Box<Pending<H>>, body_size: usize) {
         let config = self.config();
-        let Some(svc) = config.services.get(call.service) else {
+        let Some(svc) = config.service(Some(call.service)) else {
             self.phase = Phase::Done;
             resume(&self.host, self.id);
             release_waiters(&self.host, &self.worker, &call.cache_key, None, self.id);
@@ -363,8 +363,8 @@ pub(super) fn release_orphaned_flights<H: Host>(host: &H, worker: &Worker<H>, ro
     }
 }
 
-fn rule_serve(config: &Config, at: (usize, usize)) -> Option<(&Rule, &Serve)> {
-    config.rule(at.0, at.1).and_then(|rule| match &rule.kind {
+fn rule_serve(config: &Config, at: RuleAt) -> Option<(&Rule, &Serve)> {
+    config.rule(at).and_then(|rule| match &rule.kind {
         RuleKind::Serve(serve) => Some((rule, &**serve)),
         RuleKind::Passthrough => None,
     })
