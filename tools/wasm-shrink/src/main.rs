@@ -71,6 +71,8 @@ fn run(args: &[String]) -> Result<String, String> {
     std::fs::write(&tmp, &pruned).map_err(|e| format!("{tmp}: {e}"))?;
     // The features rustc's wasm32-wasip1 target emits.
     let result = OptimizationOptions::new_optimize_for_size_aggressively()
+        // Repeat the passes while the module still shrinks (binaryen's --converge).
+        .set_converge()
         .enable_feature(Feature::BulkMemory)
         .enable_feature(Feature::SignExt)
         .enable_feature(Feature::MutableGlobals)
