@@ -628,6 +628,13 @@ fn a_policy_has_at_most_ten_thousand_rules() {
     let policy = |n| json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": rules(n)}});
     // 400 rules fit: each code once per source. Beyond 10,000 the count alone is refused.
     assert!(load(policy(400).to_string().as_bytes()).is_ok());
+    // Exactly 10,000 (all different ranges) is allowed.
+    let ranges: Vec<serde_json::Value> = (400..600u16)
+        .flat_map(|lo| (lo..600).map(move |hi| json!({"matchResponseCodes": [format!("{lo}-{hi}")], "body": "x"})))
+        .take(10_000)
+        .collect();
+    let most = json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": ranges}});
+    assert_eq!(load(most.to_string().as_bytes()).unwrap().policies[0].rules.len(), 10_000);
     assert!(err(policy(10_001))
         .contains("defaultCustomErrorResponsePolicy.errorResponseRules: at most 10000 rules in one policy"));
 }
