@@ -152,12 +152,6 @@ impl CodeSet {
     pub fn is_empty(&self) -> bool {
         self.0.iter().all(|w| *w == 0)
     }
-
-    pub fn extend(&mut self, other: &CodeSet) {
-        for (a, b) in self.0.iter_mut().zip(other.0.iter()) {
-            *a |= *b;
-        }
-    }
 }
 
 #[cfg(test)]
