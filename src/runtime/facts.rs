@@ -84,7 +84,8 @@ impl<H: Host> Facts<H> {
         if needed {
             self.vars()
         } else {
-            Vars { status: self.served, original_status: self.status, ..Default::default() }
+            // Nothing is rendered: only the built-in page reads the status.
+            Vars { status: self.served, ..Default::default() }
         }
     }
 
