@@ -512,7 +512,8 @@ impl<H: Host> Observer for Unknowns<'_, H> {
     fn step(&mut self, _status: u16, step: Step<'_, '_>) {
         if let Step::UnknownPolicy { of, name } = step {
             self.0.metrics.unknown_policy.bump();
-            if self.0.warned.borrow_mut().insert(name.to_string()) {
+            let first = !self.0.warned.borrow().contains(name);
+            if first && self.0.warned.borrow_mut().insert(name.to_string()) {
                 let whose = if of == Metadata::Route { "a route" } else { "a virtual host" };
                 warn!("custom-error-pages: {whose} names policy \"{name}\", which the configuration's policies do not have: that level is skipped");
             }
