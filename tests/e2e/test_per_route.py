@@ -83,7 +83,8 @@ def test_an_unknown_policy_name_is_skipped_and_counted(start_envoy):
         r = e.request("/typo/status/503", host="shop.test")
         assert (r.status, r.body) == (503, b'{"error":503}'), "the next level (the virtual host's) answers"
     assert e.counter("unknown_policy", 2) == 2
-    assert e.log_text().count('names policy "chekout"') == 1, "logged once per name and worker"
+    # Logged once per name and worker: with one worker once for both requests.
+    assert 1 <= e.log_text().count('names policy "chekout"') <= int(e.concurrency), "logged once per name and worker"
 
 
 def test_routes_of_one_istio_virtual_service_selected_by_metadata(start_envoy):

@@ -85,6 +85,7 @@ def body(e, path="/status/404"):
     return r.body
 
 
+@pytest.mark.one_worker
 def test_a_new_policy_applies_to_new_requests_and_the_old_cache_is_gone(xds, errors):
     errors.pages["/v1.html"] = {"body": "one"}
     errors.pages["/v2.html"] = {"body": "two"}
