@@ -26,6 +26,9 @@ pub mod template;
 #[cfg(target_arch = "wasm32")]
 mod envoy;
 
+#[cfg(all(feature = "native", not(target_arch = "wasm32")))]
+mod native;
+
 /// Appends `n` in decimal. The hot path builds its few strings by hand: `format!`'s
 /// machinery is measurably slow inside the wasm VM (bench/FINDINGS.md).
 pub fn push_decimal(out: &mut String, n: u64) {

@@ -39,6 +39,18 @@ impl Counter {
     }
 }
 
+/// The name of every counter, as `Metrics::define` asks the host for them (a host that
+/// defines counters ahead of time, such as the dynamic module, defines these).
+pub fn counter_names() -> Vec<String> {
+    let mut names: Vec<String> =
+        ["intercepted", "cache_hit", "fetched", "inline", "fallback", "passthrough", "unknown_policy"]
+            .iter()
+            .map(|n| format!("custom_error_pages.{n}"))
+            .collect();
+    names.extend(FetchFailure::ALL.map(|f| format!("custom_error_pages.fetch_failed.{}", f.as_str())));
+    names
+}
+
 pub struct Metrics {
     pub intercepted: Counter,
     pub cache_hit: Counter,

@@ -14,6 +14,7 @@ mod fake;
 mod tests;
 
 pub use host::{HeaderMap, Headers, Host, Metadata};
+pub use metrics::counter_names;
 pub use stream::Stream;
 pub use worker::{Worker, TICK_MS};
 

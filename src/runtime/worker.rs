@@ -50,6 +50,20 @@ impl<H: Host> Worker<H> {
     pub fn on_tick(&self, host: &H, root: u32) {
         self.clock.set(host.now_ms());
         self.metrics.flush(host);
-        stream::release_orphaned_flights(host, self, root);
+        self.release_orphans(host, root);
+    }
+
+    /// For a build without a timer (the dynamic module): the tick's work, from a request's
+    /// hook (`current` its stream) when `TICK_MS` have passed since the last.
+    pub fn tick_if_due(&self, host: &H, current: u32) {
+        if host.now_ms().saturating_sub(self.clock.get()) >= u64::from(TICK_MS) {
+            self.on_tick(host, current);
+        }
+    }
+
+    /// Releases requests waiting on a fetch whose leading request is gone (with the
+    /// fallback), then makes `current` the effective stream again.
+    pub fn release_orphans(&self, host: &H, current: u32) {
+        stream::release_orphaned_flights(host, self, current);
     }
 }

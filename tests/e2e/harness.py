@@ -14,6 +14,12 @@ from servers import dead_port, free_port
 ROOT = Path(__file__).resolve().parents[2]
 WASM = Path(os.environ.get("FILTER_WASM", ROOT / "target/wasm32-wasip1/release/custom_error_pages.wasm"))
 ENVOY = os.environ.get("ENVOY_BIN", str(ROOT / ".tools/envoy"))
+# Which build of the filter the suite runs against: "wasm" (the proxy-wasm module, the
+# default) or "native" (the Envoy dynamic module, `make e2e-native`).
+BUILD = os.environ.get("FILTER_BUILD", "wasm")
+NATIVE_DIR = Path(os.environ.get("FILTER_NATIVE_DIR", ROOT / "target/release"))
+# Where each build's counters appear in Envoy's stats.
+COUNTER_PREFIX = {"wasm": "wasmcustom.", "native": "dynamicmodulescustom."}[BUILD]
 # Envoy worker threads (one wasm VM, with its own cache, per worker): `make e2e-workers`
 # runs the suite with 2.
 CONCURRENCY = os.environ.get("ENVOY_CONCURRENCY", "1")
@@ -25,6 +31,10 @@ ACCESS_LOG_FORMAT = (
 
 
 def wasm_filter(policy, vm_id="custom_error_pages", wasm=None):
+    """The filter under test with `policy`: the proxy-wasm module, or with
+    FILTER_BUILD=native the dynamic module (same policy JSON, as `filter_config`)."""
+    if BUILD == "native" and wasm is None:
+        return native_filter(policy)
     return {
         "name": "envoy.filters.http.wasm",
         "typed_config": {
@@ -41,6 +51,21 @@ def wasm_filter(policy, vm_id="custom_error_pages", wasm=None):
                     "value": policy if isinstance(policy, str) else json.dumps(policy),
                 },
                 "failure_policy": "FAIL_RELOAD",
+            },
+        },
+    }
+
+
+def native_filter(policy):
+    return {
+        "name": "custom_error_pages",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+            "dynamic_module_config": {"name": "custom_error_pages"},
+            "filter_name": "custom_error_pages",
+            "filter_config": {
+                "@type": "type.googleapis.com/google.protobuf.StringValue",
+                "value": policy if isinstance(policy, str) else json.dumps(policy),
             },
         },
     }
@@ -156,10 +181,11 @@ class Envoy:
         cfg = self.workdir / "envoy.json"
         cfg.write_text(json.dumps(self.config, indent=1))
         self.logfile = open(self.log, "wb")
+        env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE_DIR))
         self.proc = subprocess.Popen(
             [ENVOY, "-c", str(cfg), "--concurrency", self.concurrency, "--disable-hot-restart", "-l", "info",
-             "--component-log-level", os.environ.get("ENVOY_COMPONENT_LOG", "wasm:debug")],
-            stdout=self.logfile, stderr=subprocess.STDOUT,
+             "--component-log-level", os.environ.get("ENVOY_COMPONENT_LOG", "wasm:debug,dynamic_modules:debug")],
+            stdout=self.logfile, stderr=subprocess.STDOUT, env=env,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -223,7 +249,7 @@ class Envoy:
         counter shows `expect` (for 0, until it has stayed 0 past three ticks)."""
         deadline = time.monotonic() + (0.35 if expect == 0 else timeout)
         while True:
-            value = self.stats(name).get(f"wasmcustom.custom_error_pages.{name}", 0)
+            value = self.stats(name).get(f"{COUNTER_PREFIX}custom_error_pages.{name}", 0)
             if (value == expect and expect != 0) or time.monotonic() > deadline:
                 return value
             time.sleep(0.05)

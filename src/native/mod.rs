@@ -1,0 +1,281 @@
+//! The native adapter: the same engine and runtime as an Envoy dynamic module
+//! (`libcustom_error_pages.so`, `make build-native`), for Envoy users who want no wasm VM
+//! on the request path. `abi.rs` is the boundary (every `unsafe`, the exported hooks);
+//! `host.rs` implements the runtime's `Host`; this file holds the objects Envoy keeps:
+//! the configuration, the per-route configuration and one filter per stream.
+//!
+//! What differs from the proxy-wasm build, and why:
+//! - One module serves every worker thread (a wasm VM is per worker): the policy is
+//!   validated once when Envoy loads the configuration, and each worker thread builds its
+//!   own `Worker` (cache, fetches in flight) from it on its first stream, as a VM would.
+//! - No timer: the runtime's tick (clock, counters, requests left waiting by a leading
+//!   request that is gone) runs from the response hook when it is due, counters are also
+//!   added when a stream completes, and a leading request's end releases its waiters at once.
+//! - A route's `typed_per_filter_config` can name the policy (`{"policy": "checkout"}`);
+//!   it takes the place of the route metadata's policy. A virtual host's metadata is not
+//!   readable by a dynamic module (use `typed_per_filter_config` on the virtual host).
+
+mod abi;
+mod host;
+
+use crate::config::{self, Config};
+use crate::runtime::{self, Stream, Worker};
+use abi::{ConfigPtr, FilterPtr};
+use host::{Defined, Enter, Native};
+use log::{error, info, warn};
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+/// Called once when Envoy loads the module.
+fn init() {
+    static LOGGER: EnvoyLog = EnvoyLog;
+    if log::set_logger(&LOGGER).is_ok() {
+        log::set_max_level(log::LevelFilter::Trace);
+    }
+    info!("custom-error-pages: version {} (dynamic module) loaded", env!("CARGO_PKG_VERSION"));
+}
+
+/// `log` lines into Envoy's log (the `dynamic_modules` component).
+struct EnvoyLog;
+
+fn level(l: log::Level) -> abi::LogLevel {
+    match l {
+        log::Level::Error => abi::LogLevel::Error,
+        log::Level::Warn => abi::LogLevel::Warn,
+        log::Level::Info => abi::LogLevel::Info,
+        log::Level::Debug => abi::LogLevel::Debug,
+        log::Level::Trace => abi::LogLevel::Trace,
+    }
+}
+
+impl log::Log for EnvoyLog {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        abi::log_enabled(level(metadata.level()))
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            abi::log(level(record.level()), &record.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// Generations of the configurations Envoy holds: a worker thread drops its `Worker` for
+/// a configuration Envoy has destroyed (a policy swap) when it next builds one.
+static LIVE_CONFIGS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
+
+/// The filter configuration: the policy, validated on Envoy's main thread.
+pub struct ModuleConfig {
+    generation: u64,
+    text: Box<[u8]>,
+    counters: Vec<(String, usize)>,
+    metadata_namespace: String,
+}
+
+impl ModuleConfig {
+    /// `None` refuses the configuration (Envoy logs that the filter failed to initialise;
+    /// the line before it names the field).
+    fn new(envoy: ConfigPtr, text: &[u8]) -> Option<ModuleConfig> {
+        let cfg = match config::load(text) {
+            Ok(cfg) => cfg,
+            Err(e) => {
+                error!("custom-error-pages: invalid policy: {e}");
+                return None;
+            }
+        };
+        for w in &cfg.warnings {
+            warn!("custom-error-pages: policy warning: {w}");
+        }
+        info!(
+            "custom-error-pages: policy loaded: {} policies, {} path matchers, {} error services",
+            cfg.policies.len(),
+            cfg.matchers.len(),
+            cfg.services.len()
+        );
+        // Counters can only be defined now: Envoy freezes stat creation after this hook.
+        let counters = runtime::counter_names()
+            .into_iter()
+            .filter_map(|name| abi::define_counter(envoy, &name).map(|id| (name, id)))
+            .collect();
+        let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut live) = LIVE_CONFIGS.lock() {
+            live.push(generation);
+        }
+        Some(ModuleConfig {
+            generation,
+            text: text.into(),
+            counters,
+            metadata_namespace: cfg.metadata_namespace.clone(),
+        })
+    }
+
+    /// This worker thread's `Worker` for the configuration, built on first use.
+    fn worker(&self) -> Option<(Rc<Worker<Native>>, Native)> {
+        thread_local! {
+            static WORKERS: RefCell<Vec<(u64, Rc<Worker<Native>>, Native)>> = const { RefCell::new(Vec::new()) };
+        }
+        WORKERS.with(|w| {
+            let mut workers = w.borrow_mut();
+            if let Some((_, worker, host)) = workers.iter().find(|(g, _, _)| *g == self.generation) {
+                return Some((worker.clone(), host.clone()));
+            }
+            let live = LIVE_CONFIGS.lock().map(|l| l.clone()).unwrap_or_default();
+            workers.retain(|(g, _, _)| live.contains(g));
+            // The same text passed validation on the main thread.
+            let cfg: Config = config::load(&self.text).ok()?;
+            let host = Native(Rc::new(Defined {
+                counters: self.counters.clone(),
+                metadata_namespace: self.metadata_namespace.clone(),
+            }));
+            let worker = Rc::new(Worker::new(&host, cfg));
+            workers.push((self.generation, worker.clone(), host.clone()));
+            Some((worker, host))
+        })
+    }
+}
+
+impl Drop for ModuleConfig {
+    fn drop(&mut self) {
+        if let Ok(mut live) = LIVE_CONFIGS.lock() {
+            live.retain(|g| *g != self.generation);
+        }
+    }
+}
+
+/// A route's (or virtual host's) `typed_per_filter_config`: `{"policy": "<name>"}`, a
+/// policy of the filter configuration's `policies`.
+pub struct RouteConfig {
+    policy: String,
+}
+
+impl RouteConfig {
+    /// `None` refuses the route configuration, with the reason in Envoy's log.
+    fn new(text: &[u8]) -> Option<RouteConfig> {
+        match route_policy(text) {
+            Ok(policy) => Some(RouteConfig { policy }),
+            Err(why) => {
+                error!("custom-error-pages: invalid per-route configuration: {why}");
+                None
+            }
+        }
+    }
+}
+
+/// The policy name of a per-route configuration, or why it is refused.
+pub fn route_policy(text: &[u8]) -> Result<String, String> {
+    let value: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| format!("not JSON ({e}): expected {{\"policy\": \"<name>\"}}"))?;
+    let object = value.as_object().ok_or("expected an object {\"policy\": \"<name>\"}")?;
+    if let Some(other) = object.keys().find(|k| *k != "policy") {
+        return Err(format!("{other}: unknown field (the only field is \"policy\")"));
+    }
+    match object.get("policy") {
+        Some(serde_json::Value::String(name)) if !name.is_empty() => Ok(name.clone()),
+        Some(_) => Err("policy: expected a non-empty string, the name of one of the configuration's policies".into()),
+        None => Err("policy: missing".into()),
+    }
+}
+
+/// One stream's filter.
+pub struct Filter {
+    id: u32,
+    /// None when this thread could not build its worker (cannot happen after validation):
+    /// the stream passes through.
+    run: Option<(Stream<Native>, Rc<Worker<Native>>, Native)>,
+}
+
+impl Filter {
+    fn new(config: &ModuleConfig, envoy: FilterPtr) -> Filter {
+        let id = host::register(envoy);
+        let run = config.worker().map(|(worker, host)| (Stream::new(id, host.clone(), worker.clone()), worker, host));
+        Filter { id, run }
+    }
+
+    fn on_request_headers(&mut self, envoy: FilterPtr) -> u32 {
+        let _enter = Enter::new(envoy);
+        if let Some((stream, _, _)) = &mut self.run {
+            stream.on_request_headers();
+        }
+        0 // Continue
+    }
+
+    fn on_response_headers(&mut self, envoy: FilterPtr, end_of_stream: bool) -> u32 {
+        let _enter = Enter::new(envoy);
+        let Some((stream, worker, host)) = &mut self.run else { return 0 };
+        worker.tick_if_due(host, self.id);
+        let a = stream.on_response_headers(end_of_stream);
+        info!("DBG [{}] response headers eos={end_of_stream} -> {:?}", self.id, a);
+        match a {
+            runtime::Action::Continue => 0,
+            // Not StopIteration: Envoy would still pass body chunks on (a data callback
+            // answering Continue resumes everything). StopAllIterationAndWatermark holds
+            // the body in Envoy, with flow control, as a paused proxy-wasm filter does.
+            runtime::Action::Pause => 4,
+        }
+    }
+
+    fn on_response_body(&mut self, envoy: FilterPtr, end_of_stream: bool) -> u32 {
+        let _enter = Enter::new(envoy);
+        if let Some((stream, _, _)) = &mut self.run {
+            stream.on_response_body(abi::received_response_body_size(envoy), end_of_stream);
+        }
+        0 // Continue
+    }
+
+    fn on_stream_complete(&mut self, envoy: FilterPtr) {
+        let _enter = Enter::new(envoy);
+        if let Some((_, worker, host)) = &self.run {
+            worker.flush_counters(host);
+        }
+    }
+
+    fn on_callout_done(&mut self, envoy: FilterPtr, callout_id: u64, answer: (Vec<(String, Vec<u8>)>, Vec<u8>)) {
+        let _enter = Enter::new(envoy);
+        if let Some((stream, _, _)) = &mut self.run {
+            let size = answer.1.len();
+            info!("DBG [{}] callout {callout_id} done: {} headers, {size} bytes", self.id, answer.0.len());
+            host::set_answer(answer);
+            stream.on_call_response(callout_id as u32, size);
+            host::set_answer(Default::default());
+        }
+    }
+}
+
+impl Drop for Filter {
+    /// Envoy destroys the filter (and cancels its callout): requests waiting on a fetch
+    /// this one led get their fallback now rather than wait for a timer.
+    fn drop(&mut self) {
+        info!("DBG [{}] destroy", self.id);
+        host::unregister(self.id);
+        if let Some((stream, worker, host)) = self.run.take() {
+            drop(stream);
+            let _enter = Enter::new(std::ptr::null_mut());
+            worker.release_orphans(&host, 0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::route_policy;
+
+    #[test]
+    fn a_route_names_a_policy() {
+        assert_eq!(route_policy(br#"{"policy": "checkout"}"#).unwrap(), "checkout");
+    }
+
+    #[test]
+    fn a_route_config_without_a_usable_name_is_refused_with_the_field() {
+        assert!(route_policy(b"checkout").unwrap_err().contains("not JSON"));
+        assert!(route_policy(b"[]").unwrap_err().contains("expected an object"));
+        assert!(route_policy(br#"{}"#).unwrap_err().starts_with("policy: missing"));
+        assert!(route_policy(br#"{"policy": ""}"#).unwrap_err().starts_with("policy: expected"));
+        assert!(route_policy(br#"{"policy": 3}"#).unwrap_err().starts_with("policy: expected"));
+        assert!(route_policy(br#"{"policy": "a", "x": 1}"#).unwrap_err().starts_with("x: unknown field"));
+    }
+}
