@@ -611,7 +611,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_trailers(
 pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_complete(_: FilterPtr, _: *const c_void, _: u64) {}
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(_: FilterPtr, _: *const c_void, _: u64, _: u32) {}
+pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
+    _: FilterPtr,
+    _: *const c_void,
+    _: u64,
+    _: u32,
+) {
+}
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_: FilterPtr, _: *const c_void, _: u64) {}

@@ -214,8 +214,9 @@ impl Host for Native {
     }
 
     /// The route's `typed_per_filter_config` (most specific: route, virtual host, route
-    /// configuration) names the policy before the route's metadata does. The virtual
-    /// host's metadata is not readable by a dynamic module: `None`.
+    /// configuration) names the policy before the route's metadata does. Envoy 1.40 gives
+    /// a dynamic module no way to read a virtual host's metadata (no metadata source, and
+    /// the `xds.virtual_host_metadata` attribute is not served as a string): `None`.
     fn metadata(&self, of: Metadata, namespace: &str, key: &str) -> Option<String> {
         if of == Metadata::VirtualHost {
             return None;

@@ -208,9 +208,7 @@ impl Filter {
         let _enter = Enter::new(envoy);
         let Some((stream, worker, host)) = &mut self.run else { return 0 };
         worker.tick_if_due(host, self.id);
-        let a = stream.on_response_headers(end_of_stream);
-        info!("DBG [{}] response headers eos={end_of_stream} -> {:?}", self.id, a);
-        match a {
+        match stream.on_response_headers(end_of_stream) {
             runtime::Action::Continue => 0,
             // Not StopIteration: Envoy would still pass body chunks on (a data callback
             // answering Continue resumes everything). StopAllIterationAndWatermark holds
@@ -238,7 +236,6 @@ impl Filter {
         let _enter = Enter::new(envoy);
         if let Some((stream, _, _)) = &mut self.run {
             let size = answer.1.len();
-            info!("DBG [{}] callout {callout_id} done: {} headers, {size} bytes", self.id, answer.0.len());
             host::set_answer(answer);
             stream.on_call_response(callout_id as u32, size);
             host::set_answer(Default::default());
@@ -250,7 +247,6 @@ impl Drop for Filter {
     /// Envoy destroys the filter (and cancels its callout): requests waiting on a fetch
     /// this one led get their fallback now rather than wait for a timer.
     fn drop(&mut self) {
-        info!("DBG [{}] destroy", self.id);
         host::unregister(self.id);
         if let Some((stream, worker, host)) = self.run.take() {
             drop(stream);

@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import Envoy  # noqa: E402
+from harness import BUILD, Envoy  # noqa: E402
 from servers import ErrorServiceHandler, Running, UpstreamHandler  # noqa: E402
 
 
@@ -15,6 +15,19 @@ def pytest_configure(config):
         "one_worker: counts what one Envoy worker does (fetches, upstream connections, VM reloads); "
         "`make e2e-workers` runs the rest of the suite with two workers",
     )
+    config.addinivalue_line("markers", "wasm_only(reason): about the proxy-wasm build alone (skipped with FILTER_BUILD=native)")
+    config.addinivalue_line("markers", "native_only(reason): about the dynamic module alone (skipped for the wasm build)")
+
+
+def pytest_collection_modifyitems(config, items):
+    """One suite, run once per build (FILTER_BUILD=wasm|native): a test that is about one
+    build alone says why, and the other build's run skips it with that reason."""
+    other = "native_only" if BUILD == "wasm" else "wasm_only"
+    for item in items:
+        mark = item.get_closest_marker(other)
+        if mark:
+            reason = mark.kwargs.get("reason") or (mark.args[0] if mark.args else other)
+            item.add_marker(pytest.mark.skip(reason=f"{other}: {reason}"))
 
 
 @pytest.hookimpl(tryfirst=True, hookwrapper=True)

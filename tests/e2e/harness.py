@@ -18,6 +18,11 @@ ENVOY = os.environ.get("ENVOY_BIN", str(ROOT / ".tools/envoy"))
 # default) or "native" (the Envoy dynamic module, `make e2e-native`).
 BUILD = os.environ.get("FILTER_BUILD", "wasm")
 NATIVE_DIR = Path(os.environ.get("FILTER_NATIVE_DIR", ROOT / "target/release"))
+# The filter's name in the chain (the key of a route's `typed_per_filter_config`) and its
+# config type, per build.
+FILTER_NAME = {"wasm": "envoy.filters.http.wasm", "native": "custom_error_pages"}[BUILD]
+FILTER_TYPE = {"wasm": "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm",
+               "native": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter"}[BUILD]
 # Where each build's counters appear in Envoy's stats.
 COUNTER_PREFIX = {"wasm": "wasmcustom.", "native": "dynamicmodulescustom."}[BUILD]
 # Envoy worker threads (one wasm VM, with its own cache, per worker): `make e2e-workers`

@@ -9,9 +9,12 @@ import subprocess
 import sys
 import tarfile
 
+import pytest
 import yaml
 
 from harness import ENVOY, ROOT, WASM
+
+pytestmark = pytest.mark.wasm_only(reason="the wasm module's packaging: compose harness, OCI image, Istio manifest, exports")
 
 COMPOSE = ROOT / "envoy/docker-compose.yaml"
 

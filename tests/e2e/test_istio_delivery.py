@@ -13,6 +13,8 @@ import yaml
 from harness import ROOT, WASM, cluster, hcm_of
 from servers import ErrorServiceHandler, Running, dead_port
 
+pytestmark = pytest.mark.wasm_only(reason="Istio delivers wasm modules (WasmPlugin); the dynamic module is a file Envoy loads")
+
 SVC = {"cluster": "error_pages", "timeoutMs": 1000}
 POLICY = {"errorService": SVC, "defaultCustomErrorResponsePolicy": {"errorResponseRules": [
     {"matchResponseCodes": ["404"], "path": "/e/404.html"}]}}

@@ -2,9 +2,10 @@
 route's or virtual host's metadata, routes selected by the Istio VirtualService that made
 them, and Envoy's own per-route switch (`FilterConfig`) turning the filter off or on."""
 
-from harness import hcm_of
+import pytest
 
-WASM_FILTER = "envoy.filters.http.wasm"
+from harness import FILTER_NAME, hcm_of
+
 POLICY = {
     "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["4xx", "5xx"], "body": "site {{status}}", "contentType": "text/plain"}]},
     "hostRules": [{"hosts": ["istio.test"], "pathMatcher": "vs"}],
@@ -28,7 +29,7 @@ def route(name, prefix, metadata=None, per_filter=None):
     if metadata:
         r["metadata"] = metadata
     if per_filter is not None:
-        r["typed_per_filter_config"] = {WASM_FILTER: {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", **per_filter}}
+        r["typed_per_filter_config"] = {FILTER_NAME: {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", **per_filter}}
     return r
 
 
@@ -56,6 +57,7 @@ def vhosts(filter_disabled=False):
     return customize
 
 
+@pytest.mark.wasm_only(reason="Envoy 1.40 gives a dynamic module no access to a virtual host's metadata (test_native.py covers typed_per_filter_config instead)")
 def test_route_metadata_selects_a_named_policy_per_code(start_envoy):
     e = start_envoy(POLICY, customize=vhosts())
     r = e.request("/checkout/status/503", host="shop.test")
@@ -66,6 +68,7 @@ def test_route_metadata_selects_a_named_policy_per_code(start_envoy):
     assert "original=503 served=503 outcome=inline rule=policies.checkout.errorResponseRules[0]" in e.wait_access_line("GET /checkout/status/503")
 
 
+@pytest.mark.wasm_only(reason="Envoy 1.40 gives a dynamic module no access to a virtual host's metadata (test_native.py covers typed_per_filter_config instead)")
 def test_virtual_host_metadata_and_its_passthrough(start_envoy):
     e = start_envoy(POLICY, customize=vhosts())
     r = e.request("/status/500", host="shop.test")
@@ -77,6 +80,7 @@ def test_virtual_host_metadata_and_its_passthrough(start_envoy):
     assert (r.status, r.body) == (404, b"site 404"), "a virtual host without metadata: the site default"
 
 
+@pytest.mark.wasm_only(reason="Envoy 1.40 gives a dynamic module no access to a virtual host's metadata (test_native.py covers typed_per_filter_config instead)")
 def test_an_unknown_policy_name_is_skipped_and_counted(start_envoy):
     e = start_envoy(POLICY, customize=vhosts())
     for _ in range(2):

@@ -9,10 +9,9 @@ import time
 
 import pytest
 
-from harness import hcm_of, wasm_filter
+from harness import FILTER_TYPE, hcm_of, wasm_filter
 
 SVC = {"cluster": "error_pages", "timeoutMs": 2000, "cacheTtlSeconds": 300}
-WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 
 
 def policy(path, svc=SVC):
@@ -54,7 +53,7 @@ def xds(start_envoy, tmp_path):
         listener = config["static_resources"].pop("listeners")[0]
         hcm = hcm_of({"static_resources": {"listeners": [listener]}})
         hcm["http_filters"][0] = {"name": "custom_error_pages", "config_discovery": {
-            "config_source": x.source("ecds.json"), "type_urls": [WASM_TYPE]}}
+            "config_source": x.source("ecds.json"), "type_urls": [FILTER_TYPE]}}
         x.listener = listener
         x.write("lds.json", [{"@type": "type.googleapis.com/envoy.config.listener.v3.Listener", **listener}])
         config["node"] = {"id": "custom-error-pages-test", "cluster": "test"}
