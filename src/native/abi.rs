@@ -132,6 +132,10 @@ pub enum LogLevel {
 }
 
 pub type FilterPtr = *mut c_void;
+/// Headers copied out of Envoy: (name, value), in Envoy's order.
+pub type HeaderList = Vec<(Box<[u8]>, Box<[u8]>)>;
+/// A callout's answer, copied: headers and body.
+pub type Answer = (Vec<(String, Vec<u8>)>, Vec<u8>);
 pub type ConfigPtr = *mut c_void;
 
 extern "C" {
@@ -252,7 +256,7 @@ pub fn increment_counter(filter: FilterPtr, id: usize, n: u64) -> bool {
 }
 
 /// Every header of a map, copied (names are lower-case, as Envoy keeps them).
-pub fn headers(filter: FilterPtr, of: HeaderType) -> Vec<(Box<[u8]>, Box<[u8]>)> {
+pub fn headers(filter: FilterPtr, of: HeaderType) -> HeaderList {
     // SAFETY: see above; the array has the size Envoy reported.
     unsafe {
         let n = envoy_dynamic_module_callback_http_get_headers_size(filter, of as u32);
@@ -384,7 +388,7 @@ pub unsafe fn callout_answer(
     headers_size: usize,
     chunks: *const EnvoyBuffer,
     chunks_size: usize,
-) -> (Vec<(String, Vec<u8>)>, Vec<u8>) {
+) -> Answer {
     let headers: &[EnvoyHeader] =
         if headers.is_null() || headers_size == 0 { &[] } else { std::slice::from_raw_parts(headers, headers_size) };
     let chunks: &[EnvoyBuffer] =

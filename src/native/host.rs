@@ -4,7 +4,7 @@
 //! requests from the leading request's hook), the callout answer being delivered, and the
 //! resumes to run once the hook has returned.
 
-use super::abi::{self, FilterPtr, HeaderType};
+use super::abi::{self, Answer, FilterPtr, HeaderList, HeaderType};
 use super::RouteConfig;
 use crate::fasthash::FastMap;
 use crate::runtime::{HeaderMap, Headers, Host, Metadata};
@@ -17,7 +17,7 @@ thread_local! {
     static CURRENT: Cell<FilterPtr> = const { Cell::new(null_mut()) };
     static LIVE: RefCell<FastMap<u32, FilterPtr>> = RefCell::new(FastMap::default());
     static NEXT_ID: Cell<u32> = const { Cell::new(1) };
-    static ANSWER: RefCell<(Vec<(String, Vec<u8>)>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    static ANSWER: RefCell<Answer> = const { RefCell::new((Vec::new(), Vec::new())) };
     static DEFERRED: RefCell<VecDeque<Deferred>> = const { RefCell::new(VecDeque::new()) };
 }
 
@@ -43,7 +43,7 @@ pub fn unregister(id: u32) {
 /// recorded before a local reply completes the stream (and writes the access log).
 enum Deferred {
     Resume(FilterPtr),
-    Reply { filter: FilterPtr, status: u16, headers: Vec<(Box<[u8]>, Box<[u8]>)>, body: Box<[u8]> },
+    Reply { filter: FilterPtr, status: u16, headers: HeaderList, body: Box<[u8]> },
 }
 
 impl Deferred {
@@ -90,7 +90,7 @@ impl Drop for Enter {
 }
 
 /// The answer the callout hook delivers, readable by the runtime during `on_call_response`.
-pub fn set_answer(answer: (Vec<(String, Vec<u8>)>, Vec<u8>)) {
+pub fn set_answer(answer: Answer) {
     ANSWER.with(|a| *a.borrow_mut() = answer);
 }
 
@@ -108,7 +108,7 @@ pub struct Defined {
 pub struct Native(pub Rc<Defined>);
 
 #[derive(Default)]
-pub struct Map(Vec<(Box<[u8]>, Box<[u8]>)>);
+pub struct Map(HeaderList);
 
 impl HeaderMap for Map {
     fn entries(&self) -> impl Iterator<Item = (&[u8], &[u8])> {

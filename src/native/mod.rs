@@ -116,8 +116,9 @@ impl ModuleConfig {
 
     /// This worker thread's `Worker` for the configuration, built on first use.
     fn worker(&self) -> Option<(Rc<Worker<Native>>, Native)> {
+        type Workers = Vec<(u64, Rc<Worker<Native>>, Native)>;
         thread_local! {
-            static WORKERS: RefCell<Vec<(u64, Rc<Worker<Native>>, Native)>> = const { RefCell::new(Vec::new()) };
+            static WORKERS: RefCell<Workers> = const { RefCell::new(Vec::new()) };
         }
         WORKERS.with(|w| {
             let mut workers = w.borrow_mut();
@@ -232,7 +233,7 @@ impl Filter {
         }
     }
 
-    fn on_callout_done(&mut self, envoy: FilterPtr, callout_id: u64, answer: (Vec<(String, Vec<u8>)>, Vec<u8>)) {
+    fn on_callout_done(&mut self, envoy: FilterPtr, callout_id: u64, answer: abi::Answer) {
         let _enter = Enter::new(envoy);
         if let Some((stream, _, _)) = &mut self.run {
             let size = answer.1.len();

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import ROOT, WASM, Envoy
+from harness import BUILD, FILTER_NAME, ROOT, WASM, Envoy, native_filter
 from servers import free_port
 
 sys.path.insert(0, str(ROOT / "envoy"))
@@ -43,6 +43,19 @@ def wait_port(port, proc, timeout=20):
     raise RuntimeError(f"nothing listening on {port}")
 
 
+def as_native(cfg):
+    """The sample with the dynamic module in the wasm filter's place: the same policy, and
+    the per-route switch under the dynamic module's filter name (docs/native.md)."""
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    policy = wasm_config(cfg)["configuration"]["value"]
+    hcm["http_filters"][0] = native_filter(policy)
+    for vh in hcm["route_config"]["virtual_hosts"]:
+        for r in vh.get("routes", []):
+            per_filter = r.get("typed_per_filter_config", {})
+            if "envoy.filters.http.wasm" in per_filter:
+                per_filter[FILTER_NAME] = per_filter.pop("envoy.filters.http.wasm")
+
+
 @pytest.fixture
 def sample(tmp_path):
     backend_port, pages_port = free_port(), free_port()
@@ -64,6 +77,8 @@ def sample(tmp_path):
             addr = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
             addr["port_value"] = ports.get(addr["port_value"], addr["port_value"])
         wasm_config(cfg)["vm_config"]["code"]["local"]["filename"] = str(WASM)
+        if BUILD == "native":
+            as_native(cfg)
         e.start()
         yield e
     finally:
