@@ -59,7 +59,7 @@ e2e-workers: build
 run: build
 	scripts/demo.sh
 
-bench: build
+bench: build build-native
 	scripts/setup.sh bench
 	$(PY) bench/run.py
 

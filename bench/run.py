@@ -21,6 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 WASM = ROOT / "target/wasm32-wasip1/release/custom_error_pages.wasm"
+NATIVE_DIR = ROOT / "target/release"  # libcustom_error_pages.so (make build-native)
 ENVOY = ROOT / ".tools/envoy"
 HOST = "bench.example.com"
 PAGE = "<!DOCTYPE html><html><head><title>Not found</title></head><body><h1>We could not find that page</h1>" + "<p>" + "x" * 900 + "</p></body></html>"
@@ -132,6 +133,14 @@ def wasm(policy, vm_id, module=None):
                    "failure_policy": "FAIL_RELOAD"}}}
 
 
+def dynamic_module(policy):
+    """The same engine as an Envoy dynamic module (make build-native), same policy."""
+    return {"name": "custom_error_pages", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
+        "dynamic_module_config": {"name": "custom_error_pages"}, "filter_name": "custom_error_pages",
+        "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(policy)}}}
+
+
 def native():
     """Envoy's own custom_response filter: the same page for the same 404."""
     return {"name": "envoy.filters.http.custom_response", "typed_config": {
@@ -168,6 +177,7 @@ VARIANTS = {
     "ours": (lambda: [wasm(realistic_policy(300), "ours")], "our filter, realistic policy, object cached"),
     "nocache": (lambda: [wasm(realistic_policy(0), "nocache")], "our filter, realistic policy, no cache (fetch per error)"),
     "native": (lambda: [native()], "Envoy native custom_response (LocalResponsePolicy)"),
+    "dm": (lambda: [dynamic_module(realistic_policy(300))], "our filter as a dynamic module, realistic policy, object cached"),
 }
 
 
@@ -189,8 +199,9 @@ class Bench:
                    "clusters": [cluster(f"b_{v}", self.backend) for v in VARIANTS] + [cluster("errsvc", self.errsvc)]}}
         (self.tmp / "envoy.json").write_text(json.dumps(cfg))
         self.envoy_log = open(self.tmp / "envoy.log", "wb")
-        self.envoy = subprocess.Popen(PIN_ENVOY + [str(ENVOY), "-c", str(self.tmp / "envoy.json"), "--concurrency", "1", "--disable-hot-restart", "-l", "warning"],
-                                      stdout=self.envoy_log, stderr=subprocess.STDOUT)
+        self.envoy = subprocess.Popen(PIN_ENVOY + [str(ENVOY), "-c", str(self.tmp / "envoy.json"), "--concurrency", "1", "--disable-hot-restart", "-l", "error"],
+                                      stdout=self.envoy_log, stderr=subprocess.STDOUT,
+                                      env=dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE_DIR)))
         self.procs.append(self.envoy)
         deadline = time.time() + 60
         while time.time() < deadline:
@@ -284,6 +295,8 @@ def check_bodies(b):
     assert s == 404 and body.decode() == PAGE, (s, body[:100])
     s, body = b.get("native", "/missing")
     assert s == 404 and body.decode() == PAGE, (s, body[:100])
+    s, body = b.get("dm", "/missing")
+    assert s == 404 and body.decode() == PAGE, (s, body[:100])
     s, body = b.get("nocache", "/missing")
     assert s == 404 and body.decode() == PAGE, (s, body[:100])
     for v in VARIANTS:
@@ -304,8 +317,8 @@ def run(b, args):
             print(f"median {kind:3} {v:8} rps {statistics.median(r['rps'] for r in rs):>9,.0f}  "
                   f"cpu/req {statistics.median(r['cpu_us'] for r in rs):6.1f} us")
         return
-    success = ["none", "empty", "ours", "native"]
-    error = ["none", "ours", "native", "nocache"]
+    success = ["none", "empty", "ours", "dm", "native"]
+    error = ["none", "ours", "dm", "native", "nocache"]
     results = {("ok", v): [] for v in success}
     results.update({("err", v): [] for v in error})
     cx_before = b.stats()
@@ -332,6 +345,13 @@ def run(b, args):
 def micro():
     out = subprocess.run(["cargo", "run", "--quiet", "--release", "--example", "decide_bench"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     return out.strip()
+
+
+NATIVE_SO = NATIVE_DIR / "libcustom_error_pages.so"
+
+
+def met_row(what, target, value, note):
+    return f"| {what} | >= {target} | {value:.3f} | {'met' if value >= target else 'NOT met'}: {note} |"
 
 
 def write_report(args, results, errors_sent, cx, destroy, single):
@@ -366,6 +386,18 @@ def write_report(args, results, errors_sent, cx, destroy, single):
         f"| error path, no cache, 1 connection: req/s (cached: {statistics.median(r['rps'] for r in single['ours']):,.0f}) | report | {statistics.median(r['rps'] for r in single['nocache']):,.0f} | every error waits for its own fetch |",
         f"| added mean latency per error-service round trip | report | {1000 * (statistics.median(r['mean_ms'] for r in single['nocache']) - statistics.median(r['mean_ms'] for r in single['ours'])):.0f} µs | mean latency no-cache minus cached, 1 connection |",
         f"| module size (release .wasm) | <= 300 KiB | {size / 1024:.1f} KiB ({size} bytes) | {'met' if size <= 300 * 1024 else 'NOT met'} |",
+        "",
+        "### The dynamic module (`make build-native`), same run",
+        "",
+        "| figure | target | measured | |",
+        "|---|---|---|---|",
+        met_row("success path: dynamic module / no filter", 0.95, ratio(('ok', 'dm'), ('ok', 'none')), f"{cpu[('ok', 'dm')][0]:.1f} vs {cpu[('ok', 'none')][0]:.1f} µs Envoy CPU"),
+        met_row("error path, object cached: dynamic module / no filter's plain 404", 0.85, ratio(('err', 'dm'), ('err', 'none')), f"{cpu[('err', 'dm')][0]:.1f} vs {cpu[('err', 'none')][0]:.1f} µs"),
+        met_row("error path, object cached: dynamic module / native custom_response", 2.0, ratio(('err', 'dm'), ('err', 'native')), f"{cpu[('err', 'dm')][0]:.1f} vs {cpu[('err', 'native')][0]:.1f} µs"),
+        met_row("error path, object cached: dynamic module / wasm build", 1.2, ratio(('err', 'dm'), ('err', 'ours')), f"{cpu[('err', 'dm')][0]:.1f} vs {cpu[('err', 'ours')][0]:.1f} µs"),
+        f"| upstream connections opened per 1,000 intercepted errors (dynamic module) | < 1 | {1000 * cx['dm'] / max(1, errors_sent['dm']):.3f} | {'met' if 1000 * cx['dm'] / max(1, errors_sent['dm']) < 1 else 'NOT met'} |",
+        f"| success path: wasm build / no filter (for comparison) | report | {ratio(('ok', 'ours'), ('ok', 'none')):.3f} | |",
+        f"| shared object size (stripped) | report | {NATIVE_SO.stat().st_size / 1024:.0f} KiB | |",
         "",
         "Reading the success-path figure: a policy without rules makes no host call at all, while any policy with rules "
         "makes two on every response, both forced by Envoy's API: a copy of the request headers in the request phase (Envoy "
