@@ -51,10 +51,12 @@ e2e-oldest: build
 
 test-oldest: setup e2e-oldest
 
-# The suite with two Envoy workers (two wasm VMs, two caches), but for the tests that count
-# what one worker does (marked one_worker).
-e2e-workers: build
+# The suite with two Envoy workers (two wasm VMs, or two worker threads of the dynamic
+# module: two caches either way), for both builds, but for the tests that count what one
+# worker does (marked one_worker).
+e2e-workers: build build-native
 	ENVOY_CONCURRENCY=2 $(PY) -m pytest -q -m "not one_worker" tests/e2e
+	ENVOY_CONCURRENCY=2 FILTER_BUILD=native $(PY) -m pytest -q -m "not one_worker" tests/e2e
 
 run: build
 	scripts/demo.sh
