@@ -56,10 +56,12 @@ def start_envoy(request, tmp_path, upstream, errors):
     """start_envoy(policy) -> a ready Envoy; stopped (and its log dumped on failure) after."""
     started = []
 
-    def start(policy, expect_ready=True, config=None, error_service=None, wasm=None, customize=None, concurrency=None):
+    def start(policy, expect_ready=True, config=None, error_service=None, wasm=None, customize=None, concurrency=None,
+              native_dir=None):
         d = tmp_path / f"envoy{len(started)}"
         d.mkdir()
-        e = Envoy(d, policy, upstream, error_service or errors, config=config, wasm=wasm, customize=customize)
+        e = Envoy(d, policy, upstream, error_service or errors, config=config, wasm=wasm, customize=customize,
+                  native_dir=native_dir)
         if concurrency:
             e.concurrency = str(concurrency)
         started.append(e)

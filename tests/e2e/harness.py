@@ -170,7 +170,7 @@ class Response:
 
 
 class Envoy:
-    def __init__(self, workdir, policy, upstream, errors, config=None, wasm=None, customize=None):
+    def __init__(self, workdir, policy, upstream, errors, config=None, wasm=None, customize=None, native_dir=None):
         self.workdir = Path(workdir)
         self.admin_port = free_port()
         self.port = free_port()
@@ -180,13 +180,14 @@ class Envoy:
         if customize:
             customize(self.config)
         self.concurrency = CONCURRENCY
+        self.native_dir = native_dir or NATIVE_DIR
         self.proc = None
 
     def start(self, expect_ready=True, timeout=60):
         cfg = self.workdir / "envoy.json"
         cfg.write_text(json.dumps(self.config, indent=1))
         self.logfile = open(self.log, "wb")
-        env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE_DIR))
+        env = dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(self.native_dir))
         self.proc = subprocess.Popen(
             [ENVOY, "-c", str(cfg), "--concurrency", self.concurrency, "--disable-hot-restart", "-l", "info",
              "--component-log-level", os.environ.get("ENVOY_COMPONENT_LOG", "wasm:debug,dynamic_modules:debug")],

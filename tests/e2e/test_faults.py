@@ -176,6 +176,29 @@ def test_trap_is_followed_by_recovery(start_envoy, errors, trap_wasm):
     assert e.stats("wasm.custom_error_pages").get("wasm.custom_error_pages.vm_reload_success", 0) >= 1
 
 
+@pytest.fixture(scope="session")
+def trap_native():
+    """The dynamic module built with the test-only `trap-test` feature, in its own target dir."""
+    subprocess.run(["cargo", "build", "--quiet", "--profile", "native", "--lib", "--features", "native,trap-test",
+                    "--target-dir", "target/trap"], cwd=ROOT, check=True)
+    return ROOT / "target/trap/native"
+
+
+@pytest.mark.native_only(reason="the dynamic module catches a panic in the hook that raised it")
+def test_a_panic_in_a_hook_is_contained(start_envoy, errors, trap_native):
+    errors.pages["/e.html"] = {"body": "page"}
+    e = start_envoy(dict(policy(), testTrapOnPath="/trap/status/500"), native_dir=trap_native)
+    assert e.request("/status/500").body == b"page"
+    # The hook that panicked answers as if the filter were not there: the original response.
+    r = e.request("/trap/status/500")
+    assert r.status == 500 and r.body != b"page", r
+    assert "deliberate trap" in e.log_text()
+    # Envoy and the filter go on: the next error is served its page.
+    for _ in range(3):
+        assert e.request("/status/500").body == b"page"
+    assert e.proc.poll() is None
+
+
 def test_connect_is_never_touched(start_envoy):
     e = start_envoy({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
         {"matchResponseCodes": ["4xx", "5xx"], "body": "branded"}]}})
