@@ -2,7 +2,7 @@
 WASM := target/wasm32-wasip1/release/custom_error_pages.wasm
 PY := .tools/venv/bin/python
 
-.PHONY: setup build build-native lint test test-oldest unit e2e e2e-native e2e-oldest e2e-workers run bench soak load mutants clean
+.PHONY: setup build build-native lint test test-oldest unit e2e e2e-native e2e-oldest e2e-native-oldest e2e-workers run bench soak load mutants clean
 
 setup:
 	scripts/setup.sh
@@ -50,6 +50,15 @@ e2e-oldest: build
 	ENVOY_BIN=.tools/envoy-$(OLDEST_ENVOY)/envoy $(PY) -m pytest -q tests/e2e
 
 test-oldest: setup e2e-oldest
+
+# The dynamic module on the oldest Envoy it supports: 1.39 (ABI v0.1.0, the one the module
+# declares; 1.40 accepts it with a deprecation warning). On 1.38.3 it loads, but Envoy gives
+# dynamic modules no `response.code_details` (so `source: proxy|upstream` cannot tell); 1.37.0
+# and 1.36.2 refuse to load it. CI runs it after `test`.
+OLDEST_NATIVE_ENVOY := 1.39.3
+e2e-native-oldest: build build-native
+	scripts/setup.sh envoy $(OLDEST_NATIVE_ENVOY)
+	FILTER_BUILD=native ENVOY_BIN=.tools/envoy-$(OLDEST_NATIVE_ENVOY)/envoy $(PY) -m pytest -q tests/e2e
 
 # The suite with two Envoy workers (two wasm VMs, or two worker threads of the dynamic
 # module: two caches either way), for both builds, but for the tests that count what one
