@@ -499,3 +499,29 @@ fn idle_counters_cost_no_host_call_and_a_new_policy_flushes_the_old_counts() {
     assert_eq!(p.host.counter("intercepted"), 1, "flushed without waiting for a tick");
     assert_eq!(p.host.0.borrow().counter_adds, 1);
 }
+
+#[test]
+fn a_build_without_a_timer_ticks_from_requests_once_a_tick_is_due() {
+    let mut p = Proxy::new(page_rule());
+    p.request(1, "GET", "/");
+    p.respond(1, 404, &[], false); // intercepted: one count pending
+    p.host.enter(1);
+    p.worker.tick_if_due(&p.host, 1);
+    assert_eq!(p.host.counter("intercepted"), 0, "no tick is due yet: nothing added");
+    p.host.state().now_ms += u64::from(super::TICK_MS) - 1;
+    p.worker.tick_if_due(&p.host, 1);
+    assert_eq!(p.host.counter("intercepted"), 0, "one millisecond short of a tick");
+    p.host.state().now_ms += 1;
+    p.worker.tick_if_due(&p.host, 1);
+    assert_eq!(p.host.counter("intercepted"), 1, "due: the tick's work ran");
+    assert_eq!(p.host.0.borrow().current, 1, "and the request's stream is the effective one again");
+    p.worker.tick_if_due(&p.host, 1);
+    assert_eq!(p.host.0.borrow().counter_adds, 1, "the clock moved: not due again");
+}
+
+#[test]
+fn the_counter_names_a_host_may_define_ahead_are_the_ones_the_runtime_asks_for() {
+    let p = Proxy::new(page_rule());
+    let asked: Vec<String> = p.host.0.borrow().counters.iter().map(|(n, _)| n.clone()).collect();
+    assert_eq!(super::counter_names(), asked);
+}
