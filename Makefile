@@ -78,9 +78,10 @@ soak: build
 	scripts/setup.sh bench
 	$(PY) bench/run.py --soak
 
-load: build
+load: build build-native
 	scripts/setup.sh bench
 	$(PY) bench/run.py --load
+	$(PY) bench/run.py --load --variant dm
 
 # Mutation testing of the engine and the runtime (host tests; about 30-40 minutes on two
 # cores): every viable mutant caught, or listed as equivalent in .cargo/mutants.toml.

@@ -266,6 +266,8 @@ def main():
     ap.add_argument("--connections", type=int, default=16)
     ap.add_argument("--soak", action="store_true")
     ap.add_argument("--load", action="store_true", help="1,000 connections for 30 s of intercepted errors (bench/LOAD.md)")
+    ap.add_argument("--variant", default="ours", choices=["ours", "dm"],
+                    help="with --load: the wasm module (ours, bench/LOAD.md) or the dynamic module (dm, bench/LOAD-native.md)")
     ap.add_argument("--only", help="quick A/B: comma-separated kind:variant list, e.g. err:ours,err:native (no report)")
     ap.add_argument("--modules", help="with --only: comma-separated other builds of the module; variant bN is `ours` "
                     "with the Nth (A/B of builds in one Envoy), e.g. --modules old.wasm --only err:ours,err:b1")
@@ -429,7 +431,7 @@ def write_report(args, results, errors_sent, cx, destroy, single):
               "route rules of the matched host are walked in priority order (Google Cloud's first-match semantics), and only when "
               "some route rule covers the status.", "", micro(), ""]
     lines += ["## More", "", "- Memory over 1,000,000 errors: [SOAK.md](SOAK.md) (`make soak`).",
-              "- 1,000 connections for 30 s: [LOAD.md](LOAD.md) (`make load`).",
+              "- 1,000 connections for 30 s: [LOAD.md](LOAD.md) and, for the dynamic module, [LOAD-native.md](LOAD-native.md) (`make load`).",
               "- Why the figures are what they are (host calls per request, local reply versus in-place rewrite): [FINDINGS.md](FINDINGS.md).", ""]
     (ROOT / "bench/REPORT.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
@@ -466,19 +468,23 @@ def load(b, args):
     lua = b.tmp / "check.lua"
     lua.write_text(LOAD_LUA)
     before = b.stats()
+    variant = args.variant
     out = subprocess.run(PIN_LOAD + ["wrk", "-t1", "-c1000", "-d30s", "--timeout", "10s", "-s", str(lua), "-H", f"Host: {HOST}",
-                          f"http://127.0.0.1:{b.ports['ours']}/missing"], capture_output=True, text=True, check=True).stdout
+                          f"http://127.0.0.1:{b.ports[variant]}/missing"], capture_output=True, text=True, check=True).stdout
     time.sleep(0.3)  # the filter flushes its counters on a 100 ms tick
     after = b.stats()
     delta = lambda k: after.get(k, 0) - before.get(k, 0)
     m = re.search(r"CHECKED ok=(\d+) bad=(\d+)", out)
     ok, bad = int(m.group(1)), int(m.group(2))
     errs = re.search(r"Socket errors: (.*)", out)
-    alive = b.envoy.poll() is None and b.get("ours", "/ok") == (200, b"hello from the backend\n")
-    c = lambda n: delta(f"wasmcustom.custom_error_pages.{n}")
-    text = ["# Load: 1,000 connections, 30 s", "",
-            f"Produced by `bench/run.py --load` on {time.strftime('%Y-%m-%d')}: Envoy 1.40 (`--concurrency 1`), the realistic-policy "
-            "listener with a cold cache, nginx as backend (404) and error service, `wrk -t1 -c1000 -d30s` with a Lua check of every body.", "",
+    alive = b.envoy.poll() is None and b.get(variant, "/ok") == (200, b"hello from the backend\n")
+    prefix = "wasmcustom" if variant == "ours" else "dynamicmodulescustom"
+    c = lambda n: delta(f"{prefix}.custom_error_pages.{n}")
+    build = "the wasm module" if variant == "ours" else "the dynamic module"
+    text = [f"# Load: 1,000 connections, 30 s ({build})", "",
+            f"Produced by `bench/run.py --load --variant {variant}` on {time.strftime('%Y-%m-%d')}: Envoy 1.40 (`--concurrency 1`), "
+            f"{build} on the realistic-policy listener with a cold cache, nginx as backend (404) and error service, "
+            "`wrk -t1 -c1000 -d30s` with a Lua check of every body.", "",
             "| figure | value |", "|---|---|",
             f"| responses checked | {ok + bad:,} |",
             f"| right page and status | {ok:,} |",
@@ -488,10 +494,10 @@ def load(b, args):
             f"| fetched from the error service | {c('fetched'):,} |",
             f"| served from cache | {c('cache_hit'):,} |",
             f"| fetch failures | {sum(c('fetch_failed.' + r) for r in ('dispatch', 'unreachable', 'timeout', 'status', 'too_large', 'malformed')):,} |",
-            f"| Envoy and the VM alive afterwards | {'yes' if alive else 'NO'} |",
+            f"| Envoy and the filter alive afterwards | {'yes' if alive else 'NO'} |",
             "", "The cache starts cold: the first 1,000 requests all miss at once; one of them fetches and the others wait on "
             "its flight (requests waiting on another's fetch count as cache hits), then every error is a cache hit.", "", "```", out.strip(), "```", ""]
-    (ROOT / "bench/LOAD.md").write_text("\n".join(text))
+    (ROOT / ("bench/LOAD.md" if variant == "ours" else "bench/LOAD-native.md")).write_text("\n".join(text))
     print("\n".join(text))
 
 
