@@ -74,9 +74,10 @@ bench: build build-native
 	scripts/setup.sh bench
 	$(PY) bench/run.py
 
-soak: build
+soak: build build-native
 	scripts/setup.sh bench
 	$(PY) bench/run.py --soak
+	$(PY) bench/run.py --soak --variant dm
 
 load: build build-native
 	scripts/setup.sh bench

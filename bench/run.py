@@ -267,7 +267,8 @@ def main():
     ap.add_argument("--soak", action="store_true")
     ap.add_argument("--load", action="store_true", help="1,000 connections for 30 s of intercepted errors (bench/LOAD.md)")
     ap.add_argument("--variant", default="ours", choices=["ours", "dm"],
-                    help="with --load: the wasm module (ours, bench/LOAD.md) or the dynamic module (dm, bench/LOAD-native.md)")
+                    help="with --load or --soak: the wasm module (ours: bench/LOAD.md, bench/SOAK.md) or the dynamic module "
+                    "(dm: bench/LOAD-native.md, bench/SOAK-native.md)")
     ap.add_argument("--only", help="quick A/B: comma-separated kind:variant list, e.g. err:ours,err:native (no report)")
     ap.add_argument("--modules", help="with --only: comma-separated other builds of the module; variant bN is `ours` "
                     "with the Nth (A/B of builds in one Envoy), e.g. --modules old.wasm --only err:ours,err:b1")
@@ -430,7 +431,7 @@ def write_report(args, results, errors_sent, cx, destroy, single):
               "Matching is hash lookups over the request's host and path segments, so it does not grow with the number of hosts; "
               "route rules of the matched host are walked in priority order (Google Cloud's first-match semantics), and only when "
               "some route rule covers the status.", "", micro(), ""]
-    lines += ["## More", "", "- Memory over 1,000,000 errors: [SOAK.md](SOAK.md) (`make soak`).",
+    lines += ["## More", "", "- Memory over 1,000,000 errors: [SOAK.md](SOAK.md) and, for the dynamic module, [SOAK-native.md](SOAK-native.md) (`make soak`).",
               "- 1,000 connections for 30 s: [LOAD.md](LOAD.md) and, for the dynamic module, [LOAD-native.md](LOAD-native.md) (`make load`).",
               "- Why the figures are what they are (host calls per request, local reply versus in-place rewrite): [FINDINGS.md](FINDINGS.md).", ""]
     (ROOT / "bench/REPORT.md").write_text("\n".join(lines) + "\n")
@@ -510,13 +511,15 @@ def rss_kib(pid):
 
 def soak(b, args):
     check_bodies(b)
-    counted = lambda: b.stats().get("wasmcustom.custom_error_pages.intercepted", 0)
+    variant = args.variant
+    prefix = "wasmcustom" if variant == "ours" else "dynamicmodulescustom"
+    counted = lambda: b.stats().get(f"{prefix}.custom_error_pages.intercepted", 0)
     points = []
 
     def drive(target):
         while counted() < target:
             # short bursts near a mark, so the reading lands close to it
-            b.wrk("ours", "/missing", 1 if target - counted() < 50_000 else 5, 64)
+            b.wrk(variant, "/missing", 1 if target - counted() < 50_000 else 5, 64)
         points.append((counted(), rss_kib(b.envoy.pid)))
         print(f"soak: {points[-1][0]:,} intercepted errors, Envoy RSS {points[-1][1] / 1024:.1f} MiB", flush=True)
 
@@ -525,13 +528,14 @@ def soak(b, args):
     for n in (100_000, 250_000, 500_000, 750_000, 1_000_000):
         drive(start + n)
     growth = (points[-1][1] - points[0][1]) / 1024
-    text = ["# Memory soak", "",
-            f"Produced by `make soak` (`bench/run.py --soak`) on {time.strftime('%Y-%m-%d')}: the realistic-policy listener, cached 404 object, "
+    build = "the wasm module" if variant == "ours" else "the dynamic module"
+    text = [f"# Memory soak ({build})", "",
+            f"Produced by `make soak` (`bench/run.py --soak --variant {variant}`) on {time.strftime('%Y-%m-%d')}: {build} on the realistic-policy listener, cached 404 object, "
             "wrk with 64 connections in 5 s bursts until the filter's `intercepted` counter reaches each mark; Envoy's VmRSS read from /proc.", "",
             "| intercepted errors | Envoy RSS (MiB) |", "|---:|---:|"]
     text += [f"| {n:,} | {r / 1024:.1f} |" for n, r in points]
     text += ["", f"Growth from 10,000 to 1,000,000 errors: {growth:.1f} MiB (target: no more than 10 MiB): {'met' if growth <= 10 else 'NOT met'}.", ""]
-    (ROOT / "bench/SOAK.md").write_text("\n".join(text))
+    (ROOT / ("bench/SOAK.md" if variant == "ours" else "bench/SOAK-native.md")).write_text("\n".join(text))
     print("\n".join(text))
 
 
