@@ -4,10 +4,9 @@
 
 mod host;
 
-use crate::config;
 use crate::runtime::{self, Stream, Worker};
 use host::Wasm;
-use log::{error, info, warn};
+use log::{info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::rc::Rc;
@@ -37,33 +36,16 @@ impl RootContext for Root {
 
     fn on_configure(&mut self, size: usize) -> bool {
         let text = host::plugin_configuration(size).unwrap_or_default();
-        match config::load(&text) {
-            Ok(cfg) => {
-                for w in &cfg.warnings {
-                    warn!("custom-error-pages: policy warning: {w}");
-                }
-                info!(
-                    "custom-error-pages: policy loaded: {} policies, {} path matchers, {} error services",
-                    cfg.policies.len(),
-                    cfg.matchers.len(),
-                    cfg.services.len()
-                );
-                if let Some(old) = &self.worker {
-                    old.flush_counters(&Wasm);
-                }
-                self.worker = Some(Rc::new(Worker::new(&Wasm, cfg)));
-                if !host::set_tick_ms(runtime::TICK_MS) {
-                    warn!("custom-error-pages: no tick: counters will not reach /stats");
-                }
-                true
-            }
-            Err(e) => {
-                // Returning false makes Envoy refuse the filter configuration; this line is
-                // what the operator sees in Envoy's log.
-                error!("custom-error-pages: invalid policy: {e}");
-                false
-            }
+        // None makes Envoy refuse the filter configuration (load_policy logged why).
+        let Some(cfg) = runtime::load_policy(&text) else { return false };
+        if let Some(old) = &self.worker {
+            old.flush_counters(&Wasm);
         }
+        self.worker = Some(Rc::new(Worker::new(&Wasm, cfg)));
+        if !host::set_tick_ms(runtime::TICK_MS) {
+            warn!("custom-error-pages: no tick: counters will not reach /stats");
+        }
+        true
     }
 
     fn on_tick(&mut self) {

@@ -22,7 +22,7 @@ use crate::config::{self, Config};
 use crate::runtime::{self, Stream, Worker};
 use abi::{ConfigPtr, FilterPtr};
 use host::{Defined, Enter, Native};
-use log::{error, info, warn};
+use log::{error, info};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,22 +81,7 @@ impl ModuleConfig {
     /// `None` refuses the configuration (Envoy logs that the filter failed to initialise;
     /// the line before it names the field).
     fn new(envoy: ConfigPtr, text: &[u8]) -> Option<ModuleConfig> {
-        let cfg = match config::load(text) {
-            Ok(cfg) => cfg,
-            Err(e) => {
-                error!("custom-error-pages: invalid policy: {e}");
-                return None;
-            }
-        };
-        for w in &cfg.warnings {
-            warn!("custom-error-pages: policy warning: {w}");
-        }
-        info!(
-            "custom-error-pages: policy loaded: {} policies, {} path matchers, {} error services",
-            cfg.policies.len(),
-            cfg.matchers.len(),
-            cfg.services.len()
-        );
+        let cfg = runtime::load_policy(text)?;
         // Counters can only be defined now: Envoy freezes stat creation after this hook.
         let counters = runtime::counter_names()
             .into_iter()

@@ -18,6 +18,30 @@ pub use metrics::counter_names;
 pub use stream::Stream;
 pub use worker::{Worker, TICK_MS};
 
+/// Loads a policy delivered by the proxy and says so in its log: the warnings and a summary,
+/// or, for a policy refused, the JSON path and reason (the line the operator sees next to
+/// Envoy's refusal). Both adapters load through here.
+pub fn load_policy(text: &[u8]) -> Option<crate::config::Config> {
+    match crate::config::load(text) {
+        Ok(cfg) => {
+            for w in &cfg.warnings {
+                log::warn!("custom-error-pages: policy warning: {w}");
+            }
+            log::info!(
+                "custom-error-pages: policy loaded: {} policies, {} path matchers, {} error services",
+                cfg.policies.len(),
+                cfg.matchers.len(),
+                cfg.services.len()
+            );
+            Some(cfg)
+        }
+        Err(e) => {
+            log::error!("custom-error-pages: invalid policy: {e}");
+            None
+        }
+    }
+}
+
 /// What the proxy should do with the paused headers after a callback.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
