@@ -16,7 +16,7 @@ pub struct Counter {
 
 impl Counter {
     fn define(host: &impl Host, name: &str) -> Counter {
-        Counter { id: host.define_counter(&format!("custom_error_pages.{name}")), pending: Cell::new(0) }
+        Counter { id: host.define_counter(name), pending: Cell::new(0) }
     }
 
     pub fn bump(&self) {
@@ -39,14 +39,13 @@ impl Counter {
     }
 }
 
-/// The name of every counter, as `Metrics::define` asks the host for them (a host that
-/// defines counters ahead of time, such as the dynamic module, defines these).
+/// The counters of `Metrics` but the failure reasons, in field order.
+const NAMES: [&str; 7] = ["intercepted", "cache_hit", "fetched", "inline", "fallback", "passthrough", "unknown_policy"];
+
+/// The name of every counter, in the order `Metrics::define` asks the host for them (a
+/// host that defines counters ahead of time, such as the dynamic module, defines these).
 pub fn counter_names() -> Vec<String> {
-    let mut names: Vec<String> =
-        ["intercepted", "cache_hit", "fetched", "inline", "fallback", "passthrough", "unknown_policy"]
-            .iter()
-            .map(|n| format!("custom_error_pages.{n}"))
-            .collect();
+    let mut names: Vec<String> = NAMES.iter().map(|n| format!("custom_error_pages.{n}")).collect();
     names.extend(FetchFailure::ALL.map(|f| format!("custom_error_pages.fetch_failed.{}", f.as_str())));
     names
 }
@@ -65,16 +64,11 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn define(host: &impl Host) -> Metrics {
-        Metrics {
-            intercepted: Counter::define(host, "intercepted"),
-            cache_hit: Counter::define(host, "cache_hit"),
-            fetched: Counter::define(host, "fetched"),
-            inline: Counter::define(host, "inline"),
-            fallback: Counter::define(host, "fallback"),
-            passthrough: Counter::define(host, "passthrough"),
-            unknown_policy: Counter::define(host, "unknown_policy"),
-            fetch_failed: FetchFailure::ALL.map(|f| Counter::define(host, &format!("fetch_failed.{}", f.as_str()))),
-        }
+        let mut names = counter_names().into_iter();
+        let mut next = || Counter::define(host, &names.next().unwrap_or_default());
+        let [intercepted, cache_hit, fetched, inline, fallback, passthrough, unknown_policy] = NAMES.map(|_| next());
+        let fetch_failed = FetchFailure::ALL.map(|_| next());
+        Metrics { intercepted, cache_hit, fetched, inline, fallback, passthrough, unknown_policy, fetch_failed }
     }
 
     pub fn fetch_failed(&self, f: FetchFailure) -> &Counter {
