@@ -172,19 +172,18 @@ pub struct Filter {
     id: u32,
     /// None when this thread could not build its worker (cannot happen after validation):
     /// the stream passes through.
-    run: Option<(Stream<Native>, Rc<Worker<Native>>, Native)>,
+    stream: Option<Stream<Native>>,
 }
 
 impl Filter {
     fn new(config: &ModuleConfig, envoy: FilterPtr) -> Filter {
         let id = host::register(envoy);
-        let run = config.worker().map(|(worker, host)| (Stream::new(id, host.clone(), worker.clone()), worker, host));
-        Filter { id, run }
+        Filter { id, stream: config.worker().map(|(worker, host)| Stream::new(id, host, worker)) }
     }
 
     fn on_request_headers(&mut self, envoy: FilterPtr) -> u32 {
         let _enter = Enter::new(envoy);
-        if let Some((stream, _, _)) = &mut self.run {
+        if let Some(stream) = &mut self.stream {
             stream.on_request_headers();
         }
         0 // Continue
@@ -192,8 +191,8 @@ impl Filter {
 
     fn on_response_headers(&mut self, envoy: FilterPtr, end_of_stream: bool) -> u32 {
         let _enter = Enter::new(envoy);
-        let Some((stream, worker, host)) = &mut self.run else { return 0 };
-        worker.tick_if_due(host, self.id);
+        let Some(stream) = &mut self.stream else { return 0 };
+        stream.tick_if_due();
         match stream.on_response_headers(end_of_stream) {
             runtime::Action::Continue => 0,
             // Not StopIteration: Envoy would still pass body chunks on (a data callback
@@ -205,7 +204,7 @@ impl Filter {
 
     fn on_response_body(&mut self, envoy: FilterPtr, end_of_stream: bool) -> u32 {
         let _enter = Enter::new(envoy);
-        if let Some((stream, _, _)) = &mut self.run {
+        if let Some(stream) = &mut self.stream {
             stream.on_response_body(abi::received_response_body_size(envoy), end_of_stream);
         }
         0 // Continue
@@ -213,14 +212,14 @@ impl Filter {
 
     fn on_stream_complete(&mut self, envoy: FilterPtr) {
         let _enter = Enter::new(envoy);
-        if let Some((_, worker, host)) = &self.run {
-            worker.flush_counters(host);
+        if let Some(stream) = &self.stream {
+            stream.flush_counters();
         }
     }
 
     fn on_callout_done(&mut self, envoy: FilterPtr, callout_id: u64, answer: abi::Answer) {
         let _enter = Enter::new(envoy);
-        if let Some((stream, _, _)) = &mut self.run {
+        if let Some(stream) = &mut self.stream {
             let size = answer.1.len();
             host::set_answer(answer);
             stream.on_call_response(callout_id as u32, size);
@@ -234,10 +233,10 @@ impl Drop for Filter {
     /// this one led get their fallback now rather than wait for a timer.
     fn drop(&mut self) {
         host::unregister(self.id);
-        if let Some((stream, worker, host)) = self.run.take() {
-            drop(stream);
+        if let Some(stream) = self.stream.take() {
+            // No filter is current: the runtime acts only on the live streams it switches to.
             let _enter = Enter::new(std::ptr::null_mut());
-            worker.release_orphans(&host, 0);
+            stream.on_destroyed();
         }
     }
 }

@@ -494,6 +494,24 @@ impl<H: Host> Stream<H> {
         Action::Continue
     }
 
+    /// For a build without a timer (the dynamic module): the worker's tick, from this
+    /// stream's hook, when one is due.
+    pub fn tick_if_due(&self) {
+        self.worker.tick_if_due(&self.host, self.id);
+    }
+
+    /// Adds the worker's counts not yet added to the proxy's counters.
+    pub fn flush_counters(&self) {
+        self.worker.flush_counters(&self.host);
+    }
+
+    /// The proxy destroyed this stream (and cancelled its call, if it led a fetch): the
+    /// requests waiting on a fetch whose leading request is gone get their fallback now,
+    /// rather than on a tick. No stream is made the effective one afterwards.
+    pub fn on_destroyed(self) {
+        self.worker.release_orphans(&self.host, 0);
+    }
+
     /// The answer to a call this stream dispatched (another token: not ours, ignored).
     pub fn on_call_response(&mut self, token: u32, body_size: usize) {
         match std::mem::replace(&mut self.phase, Phase::Done) {
