@@ -28,12 +28,18 @@ impl EnvoyBuffer {
     /// SAFETY (of the callers' promise): the buffer comes from Envoy during the current
     /// hook, as the ABI guarantees for every buffer it hands out.
     pub fn bytes(&self) -> &[u8] {
-        if self.ptr.is_null() || self.length == 0 {
-            &[]
-        } else {
-            // SAFETY: Envoy guarantees `length` readable bytes at `ptr` for the hook.
-            unsafe { std::slice::from_raw_parts(self.ptr, self.length) }
-        }
+        envoy_bytes(self.ptr, self.length)
+    }
+}
+
+/// Bytes Envoy handed over during the current hook (none for a null pointer); callers tie
+/// the lifetime to the buffer or header they read it from.
+fn envoy_bytes<'a>(ptr: *const u8, length: usize) -> &'a [u8] {
+    if ptr.is_null() || length == 0 {
+        &[]
+    } else {
+        // SAFETY: Envoy guarantees `length` readable bytes at `ptr` for the hook.
+        unsafe { std::slice::from_raw_parts(ptr, length) }
     }
 }
 
@@ -81,21 +87,10 @@ impl EnvoyHeader {
         EnvoyHeader { key_ptr: std::ptr::null(), key_length: 0, value_ptr: std::ptr::null(), value_length: 0 };
 
     pub fn key(&self) -> &[u8] {
-        EnvoyBuffer { ptr: self.key_ptr, length: self.key_length }.bytes_static()
+        envoy_bytes(self.key_ptr, self.key_length)
     }
     pub fn value(&self) -> &[u8] {
-        EnvoyBuffer { ptr: self.value_ptr, length: self.value_length }.bytes_static()
-    }
-}
-
-impl EnvoyBuffer {
-    fn bytes_static<'a>(self) -> &'a [u8] {
-        if self.ptr.is_null() || self.length == 0 {
-            &[]
-        } else {
-            // SAFETY: as `bytes`; the caller ties the lifetime to the header it read.
-            unsafe { std::slice::from_raw_parts(self.ptr, self.length) }
-        }
+        envoy_bytes(self.value_ptr, self.value_length)
     }
 }
 
