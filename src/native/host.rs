@@ -89,7 +89,8 @@ impl Drop for Enter {
     }
 }
 
-/// The answer the callout hook delivers, readable by the runtime during `on_call_response`.
+/// The answer the callout hook delivers, handed to the runtime during `on_call_response`
+/// (moved out, not copied: the runtime reads the headers and the body once each).
 pub fn set_answer(answer: Answer) {
     ANSWER.with(|a| *a.borrow_mut() = answer);
 }
@@ -188,11 +189,11 @@ impl Host for Native {
     }
 
     fn call_response_headers(&self) -> Vec<(String, Vec<u8>)> {
-        ANSWER.with(|a| a.borrow().0.clone())
+        ANSWER.with(|a| std::mem::take(&mut a.borrow_mut().0))
     }
 
     fn call_response_body(&self, _size: usize) -> Option<Vec<u8>> {
-        Some(ANSWER.with(|a| a.borrow().1.clone()))
+        Some(ANSWER.with(|a| std::mem::take(&mut a.borrow_mut().1)))
     }
 
     fn set_effective_context(&self, id: u32) -> bool {
