@@ -35,9 +35,10 @@ ACCESS_LOG_FORMAT = (
 )
 
 
-def wasm_filter(policy, vm_id="custom_error_pages", wasm=None):
-    """The filter under test with `policy`: the proxy-wasm module, or with
-    FILTER_BUILD=native the dynamic module (same policy JSON, as `filter_config`)."""
+def filter_under_test(policy, vm_id="custom_error_pages", wasm=None):
+    """The filter under test with `policy`: the proxy-wasm module (always, when `wasm`
+    names a module file), or with FILTER_BUILD=native the dynamic module (same policy
+    JSON, as `filter_config`)."""
     if BUILD == "native" and wasm is None:
         return native_filter(policy)
     return {
@@ -119,7 +120,7 @@ def envoy_config(policy, admin_port, listener_port, upstream_port, errors_port, 
         }],
         "route_config": {"name": "local", "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes()}]},
         "http_filters": [
-            wasm_filter(policy, wasm=wasm),
+            filter_under_test(policy, wasm=wasm),
             {"name": "envoy.filters.http.router", "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
         ],
     }

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from harness import FILTER_TYPE, hcm_of, wasm_filter
+from harness import FILTER_TYPE, filter_under_test, hcm_of
 
 SVC = {"cluster": "error_pages", "timeoutMs": 2000, "cacheTtlSeconds": 300}
 
@@ -37,7 +37,7 @@ class Xds:
                 "path_config_source": {"path": str(self.dir / name), "watched_directory": {"path": str(self.dir)}}}
 
     def filter(self, pol):
-        config = wasm_filter(pol)["typed_config"]
+        config = filter_under_test(pol)["typed_config"]
         self.write("ecds.json", [{"@type": "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig",
                                   "name": "custom_error_pages", "typed_config": config}])
 
