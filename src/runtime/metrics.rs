@@ -16,7 +16,7 @@ pub struct Counter {
 
 impl Counter {
     fn define(host: &impl Host, name: &str) -> Counter {
-        Counter { id: host.define_counter(name), pending: Cell::new(0) }
+        Counter { id: host.define_counter(&format!("{PREFIX}{name}")), pending: Cell::new(0) }
     }
 
     pub fn bump(&self) {
@@ -39,14 +39,21 @@ impl Counter {
     }
 }
 
+const PREFIX: &str = "custom_error_pages.";
+
 /// The counters of `Metrics` but the failure reasons, in field order.
 const NAMES: [&str; 7] = ["intercepted", "cache_hit", "fetched", "inline", "fallback", "passthrough", "unknown_policy"];
+
+/// A failure reason's counter, under `PREFIX`.
+fn fetch_failed_name(f: FetchFailure) -> String {
+    format!("fetch_failed.{}", f.as_str())
+}
 
 /// The name of every counter, in the order `Metrics::define` asks the host for them (a
 /// host that defines counters ahead of time, such as the dynamic module, defines these).
 pub fn counter_names() -> Vec<String> {
-    let mut names: Vec<String> = NAMES.iter().map(|n| format!("custom_error_pages.{n}")).collect();
-    names.extend(FetchFailure::ALL.map(|f| format!("custom_error_pages.fetch_failed.{}", f.as_str())));
+    let mut names: Vec<String> = NAMES.iter().map(|n| format!("{PREFIX}{n}")).collect();
+    names.extend(FetchFailure::ALL.map(|f| format!("{PREFIX}{}", fetch_failed_name(f))));
     names
 }
 
@@ -64,10 +71,9 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn define(host: &impl Host) -> Metrics {
-        let mut names = counter_names().into_iter();
-        let mut next = || Counter::define(host, &names.next().unwrap_or_default());
-        let [intercepted, cache_hit, fetched, inline, fallback, passthrough, unknown_policy] = NAMES.map(|_| next());
-        let fetch_failed = FetchFailure::ALL.map(|_| next());
+        let [intercepted, cache_hit, fetched, inline, fallback, passthrough, unknown_policy] =
+            NAMES.map(|n| Counter::define(host, n));
+        let fetch_failed = FetchFailure::ALL.map(|f| Counter::define(host, &fetch_failed_name(f)));
         Metrics { intercepted, cache_hit, fetched, inline, fallback, passthrough, unknown_policy, fetch_failed }
     }
 
