@@ -64,6 +64,7 @@ impl Loader {
             None => DEFAULT_METADATA_NAMESPACE.to_string(),
         };
 
+        let route_timeout_ms = o.opt_uint("routeTimeoutMs", 1, MAX_ROUTE_TIMEOUT_MS)?;
         #[cfg(feature = "trap-test")]
         let test_trap_on_path = o.opt_str("testTrapOnPath")?.map(str::to_string);
         let (matchers, by_name) = self.path_matchers(&mut o, top_service)?;
@@ -89,6 +90,7 @@ impl Loader {
             metadata_namespace,
             codes: self.codes,
             source_codes: self.source_codes,
+            route_timeout_ms,
             #[cfg(feature = "trap-test")]
             test_trap_on_path,
             warnings,

@@ -7,6 +7,8 @@ use crate::matching::hosts::HostIndex;
 use crate::matching::routes::{PathRules, RouteRule};
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
+/// The largest `routeTimeoutMs` (one hour; Envoy's own route timeouts are usually seconds).
+pub const MAX_ROUTE_TIMEOUT_MS: u64 = 3_600_000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 pub const DEFAULT_CACHE_TTL_S: u64 = 300;
 pub const DEFAULT_CONTENT_TYPE: &str = "text/html; charset=utf-8";
@@ -143,6 +145,9 @@ pub struct Config {
     /// Codes some rule with a `source` covers: only for these does the decision need to
     /// know who made the response (a host call to read Envoy's code details).
     pub source_codes: CodeSet,
+    /// `routeTimeoutMs`: the route timeout Envoy applies, for a build that cannot read it
+    /// (the wasm build): a response held for an error object is answered before it.
+    pub route_timeout_ms: Option<u64>,
     /// Test-only (feature `trap-test`): trap on this request path.
     #[cfg(feature = "trap-test")]
     pub test_trap_on_path: Option<String>,

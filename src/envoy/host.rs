@@ -100,12 +100,16 @@ fn buffer(kind: BufferType, size: usize) -> Option<Vec<u8>> {
 }
 
 fn property(path: &[&str]) -> Option<String> {
+    property_bytes(path).map(text)
+}
+
+fn property_bytes(path: &[&str]) -> Option<Vec<u8>> {
     let p = path.join("\0");
     let mut ptr = null_mut();
     let mut len = 0;
     // SAFETY: as above.
     let status = unsafe { proxy_get_property(p.as_ptr(), p.len(), &mut ptr, &mut len) };
-    (status == OK).then(|| text(unsafe { owned(ptr, len) }))
+    (status == OK).then(|| unsafe { owned(ptr, len) })
 }
 
 fn serialize_headers(headers: &Headers<'_>, pseudo: bool) -> Vec<u8> {
@@ -221,6 +225,26 @@ impl Host for Wasm {
     fn set_filter_state(&self, name: &str, value: &str) -> bool {
         // SAFETY: both buffers outlive the call.
         unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) == OK }
+    }
+
+    /// `request.time`, which Envoy serialises as the nanoseconds since the epoch (an
+    /// int64, little-endian); readable in the response phase.
+    fn request_start_ms(&self) -> Option<u64> {
+        let bytes: [u8; 8] = property_bytes(&["request", "time"])?.try_into().ok()?;
+        u64::try_from(i64::from_le_bytes(bytes)).ok().map(|ns| ns / 1_000_000)
+    }
+
+    /// Envoy hides the request headers (and with them the router's
+    /// `x-envoy-expected-rq-timeout-ms`) from proxy-wasm after the request phase: the
+    /// policy's `routeTimeoutMs` says it instead.
+    fn proxy_timeout_ms(&self) -> Option<u64> {
+        None
+    }
+
+    /// A call made in the root context's own callback (its tick) belongs to the root,
+    /// which lives as long as the VM: Envoy cancels a call only with its context.
+    fn detached_calls(&self) -> bool {
+        true
     }
 
     fn now_ms(&self) -> u64 {

@@ -21,7 +21,14 @@ struct Root {
     worker: Option<Rc<Worker<Wasm>>>,
 }
 
-impl Context for Root {}
+impl Context for Root {
+    /// A fetch the root asked again for a request that is gone (see `runtime::Worker`).
+    fn on_http_call_response(&mut self, token: u32, _num_headers: usize, body_size: usize, _num_trailers: usize) {
+        if let Some(w) = &self.worker {
+            w.on_call_response(&Wasm, token, body_size, self.id);
+        }
+    }
+}
 
 impl RootContext for Root {
     fn on_vm_start(&mut self, _size: usize) -> bool {

@@ -208,6 +208,9 @@ extern "C" {
         timeout_milliseconds: u64,
     ) -> u32;
     fn envoy_dynamic_module_callback_http_filter_continue_encoding(filter: FilterPtr);
+    fn envoy_dynamic_module_callback_http_filter_scheduler_new(filter: FilterPtr) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_scheduler_commit(scheduler: *mut c_void, event_id: u64);
+    fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void);
     fn envoy_dynamic_module_callback_get_most_specific_route_config(filter: FilterPtr) -> *const c_void;
 }
 
@@ -373,6 +376,31 @@ pub fn http_callout(filter: FilterPtr, cluster: &str, headers: &[(&str, &str)], 
 pub fn continue_encoding(filter: FilterPtr) {
     // SAFETY: see above.
     unsafe { envoy_dynamic_module_callback_http_filter_continue_encoding(filter) }
+}
+
+/// A scheduler for `filter`: an event committed to it, from any thread, runs the filter's
+/// `on_http_filter_scheduled` hook on its worker thread (not at all once the filter is
+/// gone: Envoy holds the filter weakly). Commit it, then delete it, with `commit_once`.
+pub fn scheduler(filter: FilterPtr) -> Option<Scheduler> {
+    // SAFETY: see above.
+    let raw = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(filter) };
+    (!raw.is_null()).then_some(Scheduler(raw as usize))
+}
+
+/// A scheduler made by `scheduler`, as an address that may cross threads.
+pub struct Scheduler(usize);
+
+impl Scheduler {
+    /// Commits `event_id` and deletes the scheduler (its only use). Any thread.
+    pub fn commit_once(self, event_id: u64) {
+        let raw = self.0 as *mut c_void;
+        // SAFETY: made by `scheduler_new` and not deleted before (`self` is consumed);
+        // Envoy allows commit from any thread, and delete after it.
+        unsafe {
+            envoy_dynamic_module_callback_http_filter_scheduler_commit(raw, event_id);
+            envoy_dynamic_module_callback_http_filter_scheduler_delete(raw);
+        }
+    }
 }
 
 /// The headers and body chunks Envoy hands to the callout hook, copied.
@@ -572,6 +600,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     on_filter(module, (), |f| f.on_callout_done(envoy, callout_id, answer))
 }
 
+/// An event committed to a filter's scheduler (`timer.rs`): its Envoy deadline.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(envoy: FilterPtr, module: *const c_void, _: u64) {
+    on_filter(module, (), |f| f.on_deadline(envoy))
+}
+
 // Hooks Envoy requires but this filter has no use for.
 
 #[no_mangle]
@@ -617,9 +651,6 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_stream_reset(
     _: u32,
 ) {
 }
-
-#[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(_: FilterPtr, _: *const c_void, _: u64) {}
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_downstream_above_write_buffer_high_watermark(

@@ -19,6 +19,8 @@ thread_local! {
     static NEXT_ID: Cell<u32> = const { Cell::new(1) };
     static ANSWER: RefCell<Answer> = const { RefCell::new((Vec::new(), Vec::new())) };
     static DEFERRED: RefCell<VecDeque<Deferred>> = const { RefCell::new(VecDeque::new()) };
+    /// When each live filter's request arrived (ms since the epoch), by filter.
+    static STARTED: RefCell<FastMap<usize, u64>> = RefCell::new(FastMap::default());
 }
 
 /// A new stream's id, registered as live.
@@ -33,7 +35,14 @@ pub fn register(filter: FilterPtr) -> u32 {
 }
 
 pub fn unregister(id: u32) {
-    LIVE.with(|l| l.borrow_mut().remove(&id));
+    if let Some(filter) = LIVE.with(|l| l.borrow_mut().remove(&id)) {
+        STARTED.with(|s| s.borrow_mut().remove(&(filter as usize)));
+    }
+}
+
+/// The request of `filter` arrives now.
+pub fn started(filter: FilterPtr, now_ms: u64) {
+    STARTED.with(|s| s.borrow_mut().insert(filter as usize, now_ms));
 }
 
 /// What the runtime asked of a stream that Envoy may answer by running that stream's next
@@ -239,6 +248,29 @@ impl Host for Native {
         key.push_str("wasm.");
         key.push_str(name);
         with(false, |f| abi::set_filter_state(f, &key, value))
+    }
+
+    fn request_start_ms(&self) -> Option<u64> {
+        with(None, |f| STARTED.with(|s| s.borrow().get(&(f as usize)).copied()))
+    }
+
+    /// The router writes the timeout it enforces (the route's, or the per-try timeout when
+    /// shorter) on the request as `x-envoy-expected-rq-timeout-ms` (unless the router's
+    /// `suppress_envoy_headers` is set); a dynamic module can still read the request
+    /// headers on the response path.
+    fn proxy_timeout_ms(&self) -> Option<u64> {
+        with(None, |f| {
+            abi::headers(f, HeaderType::Request)
+                .iter()
+                .find(|(k, _)| &**k == b"x-envoy-expected-rq-timeout-ms")
+                .and_then(|(_, v)| std::str::from_utf8(v).ok()?.trim().parse().ok())
+                .filter(|ms| *ms > 0)
+        })
+    }
+
+    /// A callout exists only through a request's filter, and Envoy cancels it with it.
+    fn detached_calls(&self) -> bool {
+        false
     }
 
     fn now_ms(&self) -> u64 {

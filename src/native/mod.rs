@@ -17,6 +17,7 @@
 
 mod abi;
 mod host;
+mod timer;
 
 use crate::config::{self, Config};
 use crate::runtime::{self, Stream, Worker};
@@ -184,6 +185,7 @@ impl Filter {
     fn on_request_headers(&mut self, envoy: FilterPtr) -> u32 {
         let _enter = Enter::new(envoy);
         if let Some(stream) = &mut self.stream {
+            host::started(envoy, stream.now_ms());
             stream.on_request_headers();
         }
         0 // Continue
@@ -198,7 +200,25 @@ impl Filter {
             // Not StopIteration: Envoy would still pass body chunks on (a data callback
             // answering Continue resumes everything). StopAllIterationAndWatermark holds
             // the body in Envoy, with flow control, as a paused proxy-wasm filter does.
-            runtime::Action::Pause => 4,
+            runtime::Action::Pause => {
+                if let Some(at) = stream.deadline() {
+                    match abi::scheduler(envoy) {
+                        Some(scheduler) => timer::fire_at(at, scheduler),
+                        None => {
+                            log::warn!("custom-error-pages: no scheduler: Envoy's deadline is checked on requests only")
+                        }
+                    }
+                }
+                4
+            }
+        }
+    }
+
+    /// The deadline `on_response_headers` set for this request has come.
+    fn on_deadline(&mut self, envoy: FilterPtr) {
+        let _enter = Enter::new(envoy);
+        if let Some(stream) = &mut self.stream {
+            stream.on_deadline();
         }
     }
 

@@ -55,6 +55,12 @@ impl<H: Host> Facts<H> {
         self.code_details.get_or_insert_with(|| self.host.response_code_details().unwrap_or_default()).clone()
     }
 
+    /// From now on the response is one the proxy made, with these code details (the
+    /// filter answers in Envoy's place).
+    pub fn made_by_proxy_with(&mut self, details: &str) {
+        self.code_details = Some(details.to_string());
+    }
+
     /// Never touched: CONNECT tunnels and gRPC (whose errors travel in trailers and must
     /// stay machine-readable).
     pub fn excluded(&self) -> bool {

@@ -33,6 +33,7 @@ pub struct StreamLog {
     pub request: Vec<(String, String)>,
     pub response: Vec<(String, String)>,
     pub code_details: String,
+    pub start_ms: Option<u64>,
     pub route_name: Option<String>,
     /// `(namespace, key, value)` of the route's and the virtual host's `filter_metadata`.
     pub route_metadata: Vec<(String, String, String)>,
@@ -74,6 +75,10 @@ pub struct State {
     /// the proxy has none to give).
     pub answer: Answer,
     pub now_ms: u64,
+    /// Envoy's timeout for the request, as the proxy would tell it.
+    pub proxy_timeout_ms: Option<u64>,
+    /// Whether calls made from the root context outlive requests (proxy-wasm: they do).
+    pub detached_calls: bool,
     pub counters: Vec<(String, u64)>,
     /// Calls that added to a counter (each a host call in Envoy).
     pub counter_adds: usize,
@@ -188,6 +193,18 @@ impl Host for Fake {
 
     fn set_filter_state(&self, _name: &str, value: &str) -> bool {
         self.with_current(|s| s.filter_state = Some(value.to_string())).is_some()
+    }
+
+    fn request_start_ms(&self) -> Option<u64> {
+        self.with_current(|s| s.start_ms).flatten()
+    }
+
+    fn proxy_timeout_ms(&self) -> Option<u64> {
+        self.0.borrow().proxy_timeout_ms
+    }
+
+    fn detached_calls(&self) -> bool {
+        self.0.borrow().detached_calls
     }
 
     fn now_ms(&self) -> u64 {

@@ -72,6 +72,18 @@ pub trait Host: Clone {
     /// A value for the access log: filter state `wasm.<name>` in the proxy-wasm build.
     fn set_filter_state(&self, name: &str, value: &str) -> bool;
 
+    /// When the request arrived, in milliseconds since the epoch (`None`: not known).
+    fn request_start_ms(&self) -> Option<u64>;
+    /// The timeout Envoy's router enforces for this request, when the proxy lets the
+    /// filter read it (the dynamic module reads `x-envoy-expected-rq-timeout-ms`, which the
+    /// router writes on the request; proxy-wasm hides request headers after the request
+    /// phase, so the wasm build answers `None` and takes the policy's `routeTimeoutMs`).
+    fn proxy_timeout_ms(&self) -> Option<u64>;
+    /// Whether a call dispatched from the current callback when it is the worker's own
+    /// (the proxy-wasm root context's tick) outlives every request: Envoy cancels a call
+    /// with the request context that made it, never one made by the root context.
+    fn detached_calls(&self) -> bool;
+
     /// Milliseconds since the epoch.
     fn now_ms(&self) -> u64;
     fn define_counter(&self, name: &str) -> Option<u32>;

@@ -42,7 +42,8 @@ impl Counter {
 const PREFIX: &str = "custom_error_pages.";
 
 /// The counters of `Metrics` but the failure reasons, in field order.
-const NAMES: [&str; 7] = ["intercepted", "cache_hit", "fetched", "inline", "fallback", "passthrough", "unknown_policy"];
+const NAMES: [&str; 8] =
+    ["intercepted", "cache_hit", "fetched", "inline", "fallback", "passthrough", "unknown_policy", "deadline"];
 
 /// A failure reason's counter, under `PREFIX`.
 fn fetch_failed_name(f: FetchFailure) -> String {
@@ -66,15 +67,27 @@ pub struct Metrics {
     pub passthrough: Counter,
     /// A route or virtual host named a policy `policies` does not have.
     pub unknown_policy: Counter,
+    /// A held request answered in Envoy's place, before its route timeout.
+    pub deadline: Counter,
     fetch_failed: [Counter; 6],
 }
 
 impl Metrics {
     pub fn define(host: &impl Host) -> Metrics {
-        let [intercepted, cache_hit, fetched, inline, fallback, passthrough, unknown_policy] =
+        let [intercepted, cache_hit, fetched, inline, fallback, passthrough, unknown_policy, deadline] =
             NAMES.map(|n| Counter::define(host, n));
         let fetch_failed = FetchFailure::ALL.map(|f| Counter::define(host, &fetch_failed_name(f)));
-        Metrics { intercepted, cache_hit, fetched, inline, fallback, passthrough, unknown_policy, fetch_failed }
+        Metrics {
+            intercepted,
+            cache_hit,
+            fetched,
+            inline,
+            fallback,
+            passthrough,
+            unknown_policy,
+            deadline,
+            fetch_failed,
+        }
     }
 
     pub fn fetch_failed(&self, f: FetchFailure) -> &Counter {
@@ -93,6 +106,7 @@ impl Metrics {
             &self.fallback,
             &self.passthrough,
             &self.unknown_policy,
+            &self.deadline,
         ] {
             c.flush(host);
         }

@@ -3,6 +3,7 @@
 //! compiles and is unit-tested on the host.
 
 mod facts;
+mod flight;
 pub mod host;
 mod metrics;
 mod stream;

@@ -13,14 +13,15 @@
 //!   pool. (A local reply at this point resets the upstream request and closes that
 //!   connection: what Envoy's native `custom_response` filter does on every error.)
 //! - Concurrent misses for one object do not stampede the error service: the first request
-//!   fetches (the leader), the others wait on its flight and are completed by the leader
-//!   when the answer arrives (host calls switched to their context with
-//!   `set_effective_context`; Envoy defers their resumption until the leader's callback
-//!   returns). Should the leader's request die first (Envoy then cancels its call), the
-//!   next miss for the object takes the fetch over, waiters included; waiters no miss
-//!   rescues get the fallback on the root's next tick. A tick rather than `on_done`:
-//!   exporting `proxy_on_done` would cost every request one more entry into the VM, for
-//!   a rare event.
+//!   dispatches the call, and every miss (that one included) waits on the worker's flight
+//!   for the object (`flight.rs`); the answer completes them all (host calls switched to
+//!   their context with `set_effective_context`; Envoy defers their resumption until the
+//!   callback returns). Should the dispatching request die first (Envoy then cancels its
+//!   call), the fetch is asked again (the next miss, or the root's next tick, see
+//!   `flight.rs`). A tick rather than `on_done`: exporting `proxy_on_done` would cost every
+//!   request one more entry into the VM, for a rare event.
+//! - A held request whose Envoy deadline is known is answered before it, in Envoy's place
+//!   (`flight.rs`): Envoy's own reply would otherwise go to the client past the filter.
 //! - Original chunks are dropped one by one, never held: a filter that asks Envoy to hold
 //!   them (`StopIterationAndBuffer`) saves a host call per chunk (~0.1 µs), but should the
 //!   upstream end its response with trailers instead of a last body chunk, Envoy would
@@ -33,14 +34,14 @@
 //!   upstream exchange is complete, nothing is cut short.
 
 use super::facts::Facts;
+use super::flight::{self, Ask, Flight, Waiter, DEADLINE_MARGIN_MS};
 use super::host::{HeaderMap, Host};
 use super::worker::Worker;
 use super::Action;
 use crate::cache::{self, Object};
-use crate::config::{Config, Rule, RuleAt, RuleKind, Serve, ServiceId, Variant};
+use crate::config::{Config, Rule, RuleAt, RuleKind, Serve, Variant};
 use crate::decide::{Decision, Observer, Step};
-use crate::error_service::{self, CallFacts, FetchFailure};
-use crate::fasthash::FastMap;
+use crate::error_service::{self, CallFacts};
 use crate::negotiate;
 use crate::reply::{self, Outcome};
 use crate::request::Metadata;
@@ -53,13 +54,11 @@ use std::rc::Rc;
 const MAX_DROP_BYTES: usize = 64 * 1024;
 
 /// Where this request is, replacing loose flags.
-enum Phase<H: Host> {
+pub(super) enum Phase<H: Host> {
     /// Nothing decided yet (or nothing to do).
     Idle,
-    /// Headers paused while this request fetches the error object.
-    Fetching { call: Call, pending: Box<Pending<H>> },
-    /// Headers paused while another request fetches the same object; that request puts
-    /// this one's next phase in the slot.
+    /// Headers paused while the error object is fetched (by this request or another);
+    /// whoever completes the wait puts this request's next phase in the slot.
     Waiting(Slot<H>),
     /// Replacement headers sent; the original body is dropped and the object goes out with
     /// its last chunk.
@@ -69,45 +68,24 @@ enum Phase<H: Host> {
     Done,
 }
 
-type Slot<H> = Rc<RefCell<Option<Phase<H>>>>;
+pub(super) type Slot<H> = Rc<RefCell<Option<Phase<H>>>>;
 
 /// What a request needs to finish once its object (or the lack of one) is known.
-struct Pending<H: Host> {
-    rule: RuleAt,
-    variant: Option<usize>,
-    facts: Facts<H>,
-    /// The upstream response ended with its headers (no body to carry the object).
-    headers_only: bool,
+pub(super) struct Pending<H: Host> {
+    pub rule: RuleAt,
+    pub variant: Option<usize>,
+    pub facts: Facts<H>,
+    /// Answer with a local reply: the upstream response ended with its headers (no body
+    /// to carry the object), or the filter answers in Envoy's place.
+    pub headers_only: bool,
+    /// Envoy's code details of the reply the filter made in Envoy's place.
+    pub cause: Option<&'static str>,
 }
-
-/// The dispatched call to the error service.
-struct Call {
-    token: u32,
-    service: ServiceId,
-    cache_key: String,
-    started_ms: u64,
-}
-
-/// A request waiting on another's fetch of the same object.
-pub struct Waiter<H: Host> {
-    id: u32,
-    slot: Slot<H>,
-    pending: Box<Pending<H>>,
-}
-
-/// A fetch in flight: the request that leads it and the requests waiting on it.
-pub struct Flight<H: Host> {
-    leader: u32,
-    waiters: Vec<Waiter<H>>,
-}
-
-/// Fetches in flight on this worker, by cache key.
-pub type Flights<H> = FastMap<String, Flight<H>>;
 
 /// What a cache miss turned into.
 enum Miss {
-    /// This request leads a new fetch.
-    Lead(Call),
+    /// This request dispatched the call, to be waited on under this key.
+    Lead(String, u32, Ask),
     /// Another request is fetching the same object: wait on it under this key.
     Follow(String),
 }
@@ -122,11 +100,13 @@ pub struct Stream<H: Host> {
     /// lets a filter read request headers (or `request.*` properties) once the request
     /// phase has continued, so this one copy is all the response path can know of them.
     request: H::Map,
+    /// When the filter answers in Envoy's place while this request is held (see `flight.rs`).
+    deadline: Option<u64>,
 }
 
 impl<H: Host> Stream<H> {
     pub fn new(id: u32, host: H, worker: Rc<Worker<H>>) -> Stream<H> {
-        Stream { id, host, worker, phase: Phase::Idle, request: H::Map::default() }
+        Stream { id, host, worker, phase: Phase::Idle, request: H::Map::default(), deadline: None }
     }
 
     fn config(&self) -> Rc<Config> {
@@ -150,7 +130,7 @@ impl<H: Host> Stream<H> {
             Decision::Passthrough(rule) => {
                 self.worker.metrics.passthrough.bump();
                 debug!("custom-error-pages: [ctx {}] {status} passes through by {}", self.id, rule.id);
-                record(&self.host, status, status, &rule.id, "passthrough");
+                record(&self.host, status, status, &rule.id, "passthrough", None);
                 self.phase = Phase::Done;
                 return Action::Continue;
             }
@@ -162,45 +142,69 @@ impl<H: Host> Stream<H> {
         facts.served = reply::served_status(serve, status);
         let variant_index = serve.variants.iter().position(|v| std::ptr::eq(v, variant));
         let lookup = self.cached_or_fetch(serve, variant, &mut facts);
-        let mut pending =
-            Box::new(Pending { rule: rule.at, variant: variant_index, facts, headers_only: end_of_stream });
-        match lookup {
+        let mut pending = Box::new(Pending {
+            rule: rule.at,
+            variant: variant_index,
+            facts,
+            headers_only: end_of_stream,
+            cause: None,
+        });
+        let key = match lookup {
             Ok(object) => {
                 let (phase, action) = finish(&self.host, &self.worker, self.id, &mut pending, object);
                 self.phase = phase;
-                action
+                return action;
             }
-            Err(Miss::Lead(call)) => {
-                self.worker
-                    .flights
-                    .borrow_mut()
-                    .entry(call.cache_key.clone())
-                    .or_insert_with(|| Flight { leader: self.id, waiters: Vec::new() })
-                    .leader = self.id;
-                self.phase = Phase::Fetching { call, pending };
-                Action::Pause
+            Err(Miss::Lead(key, token, ask)) => {
+                let started_ms = self.host.now_ms();
+                let mut flights = self.worker.flights.borrow_mut();
+                match flights.get_mut(&key) {
+                    // A flight whose request died is taken over, its waiters with it.
+                    Some(f) => {
+                        (f.owner, f.token, f.started_ms, f.ask) = (Some(self.id), token, started_ms, ask);
+                    }
+                    None => {
+                        let flight = Flight { owner: Some(self.id), token, started_ms, ask, waiters: Vec::new() };
+                        flights.insert(key.clone(), flight);
+                    }
+                }
+                key
             }
             Err(Miss::Follow(key)) => {
-                let slot: Slot<H> = Rc::new(RefCell::new(None));
-                if let Some(flight) = self.worker.flights.borrow_mut().get_mut(&key) {
-                    flight.waiters.push(Waiter { id: self.id, slot: slot.clone(), pending });
-                }
                 debug!("custom-error-pages: [ctx {}] waiting on the fetch in flight for {key}", self.id);
-                self.phase = Phase::Waiting(slot);
-                Action::Pause
+                key
             }
+        };
+        let slot: Slot<H> = Rc::new(RefCell::new(None));
+        if let Some(flight) = self.worker.flights.borrow_mut().get_mut(&key) {
+            flight.waiters.push(Waiter { id: self.id, slot: slot.clone(), pending, deadline: self.deadline });
         }
+        self.phase = Phase::Waiting(slot);
+        Action::Pause
     }
 
-    /// The object from the cache (or none: an inline body, or no fetch possible), else a
-    /// miss: this request fetches, or waits on the fetch already in flight.
+    /// When the filter must answer in Envoy's place should this request be held: Envoy's
+    /// route timeout (as the proxy tells it, else the policy's `routeTimeoutMs`; the
+    /// shorter of both) from the request's start, less `DEADLINE_MARGIN_MS`.
+    fn envoys_deadline(&self) -> Option<u64> {
+        let timeout = match (self.host.proxy_timeout_ms(), self.worker.config.route_timeout_ms) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b)?,
+        };
+        let start = self.host.request_start_ms()?;
+        Some((start + timeout).saturating_sub(DEADLINE_MARGIN_MS))
+    }
+
+    /// The object from the cache (or none: an inline body, no fetch possible, or no time
+    /// left before Envoy's deadline), else a miss: this request fetches, or waits on the
+    /// fetch already in flight.
     fn cached_or_fetch(
-        &self,
+        &mut self,
         serve: &Serve,
         variant: &Variant,
         facts: &mut Facts<H>,
     ) -> Result<Option<(Rc<Object>, Outcome)>, Miss> {
-        let config = &self.worker.config;
+        let config = self.worker.config.clone();
         let Some(path_template) = &variant.path else { return Ok(None) };
         // Validation guarantees a service for every path; without one, serve the fallback.
         let Some((service, svc)) = serve.service.and_then(|i| config.service(Some(i)).map(|s| (i, s))) else {
@@ -212,11 +216,16 @@ impl<H: Host> Stream<H> {
             self.worker.metrics.cache_hit.bump();
             return Ok(Some((object, Outcome::Cache)));
         }
-        let leader = self.worker.flights.borrow().get(&key).map(|f| f.leader);
-        if let Some(leader) = leader {
-            // A leader that died since the last tick cannot answer: this request takes over
-            // its flight (and its waiters) instead of waiting for nothing.
-            let alive = self.host.set_effective_context(leader);
+        self.deadline = self.envoys_deadline();
+        if self.deadline.is_some_and(|d| self.host.now_ms() >= d) {
+            debug!("custom-error-pages: [ctx {}] no time left before Envoy's deadline: no fetch", self.id);
+            return Ok(None);
+        }
+        let owner = self.worker.flights.borrow().get(&key).map(|f| f.owner);
+        if let Some(owner) = owner {
+            // A flight whose request died since the last tick cannot be answered: this
+            // request asks again and takes the flight (and its waiters) over.
+            let alive = owner.is_some_and(|o| self.host.set_effective_context(o));
             self.host.set_effective_context(self.id);
             if alive {
                 return Err(Miss::Follow(key));
@@ -231,76 +240,23 @@ impl<H: Host> Stream<H> {
             original_host: &host_name,
             request_id: &request_id,
         };
-        let headers = error_service::call_headers(svc, &path, &call);
-        match self.host.dispatch(&svc.cluster, &headers, svc.timeout_ms) {
+        let ask = Ask {
+            cluster: svc.cluster.clone(),
+            headers: error_service::call_headers(svc, &path, &call),
+            timeout_ms: svc.timeout_ms,
+            service,
+            default_type: variant.content_type.clone(),
+        };
+        match flight::dispatch(&self.host, &self.worker, &ask) {
             Some(token) => {
                 debug!("custom-error-pages: [ctx {}] {}: fetching {path} from {}", self.id, facts.status, svc.cluster);
-                Err(Miss::Lead(Call { token, service, cache_key: key, started_ms: self.host.now_ms() }))
+                Err(Miss::Lead(key, token, ask))
             }
-            None => {
-                warn!(
-                    "custom-error-pages: [ctx {}] cannot call error service cluster \"{}\" (is it defined?)",
-                    self.id, svc.cluster
-                );
-                self.worker.metrics.fetch_failed(FetchFailure::Dispatch).bump();
-                Ok(None)
-            }
+            None => Ok(None),
         }
     }
 
-    fn finish_fetch(&mut self, call: Call, mut pending: Box<Pending<H>>, body_size: usize) {
-        let config = self.config();
-        let Some(svc) = config.service(Some(call.service)) else {
-            self.phase = Phase::Done;
-            resume(&self.host, self.id);
-            release_waiters(&self.host, &self.worker, &call.cache_key, None, self.id);
-            return;
-        };
-        let default_type = rule_serve(&config, pending.rule)
-            .map(|(_, serve)| variant_of(serve, pending.variant).content_type.clone())
-            .unwrap_or_default();
-        let now = self.host.now_ms();
-        let headers = self.host.call_response_headers();
-        let object =
-            match error_service::evaluate(svc, &headers, body_size, now.saturating_sub(call.started_ms), &default_type)
-            {
-                Ok(meta) => match self.host.call_response_body(body_size) {
-                    Some(body) => {
-                        self.worker.metrics.fetched.bump();
-                        let ttl = cache::ttl_seconds(meta.cache_control.as_deref(), svc.cache_ttl_s);
-                        let object = Rc::new(Object {
-                            body: body.into(),
-                            content_type: meta.content_type,
-                            cache_control: meta.cache_control,
-                        });
-                        self.worker.cache.borrow_mut().put(call.cache_key.clone(), object.clone(), ttl, now);
-                        Some((object, Outcome::Fetched))
-                    }
-                    None => {
-                        self.worker.metrics.fetch_failed(FetchFailure::Unreachable).bump();
-                        None
-                    }
-                },
-                Err(f) => {
-                    debug!(
-                        "custom-error-pages: [ctx {}] error service {}: fetch failed: {}",
-                        self.id,
-                        svc.cluster,
-                        f.as_str()
-                    );
-                    self.worker.metrics.fetch_failed(f).bump();
-                    None
-                }
-            };
-        let (phase, action) = finish(&self.host, &self.worker, self.id, &mut pending, object.clone());
-        self.phase = phase;
-        if action == Action::Continue {
-            resume(&self.host, self.id);
-        }
-        release_waiters(&self.host, &self.worker, &call.cache_key, object, self.id);
-    }
-
-    /// A waiter's phase, once its leader has decided it.
+    /// This request's phase, once whoever completed its wait has decided it.
     fn adopt(&mut self) {
         if let Phase::Waiting(slot) = &self.phase {
             let next = slot.borrow_mut().take();
@@ -311,59 +267,7 @@ impl<H: Host> Stream<H> {
     }
 }
 
-/// Completes every request that waited on the fetch under `key`, with the object (or the
-/// fallback when there is none), each in its own context; then makes `current` the
-/// effective context again.
-fn release_waiters<H: Host>(
-    host: &H,
-    worker: &Worker<H>,
-    key: &str,
-    object: Option<(Rc<Object>, Outcome)>,
-    current: u32,
-) {
-    let waiters = worker.flights.borrow_mut().remove(key).map(|f| f.waiters).unwrap_or_default();
-    if waiters.is_empty() {
-        return;
-    }
-    // A waiter shares the leader's object; it was not fetched for it.
-    let shared = object.map(|(o, _)| (o, Outcome::Cache));
-    for mut w in waiters {
-        if !host.set_effective_context(w.id) {
-            continue; // that request is gone
-        }
-        if shared.is_some() {
-            worker.metrics.cache_hit.bump();
-        }
-        let (phase, action) = finish(host, worker, w.id, &mut w.pending, shared.clone());
-        *w.slot.borrow_mut() = Some(phase);
-        if action == Action::Continue {
-            resume(host, w.id);
-        }
-    }
-    host.set_effective_context(current);
-}
-
-/// On the root's tick: flights whose leader's request is gone (Envoy cancelled its call,
-/// so no answer will come) release their waiters with the fallback.
-pub(super) fn release_orphaned_flights<H: Host>(host: &H, worker: &Worker<H>, root: u32) {
-    if worker.flights.borrow().is_empty() {
-        return;
-    }
-    let orphaned: Vec<String> = worker
-        .flights
-        .borrow()
-        .iter()
-        .filter(|(_, f)| !host.set_effective_context(f.leader))
-        .map(|(k, _)| k.clone())
-        .collect();
-    host.set_effective_context(root);
-    for key in orphaned {
-        warn!("custom-error-pages: [ctx {root}] the request fetching {key} is gone: its waiters get the fallback");
-        release_waiters(host, worker, &key, None, root);
-    }
-}
-
-fn rule_serve(config: &Config, at: RuleAt) -> Option<(&Rule, &Serve)> {
+pub(super) fn rule_serve(config: &Config, at: RuleAt) -> Option<(&Rule, &Serve)> {
     config.rule(at).and_then(|rule| match &rule.kind {
         RuleKind::Serve(serve) => Some((rule, &**serve)),
         RuleKind::Passthrough => None,
@@ -376,7 +280,7 @@ fn variant_of(serve: &Serve, index: Option<usize>) -> &Variant {
 
 /// Lets a paused response go on. A refusal means the stream is gone (the client left):
 /// nothing is waiting for it any more.
-fn resume(host: &impl Host, id: u32) {
+pub(super) fn resume(host: &impl Host, id: u32) {
     if !host.resume_response() {
         debug!("custom-error-pages: [ctx {id}] could not resume the response: the stream is gone");
     }
@@ -385,7 +289,7 @@ fn resume(host: &impl Host, id: u32) {
 /// Builds the replacement for a request of the current (effective) context and sends it:
 /// counts, records the access-log fields, rewrites headers or answers locally. Returns the
 /// request's next phase and what to do with its paused headers.
-fn finish<H: Host>(
+pub(super) fn finish<H: Host>(
     host: &H,
     worker: &Worker<H>,
     id: u32,
@@ -411,7 +315,7 @@ fn finish<H: Host>(
             warn!("custom-error-pages: [ctx {id}] local reply refused by the proxy; the original response stands");
             return (Phase::Done, Action::Continue);
         }
-        record(host, pending.facts.status, reply.status, &rule.id, reply.outcome.as_str());
+        record(host, pending.facts.status, reply.status, &rule.id, reply.outcome.as_str(), pending.cause);
         return (Phase::Done, Action::Pause);
     }
     // In place (see the module comment): the body goes out with the last original chunk.
@@ -431,16 +335,17 @@ fn finish<H: Host>(
         warn!("custom-error-pages: [ctx {id}] the proxy refused the replacement headers; the original response stands");
         return (Phase::Done, Action::Continue);
     }
-    record(host, pending.facts.status, reply.status, &rule.id, reply.outcome.as_str());
+    record(host, pending.facts.status, reply.status, &rule.id, reply.outcome.as_str(), pending.cause);
     drop(headers); // it borrows from `reply`, whose body moves on
     (Phase::Streaming { body: reply.body, sent: false, dropped: 0 }, Action::Continue)
 }
 
 /// Access-log fields, as one filter state value `wasm.custom_error`
-/// (`original=404 served=200 outcome=cache rule=<json path>`). One `set_property`, not
-/// four: each costs Envoy a filter-state object, about 2.5 µs of CPU per call measured in
+/// (`original=404 served=200 outcome=cache rule=<json path>`, and ` cause=<Envoy's code
+/// details>` when the filter answered in Envoy's place). One `set_property`, not four:
+/// each costs Envoy a filter-state object, about 2.5 µs of CPU per call measured in
 /// `make bench` (bench/FINDINGS.md).
-fn record(host: &impl Host, original: u16, served: u16, rule: &str, outcome: &str) {
+fn record(host: &impl Host, original: u16, served: u16, rule: &str, outcome: &str, cause: Option<&str>) {
     let mut value = String::with_capacity(48 + rule.len());
     value.push_str("original=");
     crate::push_decimal(&mut value, original.into());
@@ -450,6 +355,10 @@ fn record(host: &impl Host, original: u16, served: u16, rule: &str, outcome: &st
     value.push_str(outcome);
     value.push_str(" rule=");
     value.push_str(rule);
+    if let Some(cause) = cause {
+        value.push_str(" cause=");
+        value.push_str(cause);
+    }
     if !host.set_filter_state("custom_error", &value) {
         debug!("custom-error-pages: access-log fields not recorded: {value}");
     }
@@ -512,19 +421,36 @@ impl<H: Host> Stream<H> {
         self.worker.release_orphans(&self.host, 0);
     }
 
-    /// The answer to a call this stream dispatched (another token: not ours, ignored).
+    /// The proxy's clock (ms since the epoch).
+    pub fn now_ms(&self) -> u64 {
+        self.host.now_ms()
+    }
+
+    /// The answer to a call this stream dispatched (to a call no flight waits for any
+    /// more: ignored).
     pub fn on_call_response(&mut self, token: u32, body_size: usize) {
-        match std::mem::replace(&mut self.phase, Phase::Done) {
-            Phase::Fetching { call, pending } if call.token == token => self.finish_fetch(call, pending, body_size),
-            other => self.phase = other,
-        }
+        flight::complete(&self.host, &self.worker, token, body_size, self.id);
+        self.adopt();
+    }
+
+    /// For the dynamic module's timer: this request's deadline has come (held requests
+    /// whose deadline has passed are answered in Envoy's place).
+    pub fn on_deadline(&mut self) {
+        self.worker.expire_due(&self.host, self.id);
+        self.adopt();
+    }
+
+    /// When the adapter should call `on_deadline`: while this request is held, if Envoy's
+    /// deadline for it is known.
+    pub fn deadline(&self) -> Option<u64> {
+        matches!(self.phase, Phase::Waiting(_)).then_some(self.deadline).flatten()
     }
 }
 
 /// What the filter wants to hear of a decision: a route or virtual host naming a policy
 /// `policies` does not have (a typo in a route, or a policy not yet delivered). Counted,
 /// and logged once per name and worker, never an error response.
-struct Unknowns<'w, H: Host>(&'w Worker<H>);
+pub(super) struct Unknowns<'w, H: Host>(pub(super) &'w Worker<H>);
 
 impl<H: Host> Observer for Unknowns<'_, H> {
     fn step(&mut self, _status: u16, step: Step<'_, '_>) {

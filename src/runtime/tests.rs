@@ -89,7 +89,10 @@ impl Proxy {
         let size = answer.1.as_ref().map_or(0, Vec::len);
         self.host.state().answer = answer;
         self.host.enter(from);
-        self.streams.get_mut(&from).unwrap().on_call_response(token, size);
+        match self.streams.get_mut(&from) {
+            Some(stream) => stream.on_call_response(token, size),
+            None => self.worker.on_call_response(&self.host, token, size, from), // the root's
+        }
     }
 
     fn call(&self, token: u32) -> super::fake::Call {
@@ -259,13 +262,43 @@ fn a_dead_leaders_flight_is_taken_over_by_the_next_miss() {
 }
 
 #[test]
-fn the_tick_releases_waiters_of_a_dead_leader_with_the_fallback() {
+fn the_tick_has_a_dead_leaders_fetch_asked_again_by_a_live_waiter() {
     let mut p = Proxy::new(page_rule());
     p.error(1, 502);
     p.error(2, 502);
     p.tick();
-    p.log(2, |s| assert_eq!(s.resumed, 0, "a live leader: keep waiting"));
+    assert_eq!(p.calls(), 1, "a live leader: keep waiting");
     p.gone(1);
+    p.tick();
+    assert_eq!(p.calls(), 2);
+    assert_eq!(p.call(101).from, 2, "asked again through the waiter (calls need a live request)");
+    p.log(2, |s| assert_eq!(s.resumed, 0));
+    p.answer(101, ok_answer("asked again"));
+    p.body_chunks(2, &[1]);
+    p.log(2, |s| assert_eq!(s.body_out, b"asked again"));
+}
+
+#[test]
+fn with_detached_calls_the_root_asks_again_even_for_nobody_and_fills_the_cache() {
+    let mut p = Proxy::new(page_rule());
+    p.host.state().detached_calls = true;
+    p.error(1, 502);
+    p.gone(1);
+    p.tick();
+    assert_eq!(p.call(101).from, ROOT, "asked again from the root context, which Envoy never cancels");
+    p.answer(101, ok_answer("from root"));
+    assert_eq!(p.error(2, 502), Action::Continue, "the object is in the cache");
+    p.body_chunks(2, &[1]);
+    p.log(2, |s| assert_eq!(s.body_out, b"from root"));
+}
+
+#[test]
+fn a_dead_leaders_waiters_get_the_fallback_when_nobody_can_ask_again() {
+    let mut p = Proxy::new(page_rule());
+    p.error(1, 502);
+    p.error(2, 502);
+    p.gone(1);
+    p.host.state().refuse_dispatch = true;
     p.tick();
     p.log(2, |s| {
         assert_eq!(s.resumed, 1);
@@ -275,6 +308,146 @@ fn the_tick_releases_waiters_of_a_dead_leader_with_the_fallback() {
     p.log(2, |s| assert!(String::from_utf8_lossy(&s.body_out).contains("502 Bad Gateway")));
     p.tick();
     assert_eq!(p.host.counter("fallback"), 1);
+}
+
+/// A 404 page fetched from the error service, a 504 rule with an inline body, and the route
+/// timeout of 1 s the wasm build is told in the policy.
+fn deadline_rules(gateway: serde_json::Value) -> serde_json::Value {
+    let mut policy = rules(json!([{"matchResponseCodes": ["404"], "path": "/e/404.html"}, gateway]));
+    policy["routeTimeoutMs"] = json!(1000);
+    policy
+}
+
+fn gateway_rule() -> serde_json::Value {
+    json!({"matchResponseCodes": ["504"], "source": "proxy", "body": "gateway {{status}} for {{originalStatus}} {{codeDetails}}"})
+}
+
+impl Proxy {
+    /// Request `id` started at `start` (ms) and its response is a 404 with a body to come.
+    fn late_404(&mut self, id: u32, start: u64) -> Action {
+        self.host.state().streams.entry(id).or_default().start_ms = Some(start);
+        self.error(id, 404)
+    }
+
+    fn at(&mut self, ms: u64) {
+        self.host.state().now_ms = ms;
+    }
+}
+
+const T0: u64 = 1_000_000;
+
+#[test]
+fn a_held_request_is_answered_in_envoys_place_before_its_route_timeout() {
+    let mut p = Proxy::new(deadline_rules(gateway_rule()));
+    assert_eq!(p.late_404(1, T0), Action::Pause);
+    p.at(T0 + 849);
+    p.tick();
+    p.log(1, |s| assert!(s.local_reply.is_none(), "before the mark: still waiting"));
+    p.at(T0 + 850); // 1000 ms less the margin
+    p.tick();
+    p.log(1, |s| {
+        let (status, _, body) = s.local_reply.clone().expect("answered in Envoy's place");
+        assert_eq!((status, String::from_utf8_lossy(&body).as_ref()), (504, "gateway 504 for 404 response_timeout"));
+        assert_eq!(s.resumed, 0, "a local reply, not the held original");
+        let fields = s.filter_state.clone().unwrap();
+        assert!(fields.starts_with("original=404 served=504 outcome=inline rule="), "{fields}");
+        assert!(fields.contains("errorResponseRules[1] cause=response_timeout"), "{fields}");
+    });
+    // The fetch had nobody else: Envoy cancels it with the request. Should its answer
+    // still arrive, nothing is sent twice.
+    p.tick();
+    assert_eq!(p.host.counter("deadline"), 1);
+    p.answer(100, ok_answer("late page"));
+    p.log(1, |s| assert_eq!((s.resumed, s.chunks), (0, 0)));
+}
+
+#[test]
+fn without_a_rule_for_envoys_504_the_request_stays_held_and_envoys_reply_stands() {
+    let mut p = Proxy::new(deadline_rules(json!({"matchResponseCodes": ["503"], "body": "other"})));
+    p.late_404(1, T0);
+    p.at(T0 + 900);
+    p.tick();
+    p.log(1, |s| assert!(s.local_reply.is_none() && s.resumed == 0 && s.filter_state.is_none()));
+    assert_eq!(p.host.counter("deadline"), 0);
+}
+
+#[test]
+fn without_a_known_deadline_nothing_is_answered_early() {
+    let mut p = Proxy::new(rules(json!([{"matchResponseCodes": ["404"], "path": "/e/404.html"}, gateway_rule()])));
+    p.late_404(1, T0);
+    p.at(T0 + 60_000);
+    p.tick();
+    p.log(1, |s| assert!(s.local_reply.is_none()));
+    p.answer(100, ok_answer("page"));
+    p.log(1, |s| assert_eq!(s.resumed, 1));
+}
+
+#[test]
+fn the_waiters_keep_the_fetch_going_and_get_the_object_when_the_leader_is_answered_early() {
+    let mut p = Proxy::new(deadline_rules(gateway_rule()));
+    p.late_404(1, T0);
+    p.late_404(2, T0 + 500);
+    p.at(T0 + 850);
+    p.tick();
+    p.log(1, |s| assert_eq!(s.local_reply.as_ref().map(|r| r.0), Some(504)));
+    p.log(2, |s| assert!(s.local_reply.is_none() && s.resumed == 0, "its own deadline is later"));
+    assert_eq!(p.call(101).from, 2, "the leader's call died with it: the waiter asks again at once");
+    p.at(T0 + 1100);
+    p.answer(101, ok_answer("the 404 page"));
+    p.body_chunks(2, &[3]);
+    p.log(2, |s| {
+        assert_eq!(s.body_out, b"the 404 page");
+        assert!(s.filter_state.as_deref().unwrap().contains("original=404 served=404 outcome=fetched"));
+    });
+    assert_eq!(p.late_404(3, T0 + 1200), Action::Continue, "the object filled the cache");
+}
+
+#[test]
+fn a_waiter_answered_early_is_released_and_the_others_still_get_the_object() {
+    let mut p = Proxy::new(deadline_rules(gateway_rule()));
+    p.late_404(1, T0 + 400);
+    p.late_404(2, T0);
+    p.at(T0 + 850);
+    p.tick();
+    p.log(2, |s| assert_eq!(s.local_reply.as_ref().map(|r| r.0), Some(504)));
+    assert_eq!(p.calls(), 1, "the leader is alive: its call goes on");
+    p.answer(100, ok_answer("the 404 page"));
+    p.log(1, |s| assert_eq!(s.resumed, 1));
+    p.log(2, |s| assert_eq!((s.resumed, s.chunks), (0, 0), "answered once, never again"));
+}
+
+#[test]
+fn envoys_504_object_comes_from_the_cache_when_it_is_there() {
+    let gateway = json!({"matchResponseCodes": ["504"], "path": "/e/504.html", "overrideResponseCode": 503});
+    let mut p = Proxy::new(deadline_rules(gateway));
+    // A 504 from upstream fetches the 504 object once.
+    p.error(9, 504);
+    p.answer(100, ok_answer("gateway page"));
+    p.late_404(1, T0);
+    p.at(T0 + 850);
+    p.tick();
+    p.log(1, |s| {
+        let (status, _, body) = s.local_reply.clone().unwrap();
+        assert_eq!((status, body.as_slice()), (503, &b"gateway page"[..]), "the rule's override applies");
+        assert!(s.filter_state.as_deref().unwrap().contains("served=503 outcome=cache"));
+    });
+}
+
+#[test]
+fn the_proxys_timeout_and_the_policys_the_shorter_wins_and_no_time_left_means_no_fetch() {
+    let mut p = Proxy::new(deadline_rules(gateway_rule()));
+    p.host.state().proxy_timeout_ms = Some(400);
+    p.late_404(1, T0);
+    p.at(T0 + 250);
+    p.tick();
+    p.log(1, |s| assert_eq!(s.local_reply.as_ref().map(|r| r.0), Some(504), "400 ms less the margin"));
+    // Past the mark already when the response arrives: the 404's own fallback, no fetch.
+    let calls = p.calls();
+    p.at(T0 + 10_000);
+    assert_eq!(p.late_404(2, T0 + 9_700), Action::Continue);
+    assert_eq!(p.calls(), calls);
+    p.body_chunks(2, &[1]);
+    p.log(2, |s| assert!(s.filter_state.as_deref().unwrap().contains("served=404 outcome=fallback")));
 }
 
 #[test]

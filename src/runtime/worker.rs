@@ -1,9 +1,9 @@
 //! State shared by every request of one worker (one wasm VM per Envoy worker thread):
 //! the policy, the object cache, counters, a clock, and the fetches in flight.
 
+use super::flight::{self, Flights};
 use super::host::Host;
 use super::metrics::Metrics;
-use super::stream::{self, Flights};
 use crate::cache::Cache;
 use crate::config::Config;
 use std::cell::{Cell, RefCell};
@@ -45,11 +45,12 @@ impl<H: Host> Worker<H> {
     }
 
     /// Every `TICK_MS`, from the root context `root`: refreshes the clock, adds the counts
-    /// to the proxy's counters, and releases requests waiting on a fetch whose leading
-    /// request is gone.
+    /// to the proxy's counters, answers held requests whose Envoy deadline has come, and has
+    /// fetches whose request is gone asked again.
     pub fn on_tick(&self, host: &H, root: u32) {
         self.clock.set(host.now_ms());
         self.metrics.flush(host);
+        self.expire_due(host, root);
         self.release_orphans(host, root);
     }
 
@@ -61,9 +62,21 @@ impl<H: Host> Worker<H> {
         }
     }
 
-    /// Releases requests waiting on a fetch whose leading request is gone (with the
-    /// fallback), then makes `current` the effective stream again.
+    /// Answers, in Envoy's place, the held requests whose deadline has come; then makes
+    /// `current` the effective context again.
+    pub fn expire_due(&self, host: &H, current: u32) {
+        flight::expire_due(host, self, host.now_ms(), current);
+    }
+
+    /// The answer to a call the worker's own context made (the proxy-wasm root's), with
+    /// `current` that context.
+    pub fn on_call_response(&self, host: &H, token: u32, body_size: usize, current: u32) {
+        flight::complete(host, self, token, body_size, current);
+    }
+
+    /// Has the fetches whose request is gone asked again (or their waiters released with
+    /// the fallback), then makes `current` the effective stream again.
     pub fn release_orphans(&self, host: &H, current: u32) {
-        stream::release_orphaned_flights(host, self, current);
+        flight::reassign_orphans(host, self, current);
     }
 }

@@ -1,0 +1,281 @@
+//! Fetches of error objects in flight, and the requests held while one is fetched.
+//!
+//! Every request whose object is missing from the cache waits on a `Flight` for it, the one
+//! that dispatched the call included: a flight is the worker's, not a request's. That is
+//! what lets a request leave the wait on its own (Envoy's deadline for it comes first)
+//! while the fetch goes on for the others and for the cache.
+//!
+//! Envoy cancels a call with the request context that made it. So when that request is
+//! gone (its client left, or the filter answered it before Envoy's route timeout), the
+//! fetch is asked again at once from a context that stays: the proxy-wasm root context
+//! (on its tick), whose calls outlive every request, even with nobody waiting (the object
+//! still fills the cache); else (the dynamic module, whose ABI offers calls only through a
+//! request) the first live waiter. A flight with nobody to ask it again releases its
+//! waiters with the fallback.
+//!
+//! Deadlines: Envoy answers a request itself when its route timeout fires, and once a
+//! filter holds the response headers that reply goes straight to the client, past every
+//! filter (Envoy's filter manager sends it as a "direct local reply"). So a held request
+//! whose deadline is known is answered by the filter a little before it, as Envoy would
+//! have answered: a 504 made by the proxy (code details `response_timeout`), decided by
+//! the policy again for that code (from the cache, else the rule's inline body or the
+//! built-in page: there is no time left for a fetch).
+
+use super::host::Host;
+use super::stream::{finish, resume, Pending, Phase, Slot, Unknowns};
+use super::worker::Worker;
+use super::Action;
+use crate::cache::{self, Object};
+use crate::config::{Serve, ServiceId, Variant};
+use crate::decide::Decision;
+use crate::error_service::{self, FetchFailure};
+use crate::fasthash::FastMap;
+use crate::negotiate;
+use crate::reply::{self, Outcome};
+use crate::request::RequestView;
+use log::{debug, warn};
+use std::rc::Rc;
+
+/// How long before Envoy's own deadline the filter answers a held request. The proxy-wasm
+/// root ticks every `TICK_MS` (100 ms): a deadline checked on a tick is met between 50 and
+/// 150 ms before Envoy would answer; the dynamic module's timer fires at the mark.
+pub const DEADLINE_MARGIN_MS: u64 = 150;
+
+/// What Envoy's router answers when a route timeout fires (status, `response.code_details`).
+pub const ROUTE_TIMEOUT: (u16, &str) = (504, "response_timeout");
+
+/// What to ask the error service, kept so that another context can ask again.
+pub(super) struct Ask {
+    pub cluster: String,
+    pub headers: Vec<(&'static str, String)>,
+    pub timeout_ms: u64,
+    pub service: ServiceId,
+    /// The chosen variant's type: the object's when its own is missing or malformed.
+    pub default_type: String,
+}
+
+/// A request held for a fetch.
+pub struct Waiter<H: Host> {
+    pub(super) id: u32,
+    pub(super) slot: Slot<H>,
+    pub(super) pending: Box<Pending<H>>,
+    /// When the filter answers in Envoy's place (ms since the epoch), if Envoy's deadline
+    /// for this request is known.
+    pub(super) deadline: Option<u64>,
+}
+
+/// A fetch in flight and the requests waiting on it.
+pub struct Flight<H: Host> {
+    /// The context whose call is in flight; `None` once it is gone or answered in Envoy's
+    /// place (Envoy cancels its call with it).
+    pub(super) owner: Option<u32>,
+    pub(super) token: u32,
+    pub(super) started_ms: u64,
+    pub(super) ask: Ask,
+    pub(super) waiters: Vec<Waiter<H>>,
+}
+
+/// Fetches in flight on this worker, by cache key.
+pub type Flights<H> = FastMap<String, Flight<H>>;
+
+/// Dispatches `ask` from the effective context; the token, or `None` when the proxy refused.
+pub(super) fn dispatch<H: Host>(host: &H, worker: &Worker<H>, ask: &Ask) -> Option<u32> {
+    let token = host.dispatch(&ask.cluster, &ask.headers, ask.timeout_ms);
+    if token.is_none() {
+        warn!("custom-error-pages: cannot call error service cluster \"{}\" (is it defined?)", ask.cluster);
+        worker.metrics.fetch_failed(FetchFailure::Dispatch).bump();
+    }
+    token
+}
+
+/// The answer to call `token` arrived (in context `current`): evaluates it, caches the
+/// object, and completes every request waiting on it. An answer to a call no flight waits
+/// for any more (one asked again since) is ignored.
+pub(super) fn complete<H: Host>(host: &H, worker: &Worker<H>, token: u32, body_size: usize, current: u32) {
+    let key =
+        worker.flights.borrow().iter().find(|(_, f)| f.token == token && f.owner.is_some()).map(|(k, _)| k.clone());
+    let Some(flight) = key.and_then(|k| worker.flights.borrow_mut().remove(&k).map(|f| (k, f))) else {
+        return;
+    };
+    let (key, flight) = flight;
+    let object = evaluate(host, worker, &key, &flight, body_size);
+    release(host, worker, flight.waiters, object, Outcome::Fetched, current);
+}
+
+/// The error service's answer as an object (cached), or `None` when it failed (counted).
+fn evaluate<H: Host>(
+    host: &H,
+    worker: &Worker<H>,
+    key: &str,
+    flight: &Flight<H>,
+    body_size: usize,
+) -> Option<Rc<Object>> {
+    let config = worker.config.clone();
+    let svc = config.service(Some(flight.ask.service))?;
+    let now = host.now_ms();
+    let headers = host.call_response_headers();
+    let elapsed = now.saturating_sub(flight.started_ms);
+    match error_service::evaluate(svc, &headers, body_size, elapsed, &flight.ask.default_type) {
+        Ok(meta) => match host.call_response_body(body_size) {
+            Some(body) => {
+                worker.metrics.fetched.bump();
+                let ttl = cache::ttl_seconds(meta.cache_control.as_deref(), svc.cache_ttl_s);
+                let object = Rc::new(Object {
+                    body: body.into(),
+                    content_type: meta.content_type,
+                    cache_control: meta.cache_control,
+                });
+                worker.cache.borrow_mut().put(key.to_string(), object.clone(), ttl, now);
+                Some(object)
+            }
+            None => {
+                worker.metrics.fetch_failed(FetchFailure::Unreachable).bump();
+                None
+            }
+        },
+        Err(f) => {
+            debug!("custom-error-pages: error service {}: fetch failed: {}", svc.cluster, f.as_str());
+            worker.metrics.fetch_failed(f).bump();
+            None
+        }
+    }
+}
+
+/// Completes `waiters` with the object (or the fallback when there is none), each in its
+/// own context; then makes `current` the effective context again. The context whose call
+/// brought the object counts it as `first` (fetched); the others share it (a cache hit).
+fn release<H: Host>(
+    host: &H,
+    worker: &Worker<H>,
+    waiters: Vec<Waiter<H>>,
+    object: Option<Rc<Object>>,
+    first: Outcome,
+    current: u32,
+) {
+    for mut w in waiters {
+        if !host.set_effective_context(w.id) {
+            continue; // that request is gone
+        }
+        let outcome = if w.id == current { first } else { Outcome::Cache };
+        if object.is_some() && outcome == Outcome::Cache {
+            worker.metrics.cache_hit.bump();
+        }
+        let (phase, action) = finish(host, worker, w.id, &mut w.pending, object.clone().map(|o| (o, outcome)));
+        *w.slot.borrow_mut() = Some(phase);
+        if action == Action::Continue {
+            resume(host, w.id);
+        }
+    }
+    host.set_effective_context(current);
+}
+
+/// Answers every held request whose deadline has come, in Envoy's place (see the module
+/// comment); then has the fetches whose context was among them asked again.
+pub(super) fn expire_due<H: Host>(host: &H, worker: &Worker<H>, now: u64, current: u32) {
+    let mut due = Vec::new();
+    for flight in worker.flights.borrow_mut().values_mut() {
+        let (expired, kept): (Vec<_>, Vec<_>) =
+            flight.waiters.drain(..).partition(|w| w.deadline.is_some_and(|d| now >= d));
+        flight.waiters = kept;
+        if flight.owner.is_some_and(|o| expired.iter().any(|w| w.id == o)) {
+            flight.owner = None; // answering it ends the request, and Envoy cancels its call
+        }
+        due.extend(expired);
+    }
+    if due.is_empty() {
+        return;
+    }
+    for mut w in due {
+        if !host.set_effective_context(w.id) {
+            continue;
+        }
+        let (phase, action) = in_envoys_place(host, worker, w.id, &mut w.pending);
+        *w.slot.borrow_mut() = Some(phase);
+        if action == Action::Continue {
+            resume(host, w.id);
+        }
+    }
+    host.set_effective_context(current);
+    reassign_orphans(host, worker, current);
+}
+
+/// The reply Envoy would make for its route timeout, as the policy decides it: the rule for
+/// a 504 made by the proxy, its object from the cache, else its inline body or the
+/// built-in page, always as a local reply (the original body may never end). Where no rule
+/// covers that 504, the request stays held and Envoy's own reply goes out: that is what the
+/// policy asks for.
+fn in_envoys_place<H: Host>(host: &H, worker: &Worker<H>, id: u32, held: &mut Pending<H>) -> (Phase<H>, Action) {
+    let (status, details) = ROUTE_TIMEOUT;
+    let config = worker.config.clone();
+    held.facts.made_by_proxy_with(details);
+    let (rule, serve) = match config.decide_observed(status, &mut held.facts, &mut Unknowns(worker)) {
+        Decision::Serve(rule, serve) => (rule, serve),
+        Decision::None | Decision::Passthrough(_) => {
+            debug!("custom-error-pages: [ctx {id}] Envoy's deadline: no rule for its {status}, its reply stands");
+            return (Phase::Done, Action::Pause);
+        }
+    };
+    worker.metrics.deadline.bump();
+    let accept = held.facts.header("accept");
+    let variant = negotiate::choose(serve, accept.as_deref());
+    held.facts.served = reply::served_status(serve, status);
+    let object = cached(worker, serve, variant, status).map(|o| (o, Outcome::Cache));
+    held.rule = rule.at;
+    held.variant = serve.variants.iter().position(|v| std::ptr::eq(v, variant));
+    held.headers_only = true;
+    held.cause = Some(details);
+    finish(host, worker, id, held, object)
+}
+
+/// The object for `serve`'s `variant` (`status` fills the path) if the cache has it.
+pub(super) fn cached<H: Host>(worker: &Worker<H>, serve: &Serve, variant: &Variant, status: u16) -> Option<Rc<Object>> {
+    let path = error_service::object_path(variant.path.as_deref()?, status);
+    let key = cache::key(serve.service?, &path, &variant.content_type);
+    let object = worker.cache.borrow_mut().get(&key, worker.clock.get())?;
+    worker.metrics.cache_hit.bump();
+    Some(object)
+}
+
+/// Flights whose call is gone with its context: asked again from the worker's own context
+/// when calls made there outlive requests (`current` is then the root context), else from
+/// the first live waiter; with nobody to ask, the waiters get the fallback.
+pub(super) fn reassign_orphans<H: Host>(host: &H, worker: &Worker<H>, current: u32) {
+    if worker.flights.borrow().is_empty() {
+        return;
+    }
+    let orphaned: Vec<String> = worker
+        .flights
+        .borrow()
+        .iter()
+        .filter(|(_, f)| !f.owner.is_some_and(|o| host.set_effective_context(o)))
+        .map(|(k, _)| k.clone())
+        .collect();
+    host.set_effective_context(current);
+    for key in orphaned {
+        let Some(mut flight) = worker.flights.borrow_mut().remove(&key) else { continue };
+        let from = if host.detached_calls() {
+            Some(current)
+        } else {
+            flight.waiters.iter().map(|w| w.id).find(|id| host.set_effective_context(*id))
+        };
+        let token = from.and_then(|ctx| {
+            host.set_effective_context(ctx);
+            dispatch(host, worker, &flight.ask)
+        });
+        host.set_effective_context(current);
+        match (from, token) {
+            (Some(ctx), Some(token)) => {
+                debug!("custom-error-pages: [ctx {ctx}] the fetch of {key} is asked again (its request is gone)");
+                flight.owner = Some(ctx);
+                flight.token = token;
+                flight.started_ms = host.now_ms();
+                worker.flights.borrow_mut().insert(key, flight);
+            }
+            _ if flight.waiters.is_empty() => {}
+            _ => {
+                warn!("custom-error-pages: [ctx {current}] the request fetching {key} is gone: its waiters get the fallback");
+                release(host, worker, flight.waiters, None, Outcome::Cache, current);
+            }
+        }
+    }
+}
