@@ -64,7 +64,7 @@ impl Loader {
             None => DEFAULT_METADATA_NAMESPACE.to_string(),
         };
 
-        let route_timeout_ms = o.opt_uint("routeTimeoutMs", 1, MAX_ROUTE_TIMEOUT_MS)?;
+        let route_timeouts = route_timeouts(&mut o)?;
         #[cfg(feature = "trap-test")]
         let test_trap_on_path = o.opt_str("testTrapOnPath")?.map(str::to_string);
         let (matchers, by_name) = self.path_matchers(&mut o, top_service)?;
@@ -90,7 +90,7 @@ impl Loader {
             metadata_namespace,
             codes: self.codes,
             source_codes: self.source_codes,
-            route_timeout_ms,
+            route_timeouts,
             #[cfg(feature = "trap-test")]
             test_trap_on_path,
             warnings,
@@ -697,4 +697,27 @@ fn str_cond(o: &mut Obj<'_>, header: bool) -> Result<StrCond> {
         0 => Err(ConfigError::new(o.path(), format!("needs one of {kinds}"))),
         _ => Err(ConfigError::new(o.path(), format!("only one of {kinds} may be set"))),
     }
+}
+
+/// `routeTimeoutsMs`: Envoy's route timeouts by route name, `*` for any other route.
+fn route_timeouts(o: &mut Obj<'_>) -> Result<RouteTimeouts> {
+    let mut out = RouteTimeouts::default();
+    let Some(mut t) = o.opt_obj("routeTimeoutsMs")? else { return Ok(out) };
+    for name in t.keys() {
+        let path = t.field_path(&name);
+        if name.is_empty() {
+            return Err(ConfigError::new(t.path(), "a route name must not be empty"));
+        }
+        let ms = t.get(&name).and_then(Value::as_u64).filter(|n| (1..=MAX_ROUTE_TIMEOUT_MS).contains(n));
+        let Some(ms) = ms else {
+            return Err(ConfigError::new(path, format!("expected milliseconds, a whole number 1-{MAX_ROUTE_TIMEOUT_MS}")));
+        };
+        if name == "*" {
+            out.other = Some(ms);
+        } else {
+            out.by_route.insert(name, ms);
+        }
+    }
+    t.finish()?;
+    Ok(out)
 }

@@ -145,14 +145,32 @@ pub struct Config {
     /// Codes some rule with a `source` covers: only for these does the decision need to
     /// know who made the response (a host call to read Envoy's code details).
     pub source_codes: CodeSet,
-    /// `routeTimeoutMs`: the route timeout Envoy applies, for a build that cannot read it
-    /// (the wasm build): a response held for an error object is answered before it.
-    pub route_timeout_ms: Option<u64>,
+    /// `routeTimeoutsMs`: the route timeouts Envoy applies, for a build that cannot read
+    /// them (the wasm build): a response held for an error object is answered before it.
+    pub route_timeouts: RouteTimeouts,
     /// Test-only (feature `trap-test`): trap on this request path.
     #[cfg(feature = "trap-test")]
     pub test_trap_on_path: Option<String>,
     /// Non-fatal findings, logged at load (e.g. a path matcher no host rule names).
     pub warnings: Vec<String>,
+}
+
+/// Envoy's route timeouts by route name (`xds.route_name`), and one for any other route.
+#[derive(Debug, Clone, Default)]
+pub struct RouteTimeouts {
+    pub by_route: std::collections::HashMap<String, u64>,
+    pub other: Option<u64>,
+}
+
+impl RouteTimeouts {
+    pub fn is_empty(&self) -> bool {
+        self.by_route.is_empty() && self.other.is_none()
+    }
+
+    /// The timeout of the route named `route` (unnamed: any other route's).
+    pub fn of(&self, route: Option<&str>) -> Option<u64> {
+        route.and_then(|r| self.by_route.get(r).copied()).or(self.other)
+    }
 }
 
 impl Config {

@@ -59,9 +59,6 @@ pub struct Waiter<H: Host> {
     pub(super) id: u32,
     pub(super) slot: Slot<H>,
     pub(super) pending: Box<Pending<H>>,
-    /// When the filter answers in Envoy's place (ms since the epoch), if Envoy's deadline
-    /// for this request is known.
-    pub(super) deadline: Option<u64>,
 }
 
 /// A fetch in flight and the requests waiting on it.
@@ -175,7 +172,7 @@ pub(super) fn expire_due<H: Host>(host: &H, worker: &Worker<H>, now: u64, curren
     let mut due = Vec::new();
     for flight in worker.flights.borrow_mut().values_mut() {
         let (expired, kept): (Vec<_>, Vec<_>) =
-            flight.waiters.drain(..).partition(|w| w.deadline.is_some_and(|d| now >= d));
+            flight.waiters.drain(..).partition(|w| w.pending.deadline.is_some_and(|d| now >= d));
         flight.waiters = kept;
         if flight.owner.is_some_and(|o| expired.iter().any(|w| w.id == o)) {
             flight.owner = None; // answering it ends the request, and Envoy cancels its call

@@ -53,6 +53,10 @@ use std::rc::Rc;
 /// Original error body we drop while waiting for its end before we send the object anyway.
 const MAX_DROP_BYTES: usize = 64 * 1024;
 
+/// The least time to Envoy's deadline for which the page still rides the original body's
+/// last chunk; closer to it, the page goes at once as a local reply.
+const STREAM_BUDGET_MS: u64 = 1000;
+
 /// Where this request is, replacing loose flags.
 pub(super) enum Phase<H: Host> {
     /// Nothing decided yet (or nothing to do).
@@ -80,6 +84,9 @@ pub(super) struct Pending<H: Host> {
     pub headers_only: bool,
     /// Envoy's code details of the reply the filter made in Envoy's place.
     pub cause: Option<&'static str>,
+    /// When the filter answers in Envoy's place (ms since the epoch), if Envoy's deadline
+    /// for this request is known.
+    pub deadline: Option<u64>,
 }
 
 /// What a cache miss turned into.
@@ -137,6 +144,7 @@ impl<H: Host> Stream<H> {
             Decision::Serve(rule, serve) => (rule, serve),
         };
         self.worker.metrics.intercepted.bump();
+        self.deadline = self.envoys_deadline();
         let accept = facts.header("accept");
         let variant = negotiate::choose(serve, accept.as_deref());
         facts.served = reply::served_status(serve, status);
@@ -148,6 +156,7 @@ impl<H: Host> Stream<H> {
             facts,
             headers_only: end_of_stream,
             cause: None,
+            deadline: self.deadline,
         });
         let key = match lookup {
             Ok(object) => {
@@ -177,17 +186,20 @@ impl<H: Host> Stream<H> {
         };
         let slot: Slot<H> = Rc::new(RefCell::new(None));
         if let Some(flight) = self.worker.flights.borrow_mut().get_mut(&key) {
-            flight.waiters.push(Waiter { id: self.id, slot: slot.clone(), pending, deadline: self.deadline });
+            flight.waiters.push(Waiter { id: self.id, slot: slot.clone(), pending });
         }
         self.phase = Phase::Waiting(slot);
         Action::Pause
     }
 
     /// When the filter must answer in Envoy's place should this request be held: Envoy's
-    /// route timeout (as the proxy tells it, else the policy's `routeTimeoutMs`; the
-    /// shorter of both) from the request's start, less `DEADLINE_MARGIN_MS`.
+    /// route timeout (as the proxy tells it, and as the policy's `routeTimeoutsMs` says
+    /// for the route; the shorter of both) from the request's start, less
+    /// `DEADLINE_MARGIN_MS`.
     fn envoys_deadline(&self) -> Option<u64> {
-        let timeout = match (self.host.proxy_timeout_ms(), self.worker.config.route_timeout_ms) {
+        let timeouts = &self.worker.config.route_timeouts;
+        let configured = if timeouts.is_empty() { None } else { timeouts.of(self.host.route_name().as_deref()) };
+        let timeout = match (self.host.proxy_timeout_ms(), configured) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b)?,
         };
@@ -199,7 +211,7 @@ impl<H: Host> Stream<H> {
     /// left before Envoy's deadline), else a miss: this request fetches, or waits on the
     /// fetch already in flight.
     fn cached_or_fetch(
-        &mut self,
+        &self,
         serve: &Serve,
         variant: &Variant,
         facts: &mut Facts<H>,
@@ -216,7 +228,6 @@ impl<H: Host> Stream<H> {
             self.worker.metrics.cache_hit.bump();
             return Ok(Some((object, Outcome::Cache)));
         }
-        self.deadline = self.envoys_deadline();
         if self.deadline.is_some_and(|d| self.host.now_ms() >= d) {
             debug!("custom-error-pages: [ctx {}] no time left before Envoy's deadline: no fetch", self.id);
             return Ok(None);
@@ -309,7 +320,11 @@ pub(super) fn finish<H: Host>(
         Outcome::Fallback => worker.metrics.fallback.bump(),
     }
     let mut headers = reply::headers(&reply, serve, pending.facts.response_headers());
-    if pending.headers_only {
+    // Riding the original body's last chunk takes as long as the upstream takes to end it:
+    // close to Envoy's deadline, its route timeout would cut the page off (the headers
+    // already out), so the page goes at once as a local reply.
+    let near_deadline = pending.deadline.is_some_and(|d| host.now_ms() + STREAM_BUDGET_MS > d);
+    if pending.headers_only || near_deadline {
         // Envoy sets `:status` and content-length, and drops the body for HEAD itself.
         if !host.send_response(reply.status, &headers, &reply.body) {
             warn!("custom-error-pages: [ctx {id}] local reply refused by the proxy; the original response stands");

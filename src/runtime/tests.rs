@@ -311,10 +311,10 @@ fn a_dead_leaders_waiters_get_the_fallback_when_nobody_can_ask_again() {
 }
 
 /// A 404 page fetched from the error service, a 504 rule with an inline body, and the route
-/// timeout of 1 s the wasm build is told in the policy.
+/// timeout of 1 s (every route) the wasm build is told in the policy.
 fn deadline_rules(gateway: serde_json::Value) -> serde_json::Value {
     let mut policy = rules(json!([{"matchResponseCodes": ["404"], "path": "/e/404.html"}, gateway]));
-    policy["routeTimeoutMs"] = json!(1000);
+    policy["routeTimeoutsMs"] = json!({"*": 1000});
     policy
 }
 
@@ -394,12 +394,14 @@ fn the_waiters_keep_the_fetch_going_and_get_the_object_when_the_leader_is_answer
     assert_eq!(p.call(101).from, 2, "the leader's call died with it: the waiter asks again at once");
     p.at(T0 + 1100);
     p.answer(101, ok_answer("the 404 page"));
-    p.body_chunks(2, &[3]);
     p.log(2, |s| {
-        assert_eq!(s.body_out, b"the 404 page");
+        let (status, _, body) = s.local_reply.clone().expect("under a second to its deadline: at once");
+        assert_eq!((status, body.as_slice()), (404, &b"the 404 page"[..]));
         assert!(s.filter_state.as_deref().unwrap().contains("original=404 served=404 outcome=fetched"));
     });
-    assert_eq!(p.late_404(3, T0 + 1200), Action::Continue, "the object filled the cache");
+    p.late_404(3, T0 + 1200);
+    assert_eq!(p.calls(), 2, "the object filled the cache");
+    p.log(3, |s| assert!(s.filter_state.as_deref().unwrap().contains("outcome=cache")));
 }
 
 #[test]
@@ -412,8 +414,11 @@ fn a_waiter_answered_early_is_released_and_the_others_still_get_the_object() {
     p.log(2, |s| assert_eq!(s.local_reply.as_ref().map(|r| r.0), Some(504)));
     assert_eq!(p.calls(), 1, "the leader is alive: its call goes on");
     p.answer(100, ok_answer("the 404 page"));
-    p.log(1, |s| assert_eq!(s.resumed, 1));
-    p.log(2, |s| assert_eq!((s.resumed, s.chunks), (0, 0), "answered once, never again"));
+    p.log(1, |s| assert_eq!(s.local_reply.as_ref().map(|r| r.0), Some(404)));
+    p.log(2, |s| {
+        assert_eq!(s.local_reply.as_ref().map(|r| r.0), Some(504), "answered once, never again");
+        assert_eq!((s.resumed, s.chunks), (0, 0));
+    });
 }
 
 #[test]
@@ -434,6 +439,35 @@ fn envoys_504_object_comes_from_the_cache_when_it_is_there() {
 }
 
 #[test]
+fn far_from_envoys_deadline_the_page_rides_the_original_body_and_close_to_it_goes_at_once() {
+    let mut policy = rules(json!([{"matchResponseCodes": ["404"], "body": "page"}]));
+    policy["routeTimeoutsMs"] = json!({"*": 15_000});
+    let mut p = Proxy::new(policy);
+    p.at(T0 + 13_849); // 1001 ms to the mark (15 s less the margin)
+    assert_eq!(p.late_404(1, T0), Action::Continue);
+    p.body_chunks(1, &[2]);
+    p.log(1, |s| assert!(s.local_reply.is_none() && s.body_out == b"page"));
+    p.at(T0 + 13_851);
+    assert_eq!(p.late_404(2, T0), Action::Pause);
+    p.log(2, |s| assert_eq!(s.local_reply.as_ref().map(|r| r.2.as_slice()), Some(&b"page"[..])));
+}
+
+#[test]
+fn a_route_timeout_in_the_policy_applies_to_its_route_only() {
+    let mut policy = rules(json!([{"matchResponseCodes": ["404"], "path": "/e/404.html"}, gateway_rule()]));
+    policy["routeTimeoutsMs"] = json!({"checkout": 1000});
+    let mut p = Proxy::new(policy);
+    for (id, route) in [(1, "checkout"), (2, "catalog")] {
+        p.host.state().streams.entry(id).or_default().route_name = Some(route.into());
+        p.late_404(id, T0);
+    }
+    p.at(T0 + 900);
+    p.tick();
+    p.log(1, |s| assert_eq!(s.local_reply.as_ref().map(|r| r.0), Some(504)));
+    p.log(2, |s| assert!(s.local_reply.is_none(), "another route: Envoy's deadline for it is unknown"));
+}
+
+#[test]
 fn the_proxys_timeout_and_the_policys_the_shorter_wins_and_no_time_left_means_no_fetch() {
     let mut p = Proxy::new(deadline_rules(gateway_rule()));
     p.host.state().proxy_timeout_ms = Some(400);
@@ -444,9 +478,8 @@ fn the_proxys_timeout_and_the_policys_the_shorter_wins_and_no_time_left_means_no
     // Past the mark already when the response arrives: the 404's own fallback, no fetch.
     let calls = p.calls();
     p.at(T0 + 10_000);
-    assert_eq!(p.late_404(2, T0 + 9_700), Action::Continue);
+    assert_eq!(p.late_404(2, T0 + 9_700), Action::Pause, "a local reply");
     assert_eq!(p.calls(), calls);
-    p.body_chunks(2, &[1]);
     p.log(2, |s| assert!(s.filter_state.as_deref().unwrap().contains("served=404 outcome=fallback")));
 }
 

@@ -98,6 +98,7 @@ def routes():
     return [
         {"name": "dead-route", "match": {"prefix": "/dead"}, "route": {"cluster": "dead"}},
         {"name": "slow-route", "match": {"prefix": "/slow"}, "route": {"cluster": "upstream", "timeout": "0.3s", "prefix_rewrite": "/status/200?delay_ms=1500&"}},
+        {"name": "timed-route", "match": {"prefix": "/timed/"}, "route": {"cluster": "upstream", "timeout": "1s", "prefix_rewrite": "/"}},
         {"name": "checkout", "match": {"prefix": "/checkout"}, "route": {"cluster": "upstream"}},
         {"name": "local-403", "match": {"prefix": "/forbidden"}, "direct_response": {"status": 403, "body": {"inline_string": "denied by proxy"}}},
         {"name": "default", "match": {"prefix": "/"}, "route": {"cluster": "upstream"}},
