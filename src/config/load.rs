@@ -710,7 +710,10 @@ fn route_timeouts(o: &mut Obj<'_>) -> Result<RouteTimeouts> {
         }
         let ms = t.get(&name).and_then(Value::as_u64).filter(|n| (1..=MAX_ROUTE_TIMEOUT_MS).contains(n));
         let Some(ms) = ms else {
-            return Err(ConfigError::new(path, format!("expected milliseconds, a whole number 1-{MAX_ROUTE_TIMEOUT_MS}")));
+            return Err(ConfigError::new(
+                path,
+                format!("expected milliseconds, a whole number 1-{MAX_ROUTE_TIMEOUT_MS}"),
+            ));
         };
         if name == "*" {
             out.other = Some(ms);

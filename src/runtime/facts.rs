@@ -55,10 +55,10 @@ impl<H: Host> Facts<H> {
         self.code_details.get_or_insert_with(|| self.host.response_code_details().unwrap_or_default()).clone()
     }
 
-    /// From now on the response is one the proxy made, with these code details (the
-    /// filter answers in Envoy's place).
-    pub fn made_by_proxy_with(&mut self, details: &str) {
-        self.code_details = Some(details.to_string());
+    /// Replaces Envoy's code details as the decision sees them (the filter answering in
+    /// Envoy's place decides for Envoy's reply); returns what they were.
+    pub fn set_code_details(&mut self, details: Option<String>) -> Option<String> {
+        std::mem::replace(&mut self.code_details, details)
     }
 
     /// Never touched: CONNECT tunnels and gRPC (whose errors travel in trailers and must

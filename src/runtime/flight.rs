@@ -167,49 +167,73 @@ fn release<H: Host>(
 }
 
 /// Answers every held request whose deadline has come, in Envoy's place (see the module
-/// comment); then has the fetches whose context was among them asked again.
+/// comment); then has the fetches whose context was among them asked again. A request for
+/// which the policy has no rule for Envoy's reply stays held for its object: Envoy's own
+/// reply will overtake it if Envoy's deadline is the one the filter was told (and if the
+/// policy's `routeTimeoutsMs` says a timeout the route does not have, the object comes).
 pub(super) fn expire_due<H: Host>(host: &H, worker: &Worker<H>, now: u64, current: u32) {
     let mut due = Vec::new();
-    for flight in worker.flights.borrow_mut().values_mut() {
+    for (key, flight) in worker.flights.borrow_mut().iter_mut() {
         let (expired, kept): (Vec<_>, Vec<_>) =
             flight.waiters.drain(..).partition(|w| w.pending.deadline.is_some_and(|d| now >= d));
         flight.waiters = kept;
-        if flight.owner.is_some_and(|o| expired.iter().any(|w| w.id == o)) {
-            flight.owner = None; // answering it ends the request, and Envoy cancels its call
-        }
-        due.extend(expired);
+        due.extend(expired.into_iter().map(|w| (key.clone(), w)));
     }
     if due.is_empty() {
         return;
     }
-    for mut w in due {
+    let mut answered = false;
+    for (key, mut w) in due {
         if !host.set_effective_context(w.id) {
             continue;
         }
-        let (phase, action) = in_envoys_place(host, worker, w.id, &mut w.pending);
-        *w.slot.borrow_mut() = Some(phase);
-        if action == Action::Continue {
-            resume(host, w.id);
+        match in_envoys_place(host, worker, w.id, &mut w.pending) {
+            Some((phase, action)) => {
+                *w.slot.borrow_mut() = Some(phase);
+                if action == Action::Continue {
+                    resume(host, w.id);
+                }
+                if let Some(flight) = worker.flights.borrow_mut().get_mut(&key) {
+                    if flight.owner == Some(w.id) {
+                        flight.owner = None; // its request ends, and Envoy cancels its call
+                    }
+                }
+                answered = true;
+            }
+            None => {
+                w.pending.deadline = None;
+                if let Some(flight) = worker.flights.borrow_mut().get_mut(&key) {
+                    flight.waiters.push(w);
+                }
+            }
         }
     }
     host.set_effective_context(current);
-    reassign_orphans(host, worker, current);
+    if answered {
+        reassign_orphans(host, worker, current);
+    }
 }
 
 /// The reply Envoy would make for its route timeout, as the policy decides it: the rule for
 /// a 504 made by the proxy, its object from the cache, else its inline body or the
-/// built-in page, always as a local reply (the original body may never end). Where no rule
-/// covers that 504, the request stays held and Envoy's own reply goes out: that is what the
-/// policy asks for.
-fn in_envoys_place<H: Host>(host: &H, worker: &Worker<H>, id: u32, held: &mut Pending<H>) -> (Phase<H>, Action) {
+/// built-in page, always as a local reply (the original body may never end). `None` where
+/// no rule covers that 504 (or a `passthrough` rule does): Envoy's own reply is what the
+/// policy asks for, and the request is left as it was.
+fn in_envoys_place<H: Host>(
+    host: &H,
+    worker: &Worker<H>,
+    id: u32,
+    held: &mut Pending<H>,
+) -> Option<(Phase<H>, Action)> {
     let (status, details) = ROUTE_TIMEOUT;
     let config = worker.config.clone();
-    held.facts.made_by_proxy_with(details);
+    let before = held.facts.set_code_details(Some(details.to_string()));
     let (rule, serve) = match config.decide_observed(status, &mut held.facts, &mut Unknowns(worker)) {
         Decision::Serve(rule, serve) => (rule, serve),
         Decision::None | Decision::Passthrough(_) => {
             debug!("custom-error-pages: [ctx {id}] Envoy's deadline: no rule for its {status}, its reply stands");
-            return (Phase::Done, Action::Pause);
+            held.facts.set_code_details(before);
+            return None;
         }
     };
     worker.metrics.deadline.bump();
@@ -221,7 +245,7 @@ fn in_envoys_place<H: Host>(host: &H, worker: &Worker<H>, id: u32, held: &mut Pe
     held.variant = serve.variants.iter().position(|v| std::ptr::eq(v, variant));
     held.headers_only = true;
     held.cause = Some(details);
-    finish(host, worker, id, held, object)
+    Some(finish(host, worker, id, held, object))
 }
 
 /// The object for `serve`'s `variant` (`status` fills the path) if the cache has it.

@@ -362,13 +362,35 @@ fn a_held_request_is_answered_in_envoys_place_before_its_route_timeout() {
 }
 
 #[test]
-fn without_a_rule_for_envoys_504_the_request_stays_held_and_envoys_reply_stands() {
+fn without_a_rule_for_envoys_504_the_request_stays_held_for_its_object() {
     let mut p = Proxy::new(deadline_rules(json!({"matchResponseCodes": ["503"], "body": "other"})));
     p.late_404(1, T0);
     p.at(T0 + 900);
     p.tick();
     p.log(1, |s| assert!(s.local_reply.is_none() && s.resumed == 0 && s.filter_state.is_none()));
     assert_eq!(p.host.counter("deadline"), 0);
+    // Envoy's own reply overtakes it when the deadline is Envoy's. Should the policy have
+    // said a timeout the route does not have, the object still comes: no hang.
+    p.at(T0 + 2000);
+    p.answer(100, (ok_answer("the {{codeDetails}} page").0, Some(b"the 404 page".to_vec())));
+    p.body_chunks(1, &[5]);
+    p.log(1, |s| {
+        assert_eq!((s.resumed, s.body_out.as_slice()), (1, &b"the 404 page"[..]));
+        assert!(s.filter_state.as_deref().unwrap().contains("served=404 outcome=fetched"));
+    });
+}
+
+#[test]
+fn the_request_facts_are_the_upstreams_again_when_no_rule_answers_in_envoys_place() {
+    let mut policy = rules(json!([{"matchResponseCodes": ["404"], "path": "/e/404.html", "template": true}]));
+    policy["routeTimeoutsMs"] = json!({"*": 1000});
+    let mut p = Proxy::new(policy);
+    p.late_404(1, T0);
+    p.at(T0 + 900);
+    p.tick();
+    p.answer(100, ok_answer("made by {{source}} ({{codeDetails}})"));
+    p.body_chunks(1, &[5]);
+    p.log(1, |s| assert_eq!(s.body_out, b"made by upstream (via_upstream)"));
 }
 
 #[test]

@@ -64,6 +64,8 @@ BAD = {
     "header match without kind": {"pathMatchers": [{"name": "m", "routeRules": [{"priority": 1, "matchRules": [{"headerMatches": [{"headerName": "x"}]}], "customErrorResponsePolicy": {}}]}]},
     "path rule star in middle": {"pathMatchers": [{"name": "m", "pathRules": [{"paths": ["/a*"], "customErrorResponsePolicy": {}}]}]},
     "empty hosts": {"hostRules": [{"hosts": [], "pathMatcher": "m"}], "pathMatchers": [{"name": "m"}]},
+    "route timeout zero": {"routeTimeoutsMs": {"checkout": 0}},
+    "route timeout as text": {"routeTimeoutsMs": {"*": "1s"}},
 }
 
 
