@@ -1,7 +1,7 @@
 //! `Native`, the runtime's `Host` for the dynamic-module build. Envoy calls the module on
 //! the worker thread that owns the stream, so the state below is per thread: the filter
 //! the current hook runs for, the live filters by id (the runtime completes waiting
-//! requests from the leading request's hook), the callout answer being delivered, and the
+//! requests from the hook of the request whose call answered), the callout answer being delivered, and the
 //! resumes to run once the hook has returned.
 
 use super::abi::{self, Answer, FilterPtr, HeaderList, HeaderType};

@@ -8,9 +8,12 @@
 //! - One module serves every worker thread (a wasm VM is per worker): the policy is
 //!   validated once when Envoy loads the configuration, and each worker thread builds its
 //!   own `Worker` (cache, fetches in flight) from it on its first stream, as a VM would.
-//! - No timer: the runtime's tick (clock, counters, requests left waiting by a leading
-//!   request that is gone) runs from the response hook when it is due, counters are also
-//!   added when a stream completes, and a leading request's end releases its waiters at once.
+//! - No tick: the runtime's tick (clock, counters, fetches whose request is gone, deadlines)
+//!   runs from the response hook when it is due, counters are also added when a stream
+//!   completes, and the end of a request whose call was in flight has the fetch asked again
+//!   by a waiting request at once (no call outlives its request in this ABI).
+//! - Envoy's deadline for a held request (its route timeout, which a dynamic module can read
+//!   from the request) fires through `timer.rs`: the ABI has no timer for a filter.
 //! - A route's `typed_per_filter_config` can name the policy (`{"policy": "checkout"}`);
 //!   it takes the place of the route metadata's policy. A virtual host's metadata is not
 //!   readable by a dynamic module (use `typed_per_filter_config` on the virtual host).
@@ -249,8 +252,8 @@ impl Filter {
 }
 
 impl Drop for Filter {
-    /// Envoy destroys the filter (and cancels its callout): requests waiting on a fetch
-    /// this one led get their fallback now rather than wait for a timer.
+    /// Envoy destroys the filter (and cancels its callout): a fetch this one made is asked
+    /// again by a request waiting on it now, rather than on a tick.
     fn drop(&mut self) {
         host::unregister(self.id);
         if let Some(stream) = self.stream.take() {

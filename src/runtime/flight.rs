@@ -96,7 +96,7 @@ pub(super) fn complete<H: Host>(host: &H, worker: &Worker<H>, token: u32, body_s
     };
     let (key, flight) = flight;
     let object = evaluate(host, worker, &key, &flight, body_size);
-    release(host, worker, flight.waiters, object, Outcome::Fetched, current);
+    release(host, worker, flight.waiters, object, current);
 }
 
 /// The error service's answer as an object (cached), or `None` when it failed (counted).
@@ -139,21 +139,14 @@ fn evaluate<H: Host>(
 }
 
 /// Completes `waiters` with the object (or the fallback when there is none), each in its
-/// own context; then makes `current` the effective context again. The context whose call
-/// brought the object counts it as `first` (fetched); the others share it (a cache hit).
-fn release<H: Host>(
-    host: &H,
-    worker: &Worker<H>,
-    waiters: Vec<Waiter<H>>,
-    object: Option<Rc<Object>>,
-    first: Outcome,
-    current: u32,
-) {
+/// own context; then makes `current` the effective context again. For the request whose
+/// call brought it (`current`) the object was fetched; the others share it (a cache hit).
+fn release<H: Host>(host: &H, worker: &Worker<H>, waiters: Vec<Waiter<H>>, object: Option<Rc<Object>>, current: u32) {
     for mut w in waiters {
         if !host.set_effective_context(w.id) {
             continue; // that request is gone
         }
-        let outcome = if w.id == current { first } else { Outcome::Cache };
+        let outcome = if w.id == current { Outcome::Fetched } else { Outcome::Cache };
         if object.is_some() && outcome == Outcome::Cache {
             worker.metrics.cache_hit.bump();
         }
@@ -295,7 +288,7 @@ pub(super) fn reassign_orphans<H: Host>(host: &H, worker: &Worker<H>, current: u
             _ if flight.waiters.is_empty() => {}
             _ => {
                 warn!("custom-error-pages: [ctx {current}] the request fetching {key} is gone: its waiters get the fallback");
-                release(host, worker, flight.waiters, None, Outcome::Cache, current);
+                release(host, worker, flight.waiters, None, current);
             }
         }
     }
