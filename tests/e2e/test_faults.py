@@ -99,6 +99,32 @@ def test_upstream_reset_mid_body(start_envoy, errors):
     assert "panicked" not in e.log_text()
 
 
+# Envoy's own `local_reply_config` brands the replies the filter cannot see coming; a
+# `response_flag_filter` keeps it to Envoy's upstream failures, off the filter's own pages.
+ENVOYS_MAPPER = {"mappers": [{
+    "filter": {"response_flag_filter": {"flags": ["UR", "UPE", "UC", "UF", "UH", "SI"]}},
+    "body": {"inline_string": "<h1>branded by Envoy's local_reply_config</h1>"},
+    "body_format_override": {"text_format_source": {"inline_string": "%LOCAL_REPLY_BODY%"},
+                             "content_type": "text/html; charset=utf-8"},
+}]}
+
+
+def with_local_reply_config(config):
+    config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["local_reply_config"] = ENVOYS_MAPPER
+
+
+def test_envoys_local_reply_config_brands_the_reset_the_filter_cannot_see(start_envoy, errors):
+    errors.pages["/e.html"] = {"body": "page"}
+    e = start_envoy(policy(), customize=with_local_reply_config)
+    r = e.request("/status/500?reset_mid_body=1")
+    assert (r.status, r.body) == (502, b"<h1>branded by Envoy's local_reply_config</h1>"), r
+    # ...and leaves the filter's own pages alone (in place, and as a local reply for HEAD).
+    assert (e.request("/status/500").status, e.request("/status/500").body) == (500, b"page")
+    assert e.request("/status/500", method="HEAD").status == 500
+    r = e.request("/dead")  # Envoy's 503 for a connect failure, replaced by the filter
+    assert (r.status, r.body) == (503, b"page"), r
+
+
 def test_informational_response_before_the_error(start_envoy, errors):
     errors.pages["/e.html"] = {"body": "page"}
     e = start_envoy(policy())
