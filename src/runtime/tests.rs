@@ -469,9 +469,29 @@ fn far_from_envoys_deadline_the_page_rides_the_original_body_and_close_to_it_goe
     assert_eq!(p.late_404(1, T0), Action::Continue);
     p.body_chunks(1, &[2]);
     p.log(1, |s| assert!(s.local_reply.is_none() && s.body_out == b"page"));
+    p.at(T0 + 13_850); // a second exactly: still in place
+    assert_eq!(p.late_404(2, T0), Action::Continue);
     p.at(T0 + 13_851);
-    assert_eq!(p.late_404(2, T0), Action::Pause);
-    p.log(2, |s| assert_eq!(s.local_reply.as_ref().map(|r| r.2.as_slice()), Some(&b"page"[..])));
+    assert_eq!(p.late_404(3, T0), Action::Pause);
+    p.log(3, |s| assert_eq!(s.local_reply.as_ref().map(|r| r.2.as_slice()), Some(&b"page"[..])));
+}
+
+#[test]
+fn a_build_with_a_timer_is_told_the_deadline_of_a_held_request_and_answers_when_it_fires() {
+    let mut p = Proxy::new(deadline_rules(gateway_rule()));
+    p.at(T0);
+    assert_eq!(p.streams.get(&1).map(|s| s.deadline()), None);
+    p.late_404(1, T0);
+    let stream = p.streams.get_mut(&1).unwrap();
+    assert_eq!((stream.deadline(), stream.now_ms()), (Some(T0 + 850), T0), "held: the adapter sets its timer");
+    p.at(T0 + 850);
+    p.host.enter(1);
+    p.streams.get_mut(&1).unwrap().on_deadline();
+    p.log(1, |s| assert_eq!(s.local_reply.as_ref().map(|r| r.0), Some(504)));
+    assert_eq!(p.streams[&1].deadline(), None, "answered: nothing more to time");
+    // A request that is not held has no deadline to set.
+    p.error(2, 200);
+    assert_eq!(p.streams[&2].deadline(), None);
 }
 
 #[test]
@@ -745,6 +765,27 @@ fn a_build_without_a_timer_ticks_from_requests_once_a_tick_is_due() {
     assert_eq!(p.host.0.borrow().current, 1, "and the request's stream is the effective one again");
     p.worker.tick_if_due(&p.host, 1);
     assert_eq!(p.host.0.borrow().counter_adds, 1, "the clock moved: not due again");
+}
+
+#[test]
+fn a_build_without_a_tick_runs_the_workers_work_from_its_streams() {
+    let mut p = Proxy::new(page_rule());
+    p.error(1, 502);
+    p.error(2, 502);
+    p.error(3, 502);
+    // Envoy destroys the filter whose call was in flight: a waiter asks again at once.
+    p.host.state().alive.remove(&1);
+    p.streams.remove(&1).unwrap().on_destroyed();
+    assert_eq!(p.call(101).from, 2);
+    // Counts reach the proxy when a stream completes...
+    p.streams[&2].flush_counters();
+    assert_eq!(p.host.counter("intercepted"), 3);
+    // ...and the tick's work runs from a stream's hook once due.
+    p.error(4, 503);
+    p.host.state().now_ms += u64::from(super::TICK_MS);
+    p.host.enter(3);
+    p.streams[&3].tick_if_due();
+    assert_eq!(p.host.counter("intercepted"), 4);
 }
 
 #[test]
