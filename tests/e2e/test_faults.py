@@ -84,9 +84,14 @@ def test_client_disconnect_while_fetching(start_envoy, errors):
     assert e.stats("wasm.custom_error_pages").get("wasm.custom_error_pages.vm_reload", 0) == 0
 
 
+# The page comes late, so that Envoy sees the upstream break while the filter still holds
+# the headers for it (a page back first would have gone out to ride the body that breaks).
+SLOW_PAGE = {"body": "page", "delay_ms": 300}
+
+
 def test_upstream_reset_mid_body(start_envoy, errors):
-    errors.pages["/e.html"] = {"body": "page"}
-    e = start_envoy(policy())
+    errors.pages["/e.html"] = SLOW_PAGE
+    e = start_envoy(policy(timeout=1000))
     # The upstream breaks after its headers while the filter holds them to fetch the page:
     # Envoy answers 502 itself and sends that reply straight to the client, past the filter
     # chain (Envoy does so for any reply once a filter holds response headers; docs/faults.md).
@@ -114,8 +119,8 @@ def with_local_reply_config(config):
 
 
 def test_envoys_local_reply_config_brands_the_reset_the_filter_cannot_see(start_envoy, errors):
-    errors.pages["/e.html"] = {"body": "page"}
-    e = start_envoy(policy(), customize=with_local_reply_config)
+    errors.pages["/e.html"] = SLOW_PAGE
+    e = start_envoy(policy(timeout=1000), customize=with_local_reply_config)
     r = e.request("/status/500?reset_mid_body=1")
     assert (r.status, r.body) == (502, b"<h1>branded by Envoy's local_reply_config</h1>"), r
     # ...and leaves the filter's own pages alone (in place, and as a local reply for HEAD).
