@@ -2,7 +2,7 @@
 WASM := target/wasm32-wasip1/release/custom_error_pages.wasm
 PY := .tools/venv/bin/python
 
-.PHONY: setup build build-native lint test test-oldest unit e2e e2e-native e2e-oldest e2e-native-oldest e2e-workers run bench soak load mutants clean
+.PHONY: setup build build-native lint test test-oldest unit e2e e2e-native e2e-oldest e2e-native-oldest e2e-workers compose-test run bench soak load mutants clean
 
 setup:
 	scripts/setup.sh
@@ -66,6 +66,14 @@ e2e-native-oldest: build build-native
 e2e-workers: build build-native
 	ENVOY_CONCURRENCY=2 $(PY) -m pytest -q -m "not one_worker" tests/e2e
 	ENVOY_CONCURRENCY=2 FILTER_BUILD=native $(PY) -m pytest -q -m "not one_worker" tests/e2e
+
+# envoy/docker-compose.yaml on a real Docker engine (not part of `make test`, which needs no
+# Docker): offline stand-ins for the images it names (scripts/compose-images.sh, cached by
+# content), then the sample tour and what users try with the stack, for both builds
+# (tests/compose). CI runs it where `docker info` answers.
+compose-test: build build-native
+	scripts/compose-images.sh
+	$(PY) -m pytest -q tests/compose
 
 run: build
 	scripts/demo.sh

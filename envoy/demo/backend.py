@@ -2,6 +2,7 @@
 """Demo backend: answers any status like httpbin (`/status/NNN`, also below a prefix), with an error body and
 headers that the filter must never pass on; everything else is a 200 page."""
 
+import signal
 import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -35,4 +36,6 @@ class Handler(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 8081
+    # As a container's first process, SIGTERM does nothing unless handled: stop at once.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()

@@ -21,7 +21,7 @@ COMPOSE = ROOT / "envoy/docker-compose.yaml"
 
 def test_compose_file_parses_and_mounts_existing_files():
     c = yaml.safe_load(COMPOSE.read_text())
-    assert set(c["services"]) == {"envoy", "backend", "errors"}
+    assert set(c["services"]) == {"net", "envoy", "backend", "errors"}
     envoy = c["services"]["envoy"]
     assert envoy["image"].startswith("${ENVOY_IMAGE:-envoyproxy/envoy:v1.40")
     mounted = []
@@ -31,21 +31,24 @@ def test_compose_file_parses_and_mounts_existing_files():
             path = (COMPOSE.parent / host).resolve()
             assert path.exists(), f"{host} (mounted at {container}) does not exist"
             mounted.append((path, container))
-    # the same envoy.yaml and module the native tests use, where envoy.yaml expects them
-    assert (ROOT / "envoy/envoy.yaml", "/work/envoy/envoy.yaml") in mounted
-    assert (WASM.resolve(), "/work/target/wasm32-wasip1/release/custom_error_pages.wasm") in mounted
+    # the same envoy.yaml and modules the native tests use, where envoy.yaml expects them; the
+    # folders, so that a rebuilt module (a new file) is what Envoy loads when restarted
+    assert (ROOT / "envoy", "/work/envoy") in mounted
+    assert (ROOT / "target", "/work/target") in mounted
     assert envoy["working_dir"] == "/work"
+    assert envoy["environment"]["ENVOY_DYNAMIC_MODULES_SEARCH_PATH"] == "/work/target/release"
     assert c["services"]["backend"]["environment"]["PORT"] == "8081"
 
 
 def test_compose_stack_is_portable_without_host_networking():
-    """Docker Desktop has no host networking by default: the backend and the error service
-    share Envoy's network namespace, and Envoy publishes its ports on the host's loopback."""
+    """Docker Desktop has no host networking by default: Envoy, the backend and the error
+    service share the `net` service's network namespace (so any one of them restarts alone),
+    and `net` publishes Envoy's ports on the host's loopback."""
     c = yaml.safe_load(COMPOSE.read_text())
     assert all(svc.get("network_mode") != "host" for svc in c["services"].values())
-    assert c["services"]["backend"]["network_mode"] == "service:envoy"
-    assert c["services"]["errors"]["network_mode"] == "service:envoy"
-    assert set(c["services"]["envoy"]["ports"]) == {"127.0.0.1:10000:10000", "127.0.0.1:9901:9901"}
+    for name in ("envoy", "backend", "errors"):
+        assert c["services"][name]["network_mode"] == "service:net"
+    assert set(c["services"]["net"]["ports"]) == {"127.0.0.1:${ENVOY_PORT:-10000}:10000", "127.0.0.1:${ADMIN_PORT:-9901}:9901"}
     assert "listen 127.0.0.1:8082;" in (COMPOSE.parent / "compose/nginx.conf").read_text()
 
 
@@ -58,7 +61,8 @@ def test_compose_command_yields_a_config_envoy_accepts(tmp_path):
     script = envoy["command"][0]
     prepare, _, run = script.partition("&&")
     assert "exec envoy -c /tmp/envoy.yaml" in run
-    local = prepare.replace("/work/envoy/envoy.yaml", str(ROOT / "envoy/envoy.yaml")).replace("/tmp/envoy.yaml", str(tmp_path / "envoy.yaml"))
+    assert "/work/envoy/${ENVOY_CONFIG:-envoy.yaml} > /tmp/envoy.yaml" in prepare
+    local = prepare.replace("/work/envoy/${ENVOY_CONFIG:-envoy.yaml}", str(ROOT / "envoy/envoy.yaml")).replace("/tmp/envoy.yaml", str(tmp_path / "envoy.yaml"))
     subprocess.run(["/bin/sh", "-c", local], check=True)
     original = (ROOT / "envoy/envoy.yaml").read_text()
     rewritten = (tmp_path / "envoy.yaml").read_text()

@@ -11,13 +11,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import BUILD, FILTER_NAME, ROOT, WASM, Envoy, native_filter
+from harness import BUILD, ROOT, WASM, Envoy, native_filter
 from servers import free_port
 
 sys.path.insert(0, str(ROOT / "envoy"))
 import checks  # noqa: E402
 
 SAMPLE = ROOT / "envoy/envoy.yaml"
+NATIVE_SAMPLE = ROOT / "envoy/envoy.native.yaml"
 
 
 def wasm_config(cfg):
@@ -29,6 +30,14 @@ def test_inline_policy_is_policy_json():
     cfg = yaml.safe_load(SAMPLE.read_text())
     inline = json.loads(wasm_config(cfg)["configuration"]["value"])
     assert inline == json.loads((ROOT / "envoy/policy.json").read_text())
+
+
+def test_native_sample_is_the_sample_with_the_dynamic_module():
+    """envoy/envoy.native.yaml (the native run's and the compose stack's configuration) is
+    envoy.yaml with the dynamic module in the wasm filter's place, nothing else."""
+    cfg = yaml.safe_load(SAMPLE.read_text())
+    as_native(cfg)
+    assert yaml.safe_load(NATIVE_SAMPLE.read_text()) == cfg
 
 
 def wait_port(port, proc, timeout=20):
@@ -53,7 +62,7 @@ def as_native(cfg):
         for r in vh.get("routes", []):
             per_filter = r.get("typed_per_filter_config", {})
             if "envoy.filters.http.wasm" in per_filter:
-                per_filter[FILTER_NAME] = per_filter.pop("envoy.filters.http.wasm")
+                per_filter["custom_error_pages"] = per_filter.pop("envoy.filters.http.wasm")
 
 
 @pytest.fixture
@@ -68,7 +77,9 @@ def sample(tmp_path):
     try:
         wait_port(backend_port, procs[0])
         wait_port(pages_port, procs[1])
-        cfg = yaml.safe_load(SAMPLE.read_text())
+        # The native run loads the native sample as the compose stack does (a test above keeps
+        # it equal to envoy.yaml but for the filter).
+        cfg = yaml.safe_load((NATIVE_SAMPLE if BUILD == "native" else SAMPLE).read_text())
         e = Envoy(tmp_path, None, None, None, config=cfg)
         cfg["admin"]["address"]["socket_address"]["port_value"] = e.admin_port
         cfg["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"] = e.port
@@ -76,9 +87,8 @@ def sample(tmp_path):
         for c in cfg["static_resources"]["clusters"]:
             addr = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
             addr["port_value"] = ports.get(addr["port_value"], addr["port_value"])
-        wasm_config(cfg)["vm_config"]["code"]["local"]["filename"] = str(WASM)
-        if BUILD == "native":
-            as_native(cfg)
+        if BUILD != "native":
+            wasm_config(cfg)["vm_config"]["code"]["local"]["filename"] = str(WASM)
         e.start()
         yield e
     finally:
