@@ -150,6 +150,9 @@ mod tests {
             timeout_ms: 1000,
             max_body_bytes: 100,
             cache_ttl_s: 60,
+            stale_if_error_s: 0,
+            prewarm: false,
+            prewarm_codes: Vec::new(),
         }
     }
 

@@ -14,6 +14,8 @@ pub enum Outcome {
     Fetched,
     Inline,
     Fallback,
+    /// An expired copy, served because the object could not be fetched again.
+    Stale,
 }
 
 impl Outcome {
@@ -23,6 +25,7 @@ impl Outcome {
             Outcome::Fetched => "fetched",
             Outcome::Inline => "inline",
             Outcome::Fallback => "fallback",
+            Outcome::Stale => "stale",
         }
     }
 }
@@ -100,13 +103,21 @@ pub fn build(serve: &Serve, variant: &Variant, object: Option<(Rc<Object>, Outco
                         outcome,
                     }
                 }
-                None => Reply {
-                    status,
-                    content_type: variant.content_type.clone(),
-                    cache_control: None,
-                    body: fallback::page(status, &variant.content_type).into_bytes().into(),
-                    outcome: Outcome::Fallback,
-                },
+                None => {
+                    // The built-in page is never a success: a rule overriding to a non-error
+                    // code (a maintenance page as 200) keeps the original error status when
+                    // nothing of the policy can be served, so an outage never reads as a
+                    // success to clients, caches and monitors. An override to another error
+                    // code still applies.
+                    let status = if status < 400 { vars.original_status } else { status };
+                    Reply {
+                        status,
+                        content_type: variant.content_type.clone(),
+                        cache_control: None,
+                        body: fallback::page(status, &variant.content_type).into_bytes().into(),
+                        outcome: Outcome::Fallback,
+                    }
+                }
             }
         }
     }
@@ -361,8 +372,11 @@ mod tests {
         s.override_code = Some(200);
         let r = build(&s, &s.default, object(None), &Vars { status: 200, original_status: 503, ..Default::default() });
         assert_eq!(values(&header_list(&r, &s, &[]), "cache-control"), ["no-store"]);
-        let r = build(&s, &s.default, None, &Vars { status: 200, original_status: 503, ..Default::default() });
-        assert_eq!(values(&header_list(&r, &s, &[]), "cache-control"), ["no-store"], "the fallback too");
+        let mut inline = serve(html(Some("/e"), Some("<p>back soon</p>")));
+        inline.override_code = Some(200);
+        let r =
+            build(&inline, &inline.default, None, &Vars { status: 200, original_status: 503, ..Default::default() });
+        assert_eq!(values(&header_list(&r, &inline, &[]), "cache-control"), ["no-store"], "the inline fallback too");
         let r = build(
             &s,
             &s.default,
@@ -375,6 +389,36 @@ mod tests {
         // An error status keeps what HTTP says of errors: no cache-control added.
         let r = build(&s, &s.default, object(None), &Vars { status: 400, original_status: 503, ..Default::default() });
         assert!(values(&header_list(&r, &s, &[]), "cache-control").is_empty());
+    }
+
+    #[test]
+    fn the_built_in_page_is_never_a_success() {
+        let mut s = serve(html(Some("/e"), None));
+        s.override_code = Some(200);
+        let v = Vars { status: 200, original_status: 503, ..Default::default() };
+        let r = build(&s, &s.default, None, &v);
+        assert_eq!((r.status, r.outcome), (503, Outcome::Fallback), "nothing of the policy: the original error");
+        assert!(std::str::from_utf8(&r.body).unwrap().contains("503 Service Unavailable"));
+        assert!(values(&header_list(&r, &s, &[]), "cache-control").is_empty(), "an error: no no-store added");
+        s.override_code = Some(302);
+        let r = build(&s, &s.default, None, &Vars { status: 302, original_status: 404, ..Default::default() });
+        assert_eq!(r.status, 404, "any non-error override");
+    }
+
+    #[test]
+    fn what_the_policy_serves_keeps_its_override() {
+        let mut s = serve(html(Some("/e"), None));
+        s.override_code = Some(200);
+        let v = Vars { status: 200, original_status: 503, ..Default::default() };
+        assert_eq!(build(&s, &s.default, object(None), &v).status, 200, "the object");
+        let r = build(&s, &s.default, Some((object(None).unwrap().0, Outcome::Stale)), &v);
+        assert_eq!((r.status, r.outcome), (200, Outcome::Stale), "a stale copy is the policy's page");
+        let mut inline = serve(html(Some("/e"), Some("<p>maintenance</p>")));
+        inline.override_code = Some(200);
+        assert_eq!(build(&inline, &inline.default, None, &v).status, 200, "the rule's inline body");
+        s.override_code = Some(500);
+        let r = build(&s, &s.default, None, &Vars { status: 500, original_status: 404, ..Default::default() });
+        assert_eq!(r.status, 500, "an override to another error still applies to the built-in page");
     }
 
     #[test]

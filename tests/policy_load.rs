@@ -656,3 +656,40 @@ fn a_source_specific_rule_asks_who_made_the_response() {
     assert_eq!(body(true), "proxy");
     assert_eq!(body(false), "any");
 }
+
+// ---------- pages ready before the error ----------
+
+#[test]
+fn prewarm_and_stale_settings_default_and_load() {
+    let cfg = load(json!({"errorService": "c"}).to_string().as_bytes()).unwrap();
+    let svc = &cfg.services[0];
+    assert!(svc.prewarm);
+    assert_eq!(svc.stale_if_error_s, 86_400);
+    assert_eq!(
+        svc.prewarm_codes,
+        [400, 401, 403, 404, 405, 408, 409, 410, 413, 414, 429, 431, 500, 501, 502, 503, 504]
+    );
+    let cfg = load(
+        json!({"errorService": {"cluster": "c", "prewarm": false, "staleIfErrorSeconds": 0, "prewarmCodes": [404, "503"]}})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let svc = &cfg.services[0];
+    assert!(!svc.prewarm);
+    assert_eq!(svc.stale_if_error_s, 0);
+    assert_eq!(svc.prewarm_codes, [404, 503]);
+}
+
+#[test]
+fn bad_prewarm_and_stale_settings_are_refused_with_their_path() {
+    let svc = |field: &str, v: serde_json::Value| json!({"errorService": {"cluster": "c", field: v}});
+    assert!(err(svc("prewarmCodes", json!([404, 399]))).contains("errorService.prewarmCodes[1]"));
+    assert!(err(svc("prewarmCodes", json!([404, "4xx"]))).contains("errorService.prewarmCodes[1]"));
+    assert!(err(svc("prewarmCodes", json!([404, 404]))).contains("listed twice"));
+    assert!(err(svc("prewarmCodes", json!("404"))).contains("errorService.prewarmCodes"));
+    assert!(err(svc("prewarm", json!("yes"))).contains("errorService.prewarm"));
+    assert!(load(svc("staleIfErrorSeconds", json!(86_400 * 365)).to_string().as_bytes()).is_ok());
+    assert!(err(svc("staleIfErrorSeconds", json!(86_400 * 365 + 1))).contains("errorService.staleIfErrorSeconds"));
+    assert!(load(svc("prewarmCodes", json!([])).to_string().as_bytes()).is_ok(), "an empty list prewarms no class");
+}

@@ -109,6 +109,9 @@ fn error_service_call_is_built_from_configuration_and_status_only() {
         timeout_ms: 1000,
         max_body_bytes: 1000,
         cache_ttl_s: 60,
+        stale_if_error_s: 0,
+        prewarm: false,
+        prewarm_codes: Vec::new(),
     };
     for _ in 0..5_000 {
         let status = rng.next() as u16;
@@ -195,6 +198,9 @@ fn any_error_service_answer_is_judged_without_panic_and_without_bad_headers() {
         timeout_ms: 500,
         max_body_bytes: 1000,
         cache_ttl_s: 60,
+        stale_if_error_s: 0,
+        prewarm: false,
+        prewarm_codes: Vec::new(),
     };
     const NAMES: &[&str] =
         &[":status", "content-type", "cache-control", "set-cookie", "x-envoy-upstream-service-time", "CONTENT-TYPE"];

@@ -157,6 +157,9 @@ impl Loader {
                     timeout_ms: DEFAULT_TIMEOUT_MS,
                     max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                     cache_ttl_s: DEFAULT_CACHE_TTL_S,
+                    stale_if_error_s: DEFAULT_STALE_IF_ERROR_S,
+                    prewarm: true,
+                    prewarm_codes: DEFAULT_PREWARM_CODES.to_vec(),
                 }
             }
             _ => {
@@ -182,6 +185,11 @@ impl Loader {
                         .opt_uint("maxBodyBytes", 1, 16 * 1024 * 1024)?
                         .map_or(DEFAULT_MAX_BODY_BYTES, |n| n as usize),
                     cache_ttl_s: o.opt_uint("cacheTtlSeconds", 0, 86_400 * 365)?.unwrap_or(DEFAULT_CACHE_TTL_S),
+                    stale_if_error_s: o
+                        .opt_uint("staleIfErrorSeconds", 0, 86_400 * 365)?
+                        .unwrap_or(DEFAULT_STALE_IF_ERROR_S),
+                    prewarm: o.opt_bool("prewarm")?.unwrap_or(true),
+                    prewarm_codes: prewarm_codes(&mut o)?,
                 };
                 o.finish()?;
                 svc
@@ -583,6 +591,30 @@ fn variant(o: &mut Obj<'_>, service: Option<ServiceId>, is_rule: bool) -> Result
         None => return Err(ConfigError::new(o.field_path("contentType"), "is required for a variant")),
     };
     Ok(Variant { content_type, path: path.map(str::to_string), body: body.map(str::to_string) })
+}
+
+/// `errorService.prewarmCodes`: exact codes 400-599 (numbers or strings), each once.
+fn prewarm_codes(o: &mut Obj<'_>) -> Result<Vec<u16>> {
+    let Some(list) = o.get("prewarmCodes") else { return Ok(DEFAULT_PREWARM_CODES.to_vec()) };
+    let Value::Array(list) = list else {
+        return Err(ConfigError::new(o.field_path("prewarmCodes"), "expected an array of error codes"));
+    };
+    let items = list.iter().enumerate().map(|(i, v)| (format!("{}[{i}]", o.field_path("prewarmCodes")), v));
+    let mut codes = Vec::with_capacity(items.len());
+    for (path, v) in items {
+        let code = match v {
+            Value::Number(n) => n.as_u64().and_then(|n| u16::try_from(n).ok()),
+            Value::String(s) => s.trim().parse::<u16>().ok(),
+            _ => None,
+        }
+        .filter(|c| (400..=599).contains(c))
+        .ok_or_else(|| ConfigError::new(&path, "must be an error code 400-599"))?;
+        if codes.contains(&code) {
+            return Err(ConfigError::new(path, format!("{code} is listed twice")));
+        }
+        codes.push(code);
+    }
+    Ok(codes)
 }
 
 fn cluster_name(s: &str, path: &str) -> Result<String> {

@@ -11,6 +11,13 @@ pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
 pub const MAX_ROUTE_TIMEOUT_MS: u64 = 3_600_000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 pub const DEFAULT_CACHE_TTL_S: u64 = 300;
+/// How long an expired object is still served while its refresh fails (RFC 5861's
+/// `stale-if-error`, one day by default; the object's own directive wins).
+pub const DEFAULT_STALE_IF_ERROR_S: u64 = 86_400;
+/// The codes a class or range in `matchResponseCodes` is prewarmed for when its `path`
+/// has `{status}`: the errors clients meet most.
+pub const DEFAULT_PREWARM_CODES: [u16; 17] =
+    [400, 401, 403, 404, 405, 408, 409, 410, 413, 414, 429, 431, 500, 501, 502, 503, 504];
 pub const DEFAULT_CONTENT_TYPE: &str = "text/html; charset=utf-8";
 /// The `filter_metadata` namespace a route or virtual host names its policy in.
 pub const DEFAULT_METADATA_NAMESPACE: &str = "custom_error_pages";
@@ -30,6 +37,11 @@ pub struct ErrorService {
     pub max_body_bytes: usize,
     /// 0 disables caching for this service.
     pub cache_ttl_s: u64,
+    pub stale_if_error_s: u64,
+    /// Fetch every object the policy can serve when the configuration goes live.
+    pub prewarm: bool,
+    /// For a class or range whose path has `{status}`: the codes to prewarm.
+    pub prewarm_codes: Vec<u16>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

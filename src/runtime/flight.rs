@@ -22,6 +22,7 @@
 //! built-in page: there is no time left for a fetch).
 
 use super::host::Host;
+use super::schedule::{Done, Purpose};
 use super::stream::{finish, resume, Pending, Phase, Slot, Unknowns};
 use super::worker::Worker;
 use super::Action;
@@ -45,6 +46,7 @@ pub const DEADLINE_MARGIN_MS: u64 = 150;
 pub const ROUTE_TIMEOUT: (u16, &str) = (504, "response_timeout");
 
 /// What to ask the error service, kept so that another context can ask again.
+#[derive(Clone)]
 pub(super) struct Ask {
     pub cluster: String,
     pub headers: Vec<(&'static str, String)>,
@@ -52,6 +54,16 @@ pub(super) struct Ask {
     pub service: ServiceId,
     /// The chosen variant's type: the object's when its own is missing or malformed.
     pub default_type: String,
+}
+
+impl Ask {
+    /// The same ask without what belonged to the request that made it (its URI, host and
+    /// id): for the worker's own fetches of the object later.
+    pub fn background(&self) -> Ask {
+        let request_facts = ["x-original-uri", "x-original-host", "x-request-id"];
+        let headers = self.headers.iter().filter(|(n, _)| !request_facts.contains(n)).cloned().collect();
+        Ask { headers, ..self.clone() }
+    }
 }
 
 /// A request held for a fetch.
@@ -70,6 +82,8 @@ pub struct Flight<H: Host> {
     pub(super) started_ms: u64,
     pub(super) ask: Ask,
     pub(super) waiters: Vec<Waiter<H>>,
+    /// The worker's own fetch (prewarm or refresh), not a request's.
+    pub(super) background: Option<Purpose>,
 }
 
 /// Fetches in flight on this worker, by cache key.
@@ -95,20 +109,36 @@ pub(super) fn complete<H: Host>(host: &H, worker: &Worker<H>, token: u32, body_s
         return;
     };
     let (key, flight) = flight;
-    let object = evaluate(host, worker, &key, &flight, body_size);
-    release(host, worker, flight.waiters, object, current);
+    let (object, done) = evaluate(host, worker, &key, &flight, body_size);
+    let now = host.now_ms();
+    match flight.background {
+        Some(purpose) => {
+            let ok = object.is_some();
+            match (purpose, ok) {
+                (Purpose::Prewarm, true) => worker.metrics.prewarmed.bump(),
+                (Purpose::Prewarm, false) => worker.metrics.prewarm_failed.bump(),
+                (Purpose::Refresh, true) => worker.metrics.refreshed.bump(),
+                (Purpose::Refresh, false) => worker.metrics.refresh_failed.bump(),
+            }
+            worker.schedule.borrow_mut().done(&key, done, now);
+        }
+        None if done == Done::Stored && worker.background => worker.schedule.borrow_mut().learn(&key, &flight.ask),
+        None => {}
+    }
+    release(host, worker, &key, flight.waiters, object, current);
 }
 
-/// The error service's answer as an object (cached), or `None` when it failed (counted).
+/// The error service's answer as an object (cached, but a prewarm never evicts), or
+/// `None` when it failed (counted); and what became of it.
 fn evaluate<H: Host>(
     host: &H,
     worker: &Worker<H>,
     key: &str,
     flight: &Flight<H>,
     body_size: usize,
-) -> Option<Rc<Object>> {
+) -> (Option<Rc<Object>>, Done) {
     let config = worker.config.clone();
-    let svc = config.service(Some(flight.ask.service))?;
+    let Some(svc) = config.service(Some(flight.ask.service)) else { return (None, Done::Failed) };
     let now = host.now_ms();
     let headers = host.call_response_headers();
     let elapsed = now.saturating_sub(flight.started_ms);
@@ -117,40 +147,66 @@ fn evaluate<H: Host>(
             Some(body) => {
                 worker.metrics.fetched.bump();
                 let ttl = cache::ttl_seconds(meta.cache_control.as_deref(), svc.cache_ttl_s);
+                let stale = cache::stale_seconds(meta.cache_control.as_deref(), svc.stale_if_error_s);
                 let object = Rc::new(Object {
                     body: body.into(),
                     content_type: meta.content_type,
                     cache_control: meta.cache_control,
                 });
-                worker.cache.borrow_mut().put(key.to_string(), object.clone(), ttl, now);
-                Some(object)
+                let mut cache = worker.cache.borrow_mut();
+                let done = if ttl == 0 {
+                    Done::Uncacheable
+                } else if flight.background == Some(Purpose::Prewarm) && !cache.fits(key, object.body.len()) {
+                    Done::NoRoom
+                } else {
+                    cache.put(key.to_string(), object.clone(), ttl, stale, now);
+                    Done::Stored
+                };
+                (Some(object), done)
             }
             None => {
                 worker.metrics.fetch_failed(FetchFailure::Unreachable).bump();
-                None
+                (None, Done::Failed)
             }
         },
         Err(f) => {
             debug!("custom-error-pages: error service {}: fetch failed: {}", svc.cluster, f.as_str());
             worker.metrics.fetch_failed(f).bump();
-            None
+            (None, Done::Failed)
         }
     }
 }
 
-/// Completes `waiters` with the object (or the fallback when there is none), each in its
-/// own context; then makes `current` the effective context again. For the request whose
-/// call brought it (`current`) the object was fetched; the others share it (a cache hit).
-fn release<H: Host>(host: &H, worker: &Worker<H>, waiters: Vec<Waiter<H>>, object: Option<Rc<Object>>, current: u32) {
+/// Completes `waiters` with the object (or, when there is none, the cache's stale copy of
+/// `key`, else the fallback), each in its own context; then makes `current` the effective
+/// context again. For the request whose call brought it (`current`) the object was
+/// fetched; the others share it (a cache hit).
+fn release<H: Host>(
+    host: &H,
+    worker: &Worker<H>,
+    key: &str,
+    waiters: Vec<Waiter<H>>,
+    object: Option<Rc<Object>>,
+    current: u32,
+) {
+    let stale = match (&object, waiters.is_empty()) {
+        (None, false) => worker.cache.borrow_mut().stale(key, worker.clock.get()),
+        _ => None,
+    };
     for mut w in waiters {
         if !host.set_effective_context(w.id) {
             continue; // that request is gone
         }
-        let outcome = if w.id == current { Outcome::Fetched } else { Outcome::Cache };
-        if object.is_some() && outcome == Outcome::Cache {
-            worker.metrics.cache_hit.bump();
-        }
-        let (phase, action) = finish(host, worker, w.id, &mut w.pending, object.clone().map(|o| (o, outcome)));
+        let served = match (&object, &stale) {
+            (Some(o), _) if w.id == current => Some((o.clone(), Outcome::Fetched)),
+            (Some(o), _) => {
+                worker.metrics.cache_hit.bump();
+                Some((o.clone(), Outcome::Cache))
+            }
+            (None, Some(s)) => Some((s.clone(), Outcome::Stale)),
+            (None, None) => None,
+        };
+        let (phase, action) = finish(host, worker, w.id, &mut w.pending, served);
         *w.slot.borrow_mut() = Some(phase);
         if action == Action::Continue {
             resume(host, w.id);
@@ -233,7 +289,7 @@ fn in_envoys_place<H: Host>(
     let accept = held.facts.header("accept");
     let variant = negotiate::choose(serve, accept.as_deref());
     held.facts.served = reply::served_status(serve, status);
-    let object = cached(worker, serve, variant, status).map(|o| (o, Outcome::Cache));
+    let object = held_copy(worker, serve, variant, status);
     held.rule = rule.at;
     held.variant = serve.variants.iter().position(|v| std::ptr::eq(v, variant));
     held.headers_only = true;
@@ -241,13 +297,22 @@ fn in_envoys_place<H: Host>(
     Some(finish(host, worker, id, held, object))
 }
 
-/// The object for `serve`'s `variant` (`status` fills the path) if the cache has it.
-pub(super) fn cached<H: Host>(worker: &Worker<H>, serve: &Serve, variant: &Variant, status: u16) -> Option<Rc<Object>> {
+/// The object for `serve`'s `variant` (`status` fills the path) if the cache holds it:
+/// fresh, else a stale copy.
+pub(super) fn held_copy<H: Host>(
+    worker: &Worker<H>,
+    serve: &Serve,
+    variant: &Variant,
+    status: u16,
+) -> Option<(Rc<Object>, Outcome)> {
     let path = error_service::object_path(variant.path.as_deref()?, status);
     let key = cache::key(serve.service?, &path, &variant.content_type);
-    let object = worker.cache.borrow_mut().get(&key, worker.clock.get())?;
-    worker.metrics.cache_hit.bump();
-    Some(object)
+    let mut cache = worker.cache.borrow_mut();
+    if let Some(object) = cache.get(&key, worker.clock.get()) {
+        worker.metrics.cache_hit.bump();
+        return Some((object, Outcome::Cache));
+    }
+    cache.stale(&key, worker.clock.get()).map(|o| (o, Outcome::Stale))
 }
 
 /// Flights whose call is gone with its context: asked again from the worker's own context
@@ -288,7 +353,7 @@ pub(super) fn reassign_orphans<H: Host>(host: &H, worker: &Worker<H>, current: u
             _ if flight.waiters.is_empty() => {}
             _ => {
                 warn!("custom-error-pages: [ctx {current}] the request fetching {key} is gone: its waiters get the fallback");
-                release(host, worker, flight.waiters, None, current);
+                release(host, worker, &key, flight.waiters, None, current);
             }
         }
     }

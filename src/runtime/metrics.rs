@@ -42,8 +42,21 @@ impl Counter {
 const PREFIX: &str = "custom_error_pages.";
 
 /// The counters of `Metrics` but the failure reasons, in field order.
-const NAMES: [&str; 8] =
-    ["intercepted", "cache_hit", "fetched", "inline", "fallback", "passthrough", "unknown_policy", "deadline"];
+const NAMES: [&str; 13] = [
+    "intercepted",
+    "cache_hit",
+    "fetched",
+    "inline",
+    "fallback",
+    "passthrough",
+    "unknown_policy",
+    "deadline",
+    "stale",
+    "prewarmed",
+    "prewarm_failed",
+    "refreshed",
+    "refresh_failed",
+];
 
 /// A failure reason's counter, under `PREFIX`.
 fn fetch_failed_name(f: FetchFailure) -> String {
@@ -69,12 +82,19 @@ pub struct Metrics {
     pub unknown_policy: Counter,
     /// A held request answered in Envoy's place, before its route timeout.
     pub deadline: Counter,
+    /// An expired copy served because the object could not be fetched again.
+    pub stale: Counter,
+    /// Background fetches: of objects never held (prewarm) and of held ones (refresh).
+    pub prewarmed: Counter,
+    pub prewarm_failed: Counter,
+    pub refreshed: Counter,
+    pub refresh_failed: Counter,
     fetch_failed: [Counter; 6],
 }
 
 impl Metrics {
     pub fn define(host: &impl Host) -> Metrics {
-        let [intercepted, cache_hit, fetched, inline, fallback, passthrough, unknown_policy, deadline] =
+        let [intercepted, cache_hit, fetched, inline, fallback, passthrough, unknown_policy, deadline, stale, prewarmed, prewarm_failed, refreshed, refresh_failed] =
             NAMES.map(|n| Counter::define(host, n));
         let fetch_failed = FetchFailure::ALL.map(|f| Counter::define(host, &fetch_failed_name(f)));
         Metrics {
@@ -86,6 +106,11 @@ impl Metrics {
             passthrough,
             unknown_policy,
             deadline,
+            stale,
+            prewarmed,
+            prewarm_failed,
+            refreshed,
+            refresh_failed,
             fetch_failed,
         }
     }
@@ -107,6 +132,11 @@ impl Metrics {
             &self.passthrough,
             &self.unknown_policy,
             &self.deadline,
+            &self.stale,
+            &self.prewarmed,
+            &self.prewarm_failed,
+            &self.refreshed,
+            &self.refresh_failed,
         ] {
             c.flush(host);
         }

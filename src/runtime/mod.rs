@@ -6,6 +6,7 @@ mod facts;
 mod flight;
 pub mod host;
 mod metrics;
+mod schedule;
 mod stream;
 mod worker;
 

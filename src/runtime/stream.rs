@@ -173,7 +173,8 @@ impl<H: Host> Stream<H> {
                         (f.owner, f.token, f.started_ms, f.ask) = (Some(self.id), token, started_ms, ask);
                     }
                     None => {
-                        let flight = Flight { owner: Some(self.id), token, started_ms, ask, waiters: Vec::new() };
+                        let (owner, waiters) = (Some(self.id), Vec::new());
+                        let flight = Flight { owner, token, started_ms, ask, waiters, background: None };
                         flights.insert(key.clone(), flight);
                     }
                 }
@@ -224,13 +225,22 @@ impl<H: Host> Stream<H> {
         };
         let path = error_service::object_path(path_template, facts.status);
         let key = cache::key(service, &path, &variant.content_type);
-        if let Some(object) = self.worker.cache.borrow_mut().get(&key, self.worker.clock.get()) {
+        let now = self.worker.clock.get();
+        if let Some(object) = self.worker.cache.borrow_mut().get(&key, now) {
             self.worker.metrics.cache_hit.bump();
             return Ok(Some((object, Outcome::Cache)));
         }
+        // An expired copy the worker is fetching again on its own goes out at once: no
+        // client waits on an error service that failed the last refresh.
+        let stale = || self.worker.cache.borrow_mut().stale(&key, now).map(|o| (o, Outcome::Stale));
+        if self.worker.schedule.borrow().keeps(&key) {
+            if let Some(copy) = stale() {
+                return Ok(Some(copy));
+            }
+        }
         if self.deadline.is_some_and(|d| self.host.now_ms() >= d) {
             debug!("custom-error-pages: [ctx {}] no time left before Envoy's deadline: no fetch", self.id);
-            return Ok(None);
+            return Ok(stale());
         }
         let owner = self.worker.flights.borrow().get(&key).map(|f| f.owner);
         if let Some(owner) = owner {
@@ -263,7 +273,7 @@ impl<H: Host> Stream<H> {
                 debug!("custom-error-pages: [ctx {}] {}: fetching {path} from {}", self.id, facts.status, svc.cluster);
                 Err(Miss::Lead(key, token, ask))
             }
-            None => Ok(None),
+            None => Ok(stale()),
         }
     }
 
@@ -318,6 +328,7 @@ pub(super) fn finish<H: Host>(
         Outcome::Cache | Outcome::Fetched => {} // counted where they happen
         Outcome::Inline => worker.metrics.inline.bump(),
         Outcome::Fallback => worker.metrics.fallback.bump(),
+        Outcome::Stale => worker.metrics.stale.bump(),
     }
     let mut headers = reply::headers(&reply, serve, pending.facts.response_headers());
     // Riding the original body's last chunk takes as long as the upstream takes to end it:

@@ -794,3 +794,272 @@ fn the_counter_names_a_host_may_define_ahead_are_the_ones_the_runtime_asks_for()
     let asked: Vec<String> = p.host.0.borrow().counters.iter().map(|(n, _)| n.clone()).collect();
     assert_eq!(super::counter_names(), asked);
 }
+
+// Pages ready before the error: prewarm, refresh, stale copies (a worker whose calls outlive
+// requests, as the proxy-wasm root context's do).
+
+impl Proxy {
+    fn with_background(policy: serde_json::Value) -> Proxy {
+        let host = Fake::default();
+        host.state().now_ms = 1_000_000;
+        host.state().detached_calls = true;
+        let cfg = config::load(policy.to_string().as_bytes()).unwrap();
+        let worker = Rc::new(Worker::new(&host, cfg));
+        Proxy { host, worker, streams: BTreeMap::new() }
+    }
+
+    /// The paths of the calls made so far, in order.
+    fn call_paths(&self) -> Vec<String> {
+        let s = self.host.0.borrow();
+        s.calls.iter().map(|c| c.headers.iter().find(|(n, _)| *n == ":path").unwrap().1.clone()).collect()
+    }
+
+    fn advance(&mut self, ms: u64) {
+        self.host.state().now_ms += ms;
+        self.tick();
+    }
+
+    /// Answers every call not answered yet with `answer` (from the root).
+    fn answer_all(&mut self, answered: &mut usize, answer: impl Fn(&str) -> Answer) {
+        let paths = self.call_paths();
+        while *answered < paths.len() {
+            let token = 100 + *answered as u32;
+            *answered += 1;
+            self.answer(token, answer(&paths[token as usize - 100]));
+        }
+    }
+}
+
+fn failed_answer() -> Answer {
+    (Vec::new(), None) // no response: connect failure
+}
+
+fn warm_policy(ttl: u64, stale: u64) -> serde_json::Value {
+    json!({"errorService": {"cluster": "errors", "timeoutMs": 1000, "cacheTtlSeconds": ttl,
+                            "staleIfErrorSeconds": stale, "prewarmCodes": [500, 502]},
+           "defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+               {"matchResponseCodes": ["404"], "path": "/404.html",
+                "variants": [{"contentType": "application/json", "path": "/404.json"}]},
+               {"matchResponseCodes": ["5xx"], "path": "/{status}.html"},
+               {"matchResponseCodes": ["503"], "body": "inline"}]}})
+}
+
+#[test]
+fn the_first_tick_prewarms_every_object_the_policy_can_serve() {
+    let mut p = Proxy::with_background(warm_policy(60, 0));
+    assert_eq!(p.calls(), 0, "nothing before the first tick");
+    p.tick();
+    let mut paths = p.call_paths();
+    paths.sort();
+    assert_eq!(
+        paths,
+        ["/404.html", "/404.json", "/500.html", "/502.html"],
+        "each variant, {{status}} over prewarmCodes"
+    );
+    assert!(p.host.0.borrow().calls.iter().all(|c| c.from == ROOT), "from the worker's own context");
+    let call = p.call(100);
+    assert!(call.headers.iter().all(|(n, _)| !n.starts_with("x-original") && *n != "x-request-id"));
+    let mut answered = 0;
+    p.answer_all(&mut answered, ok_answer);
+    p.advance(100);
+    assert_eq!(p.calls(), 4, "nothing more while every object is fresh");
+    assert_eq!(p.error(1, 502), Action::Continue, "the first error finds its page: no fetch on its path");
+    p.body_chunks(1, &[1]);
+    p.log(1, |s| assert_eq!(s.body_out, b"/502.html"));
+    p.tick();
+    assert_eq!((p.host.counter("prewarmed"), p.host.counter("cache_hit")), (4, 1));
+}
+
+#[test]
+fn without_detached_calls_nothing_is_fetched_in_the_background() {
+    let mut p = Proxy::new(warm_policy(60, 0));
+    p.tick();
+    assert_eq!(p.calls(), 0);
+}
+
+#[test]
+fn prewarm_off_for_a_service_fetches_nothing_ahead() {
+    let mut policy = warm_policy(60, 0);
+    policy["errorService"]["prewarm"] = json!(false);
+    let mut p = Proxy::with_background(policy);
+    p.tick();
+    assert_eq!(p.calls(), 0);
+}
+
+#[test]
+fn prewarm_keeps_at_most_four_fetches_in_flight() {
+    let codes: Vec<u16> = (400..=599).collect();
+    let mut policy = warm_policy(60, 0);
+    policy["errorService"]["prewarmCodes"] = json!(codes);
+    policy["defaultCustomErrorResponsePolicy"]["errorResponseRules"] =
+        json!([{"matchResponseCodes": ["4xx", "5xx"], "path": "/{status}.html"}]);
+    let mut p = Proxy::with_background(policy);
+    p.tick();
+    assert_eq!(p.calls(), 4);
+    p.advance(100);
+    assert_eq!(p.calls(), 4, "none more while four are in flight");
+    p.answer(100, ok_answer("a"));
+    p.advance(100);
+    assert_eq!(p.calls(), 5, "one answered, one more asked");
+}
+
+#[test]
+fn a_failed_prewarm_is_retried_with_backoff() {
+    let mut p = Proxy::with_background(rules(json!([{"matchResponseCodes": ["404"], "path": "/404.html"}])));
+    p.tick();
+    p.answer(100, failed_answer());
+    p.advance(900);
+    assert_eq!(p.calls(), 1, "not before one second");
+    p.advance(100);
+    assert_eq!(p.calls(), 2, "after one second");
+    p.answer(101, failed_answer());
+    p.advance(1_900);
+    assert_eq!(p.calls(), 2, "the second wait is two seconds");
+    p.advance(100);
+    assert_eq!(p.calls(), 3);
+    p.answer(102, ok_answer("warm"));
+    p.tick();
+    assert_eq!((p.host.counter("prewarm_failed"), p.host.counter("prewarmed")), (2, 1));
+}
+
+#[test]
+fn backoff_doubles_up_to_ten_seconds() {
+    use super::schedule::backoff_ms;
+    assert_eq!([1, 2, 3, 4, 5, 6, 40].map(backoff_ms), [1_000, 2_000, 4_000, 8_000, 10_000, 10_000, 10_000]);
+}
+
+#[test]
+fn a_held_object_is_refreshed_before_it_expires() {
+    let mut p = Proxy::with_background(rules(json!([{"matchResponseCodes": ["404"], "path": "/404.html"}])));
+    p.host.state().now_ms = 1_000_000;
+    p.tick();
+    p.answer(100, ok_answer("v1")); // TTL: the default 300 s
+    p.advance(224_000);
+    assert_eq!(p.calls(), 1, "fresh for three quarters of its TTL");
+    p.advance(1_000);
+    assert_eq!(p.calls(), 2, "then fetched again, before it expires");
+    p.answer(101, ok_answer("v2"));
+    p.tick();
+    assert_eq!(p.host.counter("refreshed"), 1);
+    p.error(1, 404);
+    p.body_chunks(1, &[1]);
+    p.log(1, |s| assert_eq!(s.body_out, b"v2"));
+}
+
+#[test]
+fn a_failed_refresh_keeps_the_copy_and_it_is_served_stale_until_its_window_ends() {
+    let mut p = Proxy::with_background(json!({
+        "errorService": {"cluster": "errors", "cacheTtlSeconds": 2, "staleIfErrorSeconds": 30},
+        "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "path": "/404.html"}]}}));
+    p.tick();
+    p.answer(100, ok_answer("kept"));
+    let mut answered = 1;
+    for step in 0..40 {
+        p.advance(1_000);
+        p.answer_all(&mut answered, |_| failed_answer());
+        let id = 10 + step;
+        let elapsed_s = u64::from(step) + 1;
+        let action = p.error(id, 404);
+        if elapsed_s < 32 {
+            assert_eq!(action, Action::Continue, "never held: the copy goes at once ({elapsed_s} s)");
+        } else {
+            assert_eq!(action, Action::Pause, "past the window nothing is kept: fetched ({elapsed_s} s)");
+            p.answer_all(&mut answered, |_| failed_answer());
+        }
+        p.body_chunks(id, &[1]);
+        let out = p.log(id, |s| s.body_out.clone());
+        if elapsed_s < 32 {
+            assert_eq!(out, b"kept", "within TTL and stale window ({elapsed_s} s)");
+        } else {
+            assert!(String::from_utf8_lossy(&out).contains("404 Not Found"), "past the window: the built-in page");
+        }
+    }
+    p.tick();
+    assert!(p.host.counter("stale") >= 29 && p.host.counter("refresh_failed") >= 5);
+}
+
+#[test]
+fn the_error_service_back_ends_the_stale_copies() {
+    let mut p = Proxy::with_background(json!({
+        "errorService": {"cluster": "errors", "cacheTtlSeconds": 2},
+        "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "path": "/404.html"}]}}));
+    p.tick();
+    p.answer(100, ok_answer("old"));
+    let mut answered = 1;
+    for _ in 0..5 {
+        p.advance(1_000);
+        p.answer_all(&mut answered, |_| failed_answer());
+    }
+    p.error(1, 404);
+    p.body_chunks(1, &[1]);
+    p.log(1, |s| assert_eq!(s.body_out, b"old"));
+    for _ in 0..12 {
+        p.advance(1_000);
+        p.answer_all(&mut answered, |_| ok_answer("new"));
+    }
+    p.error(2, 404);
+    p.body_chunks(2, &[1]);
+    p.log(2, |s| assert_eq!(s.body_out, b"new"));
+    assert!(p.log(2, |s| s.filter_state.as_deref().unwrap_or("").contains("outcome=cache")), "fresh again, not stale");
+}
+
+#[test]
+fn a_worker_without_background_calls_fetches_on_the_request_path_and_falls_back_to_its_stale_copy() {
+    let mut p = Proxy::new(json!({
+        "errorService": {"cluster": "errors", "cacheTtlSeconds": 2, "staleIfErrorSeconds": 60},
+        "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "path": "/404.html"}]}}));
+    p.error(1, 404);
+    p.answer(100, ok_answer("first"));
+    p.body_chunks(1, &[1]);
+    p.host.state().now_ms += 3_000;
+    p.tick();
+    assert_eq!(p.error(2, 404), Action::Pause, "expired: fetched again on the request's path");
+    p.answer(101, failed_answer());
+    p.body_chunks(2, &[1]);
+    p.log(2, |s| assert_eq!(s.body_out, b"first"));
+    assert!(p.log(2, |s| s.filter_state.as_deref().unwrap_or("").contains("outcome=stale")));
+    p.host.state().now_ms += 60_000;
+    p.tick();
+    assert_eq!(p.error(3, 404), Action::Pause);
+    p.answer(102, failed_answer());
+    p.body_chunks(3, &[1]);
+    assert!(
+        p.log(3, |s| s.filter_state.as_deref().unwrap_or("").contains("outcome=fallback")),
+        "past the stale window"
+    );
+}
+
+#[test]
+fn an_object_that_may_not_be_cached_is_not_refreshed() {
+    let mut p = Proxy::with_background(rules(json!([{"matchResponseCodes": ["404"], "path": "/404.html"}])));
+    p.tick();
+    let (mut headers, body) = ok_answer("private");
+    headers.push(("cache-control".into(), b"no-store".to_vec()));
+    p.answer(100, (headers, body));
+    p.advance(10_000);
+    assert_eq!(p.calls(), 1);
+}
+
+#[test]
+fn prewarm_stops_at_the_cache_bound_and_evicts_nothing() {
+    let codes: Vec<u16> = (400..=599).collect();
+    let mut policy = warm_policy(60, 0);
+    policy["errorService"]["prewarmCodes"] = json!(codes);
+    policy["errorService"]["maxBodyBytes"] = json!(16 * 1024 * 1024);
+    policy["defaultCustomErrorResponsePolicy"]["errorResponseRules"] =
+        json!([{"matchResponseCodes": ["4xx", "5xx"], "path": "/{status}.html"}]);
+    let mut p = Proxy::with_background(policy);
+    let big = "x".repeat(6 * 1024 * 1024); // three of these do not fit in 16 MiB
+    let mut answered = 0;
+    for _ in 0..5 {
+        p.advance(100);
+        p.answer_all(&mut answered, |_| ok_answer(&big));
+    }
+    let asked = p.calls();
+    assert!(asked <= 8, "stopped once an object did not fit: {asked} asked");
+    for _ in 0..20 {
+        p.advance(1_000);
+    }
+    assert_eq!(p.calls(), asked, "and nothing asked after");
+    assert_eq!(p.worker.cache.borrow().len(), 2, "the two that fit are kept, none evicted");
+}

@@ -1,9 +1,10 @@
 //! State shared by every request of one worker (one wasm VM per Envoy worker thread):
 //! the policy, the object cache, counters, a clock, and the fetches in flight.
 
-use super::flight::{self, Flights};
+use super::flight::{self, Flight, Flights};
 use super::host::Host;
 use super::metrics::Metrics;
+use super::schedule::{self, Done, Schedule};
 use crate::cache::Cache;
 use crate::config::Config;
 use std::cell::{Cell, RefCell};
@@ -24,17 +25,27 @@ pub struct Worker<H: Host> {
     pub(crate) flights: RefCell<Flights<H>>,
     /// Unknown policy names already logged (once per name and worker).
     pub(crate) warned: RefCell<HashSet<String>>,
+    /// Whether this worker fetches on its own (prewarm, refresh): where its calls outlive
+    /// requests (the proxy-wasm root context). The dynamic module's calls live only within
+    /// a request, so it fetches on a request's path alone.
+    pub(crate) background: bool,
+    pub(super) schedule: RefCell<Schedule>,
 }
 
 impl<H: Host> Worker<H> {
     pub fn new(host: &H, config: Config) -> Worker<H> {
+        let cache = Cache::default();
+        let background = host.detached_calls();
+        let schedule = if background { Schedule::plan(&config, cache.capacity()) } else { Schedule::default() };
         Worker {
             config: Rc::new(config),
-            cache: RefCell::new(Cache::default()),
+            cache: RefCell::new(cache),
             metrics: Metrics::define(host),
             clock: Cell::new(host.now_ms()),
             flights: RefCell::new(Default::default()),
             warned: RefCell::new(HashSet::new()),
+            background,
+            schedule: RefCell::new(schedule),
         }
     }
 
@@ -52,6 +63,35 @@ impl<H: Host> Worker<H> {
         self.metrics.flush(host);
         self.expire_due(host, root);
         self.release_orphans(host, root);
+        if self.background {
+            self.fetch_due(host, root);
+        }
+    }
+
+    /// Dispatches, from the worker's own context, the prewarm and refresh fetches due now,
+    /// with at most `schedule::CONCURRENCY` of them in flight.
+    fn fetch_due(&self, host: &H, root: u32) {
+        let now = self.clock.get();
+        let in_flight = self.flights.borrow().values().filter(|f| f.background.is_some()).count();
+        let room = schedule::CONCURRENCY.saturating_sub(in_flight);
+        if room == 0 {
+            return;
+        }
+        let due = {
+            let flights = self.flights.borrow();
+            self.schedule.borrow_mut().due(&self.cache.borrow(), now, |k| flights.contains_key(k), room)
+        };
+        for (key, ask, purpose) in due {
+            match flight::dispatch(host, self, &ask) {
+                Some(token) => {
+                    let background = Some(purpose);
+                    let flight =
+                        Flight { owner: Some(root), token, started_ms: now, ask, waiters: Vec::new(), background };
+                    self.flights.borrow_mut().insert(key, flight);
+                }
+                None => self.schedule.borrow_mut().done(&key, Done::Failed, now),
+            }
+        }
     }
 
     /// For a build without a timer (the dynamic module): the tick's work, from a request's

@@ -1,0 +1,203 @@
+//! What a worker fetches on its own, off every request's path: the policy's objects when
+//! the configuration goes live (prewarm), and every object it holds before it expires
+//! (refresh), each retried with backoff while the error service fails. State only: the
+//! worker dispatches what `due` returns and reports each answer to `done`.
+
+use super::flight::Ask;
+use crate::cache::{self, Cache, State};
+use crate::config::{Config, RuleKind};
+use crate::error_service::{self, CallFacts};
+use crate::fasthash::FastMap;
+use log::warn;
+
+/// Background fetches in flight at once, per worker (per cache): the error service never
+/// sees a storm from a policy with many objects.
+pub const CONCURRENCY: usize = 4;
+/// Backoff after a failed background fetch: 1 s, doubled per failure, at most this.
+pub const MAX_BACKOFF_MS: u64 = 10_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// An object the cache has never held.
+    Prewarm,
+    /// An object the cache holds (fresh or stale), fetched again before or after it expires.
+    Refresh,
+}
+
+/// How a background fetch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    Stored,
+    /// The object came but may not be cached (`no-store`, TTL 0): nothing to keep fresh.
+    Uncacheable,
+    /// The object came but the cache is full: prewarming stops there.
+    NoRoom,
+    Failed,
+}
+
+struct Known {
+    ask: Ask,
+    /// The cache has held it (a refresh, not a prewarm, brings it back).
+    held: bool,
+    failures: u32,
+    retry_at_ms: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Schedule {
+    known: FastMap<String, Known>,
+    /// The prewarm met the cache's bounds (logged once).
+    full: bool,
+}
+
+impl Schedule {
+    /// Every object `config` can serve from a service with `prewarm` on, at most `room`.
+    pub(super) fn plan(config: &Config, room: usize) -> Schedule {
+        let mut s = Schedule::default();
+        let mut wanted = 0usize;
+        for (key, ask) in objects(config) {
+            wanted += 1;
+            if s.known.len() < room && !s.known.contains_key(&key) {
+                s.known.insert(key, Known { ask, held: false, failures: 0, retry_at_ms: 0 });
+            }
+        }
+        if wanted > room {
+            warn!("custom-error-pages: the policy names more objects than the cache holds ({room}): the rest is not prewarmed");
+            s.full = true;
+        }
+        s
+    }
+
+    /// Whether this worker keeps `key` fresh in the background (so a stale copy may be
+    /// served at once while it is fetched again).
+    pub fn keeps(&self, key: &str) -> bool {
+        self.known.get(key).is_some_and(|k| k.held)
+    }
+
+    /// An object a request fetched and the cache stored: kept fresh from now on. The ask
+    /// loses what belonged to that request (its URI, host and id).
+    pub(super) fn learn(&mut self, key: &str, ask: &Ask) {
+        if !self.known.contains_key(key) {
+            let ask = ask.background();
+            self.known.insert(key.to_string(), Known { ask, held: true, failures: 0, retry_at_ms: 0 });
+        }
+    }
+
+    /// Up to `room` fetches due at `now`: objects never held and not waiting out a
+    /// backoff; held ones past three quarters of their TTL, or expired. Objects gone from
+    /// the cache (evicted, past their stale window) are forgotten; `busy` keys already
+    /// have a fetch in flight.
+    pub(super) fn due(
+        &mut self,
+        cache: &Cache,
+        now: u64,
+        busy: impl Fn(&str) -> bool,
+        room: usize,
+    ) -> Vec<(String, Ask, Purpose)> {
+        self.known.retain(|key, k| !k.held || cache.state(key, now) != State::Gone);
+        let mut out = Vec::new();
+        for (key, k) in &self.known {
+            if out.len() >= room {
+                break;
+            }
+            if now < k.retry_at_ms || busy(key) {
+                continue;
+            }
+            let purpose = match cache.state(key, now) {
+                State::Fresh { stored_ms, expires_ms } => {
+                    if now < stored_ms + (expires_ms - stored_ms) * 3 / 4 {
+                        continue;
+                    }
+                    Purpose::Refresh
+                }
+                State::Stale => Purpose::Refresh,
+                State::Gone => Purpose::Prewarm,
+            };
+            out.push((key.clone(), k.ask.clone(), purpose));
+        }
+        out
+    }
+
+    /// The answer to a background fetch of `key`.
+    pub fn done(&mut self, key: &str, result: Done, now: u64) {
+        match result {
+            Done::Stored => {
+                if let Some(k) = self.known.get_mut(key) {
+                    (k.held, k.failures, k.retry_at_ms) = (true, 0, 0);
+                }
+            }
+            Done::Uncacheable => {
+                self.known.remove(key);
+            }
+            Done::NoRoom => {
+                if !self.full {
+                    warn!("custom-error-pages: the cache is full: the rest of the policy's objects are not prewarmed");
+                    self.full = true;
+                }
+                self.known.retain(|_, k| k.held);
+            }
+            Done::Failed => {
+                if let Some(k) = self.known.get_mut(key) {
+                    k.failures += 1;
+                    k.retry_at_ms = now + backoff_ms(k.failures);
+                }
+            }
+        }
+    }
+}
+
+/// The wait after `failures` failed fetches in a row.
+pub fn backoff_ms(failures: u32) -> u64 {
+    1000u64.saturating_mul(1 << failures.saturating_sub(1).min(20)).min(MAX_BACKOFF_MS)
+}
+
+/// Every object the policy can serve, with the ask that fetches it: each serving rule's
+/// variants with a `path`, `{status}` expanded over the rule's exact codes, and over the
+/// service's `prewarmCodes` for its classes and ranges.
+fn objects(config: &Config) -> Vec<(String, Ask)> {
+    let mut out = Vec::new();
+    for rule in config.policies.iter().flat_map(|p| &p.rules) {
+        let RuleKind::Serve(serve) = &rule.kind else { continue };
+        let Some((service, svc)) = serve.service.and_then(|i| config.service(Some(i)).map(|s| (i, s))) else {
+            continue;
+        };
+        if !svc.prewarm {
+            continue;
+        }
+        let mut codes: Vec<u16> = rule.specs.iter().filter(|s| s.lo == s.hi).map(|s| s.lo).collect();
+        for code in &svc.prewarm_codes {
+            if !codes.contains(code) && rule.specs.iter().any(|s| s.lo != s.hi && s.contains(*code)) {
+                codes.push(*code);
+            }
+        }
+        if codes.is_empty() {
+            // A range with none of the prewarm codes: its objects without `{status}` still
+            // are, asked for as its first code.
+            codes.extend(rule.specs.first().map(|s| s.lo));
+        }
+        for variant in std::iter::once(&serve.default).chain(&serve.variants) {
+            let Some(template) = &variant.path else { continue };
+            let per_code = template.contains("{status}");
+            for &code in codes.iter().take(if per_code { usize::MAX } else { 1 }) {
+                let path = error_service::object_path(template, code);
+                let format = crate::http::essence(&variant.content_type).to_string();
+                let call = CallFacts {
+                    original_status: code,
+                    format: &format,
+                    original_uri: "",
+                    original_host: "",
+                    request_id: "",
+                };
+                let ask = Ask {
+                    cluster: svc.cluster.clone(),
+                    headers: error_service::call_headers(svc, &path, &call),
+                    timeout_ms: svc.timeout_ms,
+                    service,
+                    default_type: variant.content_type.clone(),
+                };
+                out.push((cache::key(service, &path, &variant.content_type), ask));
+            }
+        }
+    }
+    out
+}
