@@ -190,3 +190,40 @@ fn import_gcp_url_map() {
     assert!(!ok);
     assert!(err.contains("pathMatchers[1].routeRules[0].customErrorResponsePolicy.errorService: no --service mapping for backend \"error-api\""), "{err}");
 }
+
+#[test]
+fn explain_says_whether_the_object_is_prewarmed_and_what_an_outage_serves() {
+    let f = temp(
+        "prewarm.json",
+        r#"{"errorService": {"cluster": "e", "staleIfErrorSeconds": 600, "prewarmCodes": [502]},
+            "defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+                {"matchResponseCodes": ["5xx"], "path": "/e/{status}.html"},
+                {"matchResponseCodes": ["404"], "path": "/e/404.html", "overrideResponseCode": 200},
+                {"matchResponseCodes": ["410"], "path": "/e/410.html", "body": "gone"}]}}"#,
+    );
+    let explain = |status: &str| policy(&["explain", &f, "--host", "h", "--status", status]).1;
+    let out = explain("502");
+    assert!(out.contains("prewarmed: yes"), "{out}");
+    assert!(
+        out.contains(
+            "if the error service is down: the stale copy (up to 600 s past its TTL), else the built-in generic page\n"
+        ),
+        "{out}"
+    );
+    let out = explain("503");
+    assert!(
+        out.contains("prewarmed: no (fetched on the first such error's path)"),
+        "a class code not in prewarmCodes: {out}"
+    );
+    let out = explain("404");
+    assert!(out.contains("prewarmed: yes"), "an exact code: {out}");
+    assert!(out.contains("else the built-in generic page, as 404 (never a success)"), "{out}");
+    assert!(explain("410").contains("else the rule's inline body"));
+    let off = temp(
+        "prewarm-off.json",
+        r#"{"errorService": {"cluster": "e", "prewarm": false},
+        "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "path": "/e/404.html"}]}}"#,
+    );
+    let out = policy(&["explain", &off, "--host", "h", "--status", "404"]).1;
+    assert!(out.contains("prewarmed: no"), "{out}");
+}

@@ -135,10 +135,27 @@ fn explain(args: &[String]) -> Result<(), String> {
                         svc.timeout_ms,
                         svc.cache_ttl_s
                     );
-                    match variant.body.as_ref().or(serve.default.body.as_ref()) {
-                        Some(_) => println!("  if the fetch fails: the rule's inline body"),
-                        None => println!("  if the fetch fails: the built-in generic page"),
-                    }
+                    let prewarmed = svc.prewarm
+                        && (!p.contains("{status}")
+                            || rule.specs.iter().any(|s| s.lo == status && s.hi == status)
+                            || svc.prewarm_codes.contains(&status));
+                    println!(
+                        "  prewarmed: {}",
+                        if prewarmed {
+                            "yes (wasm build: fetched when the configuration goes live, refreshed before it expires)"
+                        } else {
+                            "no (fetched on the first such error's path)"
+                        }
+                    );
+                    let last = match variant.body.as_ref().or(serve.default.body.as_ref()) {
+                        Some(_) => "the rule's inline body".to_string(),
+                        None if served < 400 => format!("the built-in generic page, as {status} (never a success)"),
+                        None => "the built-in generic page".to_string(),
+                    };
+                    println!(
+                        "  if the error service is down: the stale copy (up to {} s past its TTL), else {last}",
+                        svc.stale_if_error_s
+                    );
                 }
                 _ => println!("  object: inline body ({} bytes)", variant.body.as_deref().unwrap_or("").len()),
             }

@@ -90,8 +90,9 @@ impl<H: Host> Facts<H> {
         if needed {
             self.vars()
         } else {
-            // Nothing is rendered: only the built-in page reads the status.
-            Vars { status: self.served, ..Default::default() }
+            // Nothing is rendered: only the built-in page reads the statuses (the original
+            // one where it is not served as a success).
+            Vars { status: self.served, original_status: self.status, ..Default::default() }
         }
     }
 

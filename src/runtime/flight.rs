@@ -111,6 +111,10 @@ pub(super) fn complete<H: Host>(host: &H, worker: &Worker<H>, token: u32, body_s
     let (key, flight) = flight;
     let (object, done) = evaluate(host, worker, &key, &flight, body_size);
     let now = host.now_ms();
+    // Requests that met a background fetch in flight waited on it; when it failed they get
+    // a fetch of their own (the worker's context asks again at once) rather than share the
+    // failure of a fetch made before they came.
+    let retry = flight.background.is_some() && object.is_none() && !flight.waiters.is_empty();
     match flight.background {
         Some(purpose) => {
             let ok = object.is_some();
@@ -124,6 +128,13 @@ pub(super) fn complete<H: Host>(host: &H, worker: &Worker<H>, token: u32, body_s
         }
         None if done == Done::Stored && worker.background => worker.schedule.borrow_mut().learn(&key, &flight.ask),
         None => {}
+    }
+    if retry {
+        if let Some(token) = dispatch(host, worker, &flight.ask) {
+            let again = Flight { owner: Some(current), token, started_ms: now, background: None, ..flight };
+            worker.flights.borrow_mut().insert(key, again);
+            return;
+        }
     }
     release(host, worker, &key, flight.waiters, object, current);
 }
@@ -172,7 +183,7 @@ fn evaluate<H: Host>(
         Err(f) => {
             debug!("custom-error-pages: error service {}: fetch failed: {}", svc.cluster, f.as_str());
             worker.metrics.fetch_failed(f).bump();
-            (None, Done::Failed)
+            (None, if f == FetchFailure::Status { Done::Absent } else { Done::Failed })
         }
     }
 }

@@ -15,6 +15,10 @@ use log::warn;
 pub const CONCURRENCY: usize = 4;
 /// Backoff after a failed background fetch: 1 s, doubled per failure, at most this.
 pub const MAX_BACKOFF_MS: u64 = 10_000;
+/// Attempts to prewarm an object the cache has never held (about 25 s of backoff): an
+/// object the error service does not have (a `{status}` page for a code it has no page
+/// for) is not asked for forever. Held objects are retried while their stale copy lasts.
+pub const PREWARM_ATTEMPTS: u32 = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Purpose {
@@ -32,6 +36,9 @@ pub enum Done {
     Uncacheable,
     /// The object came but the cache is full: prewarming stops there.
     NoRoom,
+    /// The error service answered that it has no such object (a non-2xx answer): a prewarm
+    /// is not asked again; a held object's refresh is, as after any failure.
+    Absent,
     Failed,
 }
 
@@ -77,9 +84,12 @@ impl Schedule {
     /// An object a request fetched and the cache stored: kept fresh from now on. The ask
     /// loses what belonged to that request (its URI, host and id).
     pub(super) fn learn(&mut self, key: &str, ask: &Ask) {
-        if !self.known.contains_key(key) {
-            let ask = ask.background();
-            self.known.insert(key.to_string(), Known { ask, held: true, failures: 0, retry_at_ms: 0 });
+        match self.known.get_mut(key) {
+            Some(k) => (k.held, k.failures, k.retry_at_ms) = (true, 0, 0),
+            None => {
+                let ask = ask.background();
+                self.known.insert(key.to_string(), Known { ask, held: true, failures: 0, retry_at_ms: 0 });
+            }
         }
     }
 
@@ -136,10 +146,16 @@ impl Schedule {
                 }
                 self.known.retain(|_, k| k.held);
             }
-            Done::Failed => {
+            Done::Absent if self.known.get(key).is_some_and(|k| !k.held) => {
+                self.known.remove(key); // a request's miss fetches it, as before
+            }
+            Done::Absent | Done::Failed => {
                 if let Some(k) = self.known.get_mut(key) {
                     k.failures += 1;
                     k.retry_at_ms = now + backoff_ms(k.failures);
+                    if !k.held && k.failures >= PREWARM_ATTEMPTS {
+                        self.known.remove(key); // a request's miss fetches it, as before
+                    }
                 }
             }
         }

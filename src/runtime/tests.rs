@@ -923,6 +923,20 @@ fn a_failed_prewarm_is_retried_with_backoff() {
 }
 
 #[test]
+fn an_object_never_held_is_given_up_after_five_attempts() {
+    let mut p = Proxy::with_background(rules(json!([{"matchResponseCodes": ["404"], "path": "/404.html"}])));
+    p.tick();
+    let mut answered = 0;
+    for _ in 0..60 {
+        p.answer_all(&mut answered, |_| failed_answer());
+        p.advance(1_000);
+    }
+    assert_eq!(p.calls(), 5, "five attempts, then a request's miss fetches it");
+    assert_eq!(p.error(1, 404), Action::Pause);
+    assert_eq!(p.calls(), 6);
+}
+
+#[test]
 fn backoff_doubles_up_to_ten_seconds() {
     use super::schedule::backoff_ms;
     assert_eq!([1, 2, 3, 4, 5, 6, 40].map(backoff_ms), [1_000, 2_000, 4_000, 8_000, 10_000, 10_000, 10_000]);
@@ -1055,6 +1069,7 @@ fn prewarm_stops_at_the_cache_bound_and_evicts_nothing() {
         p.advance(100);
         p.answer_all(&mut answered, |_| ok_answer(&big));
     }
+    assert_eq!(p.worker.cache.borrow().len(), 2);
     let asked = p.calls();
     assert!(asked <= 8, "stopped once an object did not fit: {asked} asked");
     for _ in 0..20 {
@@ -1062,4 +1077,71 @@ fn prewarm_stops_at_the_cache_bound_and_evicts_nothing() {
     }
     assert_eq!(p.calls(), asked, "and nothing asked after");
     assert_eq!(p.worker.cache.borrow().len(), 2, "the two that fit are kept, none evicted");
+}
+
+#[test]
+fn the_built_in_page_goes_out_under_the_original_error_when_a_success_override_has_nothing_to_serve() {
+    let mut p =
+        Proxy::new(rules(json!([{"matchResponseCodes": ["503"], "path": "/m.html", "overrideResponseCode": 200}])));
+    p.error(1, 503);
+    p.answer(100, failed_answer());
+    p.body_chunks(1, &[1]);
+    p.log(1, |s| {
+        assert_eq!(s.header(":status"), Some("503"));
+        assert!(s.filter_state.as_deref().unwrap_or("").contains("original=503 served=503 outcome=fallback"));
+    });
+}
+
+#[test]
+fn the_override_to_a_success_stands_when_the_page_comes() {
+    let mut p =
+        Proxy::new(rules(json!([{"matchResponseCodes": ["503"], "path": "/m.html", "overrideResponseCode": 200}])));
+    p.error(1, 503);
+    p.answer(100, ok_answer("maintenance"));
+    p.body_chunks(1, &[1]);
+    p.log(1, |s| assert_eq!(s.header(":status"), Some("200")));
+}
+
+fn absent_answer() -> Answer {
+    let headers = [(":status", "404"), ("content-type", "text/plain"), ("x-envoy-upstream-service-time", "1")];
+    (headers.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect(), Some(b"no such page".to_vec()))
+}
+
+#[test]
+fn an_object_the_error_service_does_not_have_is_not_prewarmed_again() {
+    let mut p = Proxy::with_background(rules(json!([{"matchResponseCodes": ["404"], "path": "/404.html"}])));
+    p.tick();
+    p.answer(100, absent_answer());
+    for _ in 0..30 {
+        p.advance(1_000);
+    }
+    assert_eq!(p.calls(), 1, "a non-2xx answer ends the prewarm of that object");
+}
+
+#[test]
+fn a_held_object_whose_refresh_is_refused_is_still_retried() {
+    let mut p = Proxy::with_background(json!({
+        "errorService": {"cluster": "errors", "cacheTtlSeconds": 2},
+        "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "path": "/404.html"}]}}));
+    p.tick();
+    p.answer(100, ok_answer("held"));
+    p.advance(1_500);
+    assert_eq!(p.calls(), 2, "the refresh");
+    p.answer(101, absent_answer());
+    p.advance(1_000);
+    assert_eq!(p.calls(), 3, "asked again after the backoff: the copy is kept meanwhile");
+}
+
+#[test]
+fn a_request_waiting_on_a_failed_prewarm_gets_a_fetch_of_its_own() {
+    let mut p = Proxy::with_background(rules(json!([{"matchResponseCodes": ["404"], "path": "/404.html"}])));
+    p.tick();
+    assert_eq!(p.error(1, 404), Action::Pause, "waits on the prewarm in flight");
+    assert_eq!(p.calls(), 1, "no second fetch while the first is in flight");
+    p.answer(100, failed_answer());
+    assert_eq!(p.calls(), 2, "the prewarm failed: asked again at once for the waiting request");
+    assert_eq!(p.call(101).from, ROOT);
+    p.answer(101, ok_answer("its own"));
+    p.body_chunks(1, &[1]);
+    p.log(1, |s| assert_eq!(s.body_out, b"its own"));
 }

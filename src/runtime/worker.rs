@@ -112,6 +112,10 @@ impl<H: Host> Worker<H> {
     /// `current` that context.
     pub fn on_call_response(&self, host: &H, token: u32, body_size: usize, current: u32) {
         flight::complete(host, self, token, body_size, current);
+        // A background fetch done leaves room for the next at once, not a tick later.
+        if self.background {
+            self.fetch_due(host, current);
+        }
     }
 
     /// Has the fetches whose request is gone asked again (or their waiters released with

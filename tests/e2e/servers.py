@@ -13,6 +13,10 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
+    def process_request(self, request, client_address):
+        self.owner.connections.append(request)  # so that `stop` also ends kept-alive ones
+        super().process_request(request, client_address)
+
 
 class _Base(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
@@ -120,9 +124,21 @@ class UpstreamHandler(_Base):
 
 
 class ErrorServiceHandler(_Base):
-    """Serves `owner.pages[path]`: dict(status, body, ct, headers, delay_ms, hang)."""
+    """Serves `owner.pages[path]`: dict(status, body, ct, headers, delay_ms, hang). Keeps the
+    most requests it ever had in hand at once in `owner.most_at_once`."""
 
     def do_GET(self):
+        owner = self.server.owner
+        with owner.lock:
+            owner.at_once += 1
+            owner.most_at_once = max(owner.most_at_once, owner.at_once)
+        try:
+            self._answer()
+        finally:
+            with owner.lock:
+                owner.at_once -= 1
+
+    def _answer(self):
         self._record()
         path = urlsplit(self.path).path
         page = self.server.owner.pages.get(path)
@@ -192,21 +208,39 @@ class RawErrorService:
 
 
 class Running:
-    def __init__(self, handler):
+    def __init__(self, handler, port=0):
         self.requests = []
         self.pages = {}
-        self.httpd = _Server(("127.0.0.1", 0), handler)
+        self.lock = threading.Lock()
+        self.at_once = self.most_at_once = 0
+        self.connections = []
+        self.handler = handler
+        self._serve(port)
+
+    def _serve(self, port):
+        self.httpd = _Server(("127.0.0.1", port), self.handler)
         self.httpd.owner = self
         self.port = self.httpd.server_address[1]
         self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
         self.thread.start()
 
+    def start_again(self):
+        """Back on the same port after `stop` (an outage that ends)."""
+        self._serve(self.port)
+
     def requests_to(self, path):
         return [r for r in self.requests if urlsplit(r["path"]).path == path]
 
     def stop(self):
+        """Down for real: the listener, and the connections Envoy keeps alive in its pool."""
         self.httpd.shutdown()
         self.httpd.server_close()
+        for conn in self.connections:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        self.connections = []
 
 
 def free_port():

@@ -5,7 +5,9 @@ import pytest
 import json
 import time
 
-SVC = {"cluster": "error_pages", "authority": "errors.internal", "timeoutMs": 500, "cacheTtlSeconds": 300}
+# About the fetch on a request's path: the cache is never prewarmed here (test_ready.py
+# covers prewarm, refresh and stale copies).
+SVC = {"cluster": "error_pages", "authority": "errors.internal", "timeoutMs": 500, "cacheTtlSeconds": 300, "prewarm": False}
 
 
 def policy(*rules, svc=SVC):

@@ -5,7 +5,9 @@ import time
 
 import pytest
 
-SVC = {"cluster": "error_pages", "authority": "errors.internal", "timeoutMs": 400}
+# About the fetch on a request's path: the cache is never prewarmed here (test_ready.py
+# covers prewarm, refresh and stale copies).
+SVC = {"cluster": "error_pages", "authority": "errors.internal", "timeoutMs": 400, "prewarm": False}
 
 
 def pages(errors, **paths):
@@ -202,7 +204,7 @@ def failing_policy(cluster="error_pages", timeout=400, body=None):
     rule = {"matchResponseCodes": ["5xx"], "path": "/e.html"}
     if body:
         rule["body"] = body
-    return {"errorService": {"cluster": cluster, "timeoutMs": timeout, "maxBodyBytes": 1000},
+    return {"errorService": {"cluster": cluster, "timeoutMs": timeout, "maxBodyBytes": 1000, "prewarm": False},
             "defaultCustomErrorResponsePolicy": {"errorResponseRules": [rule]}}
 
 

@@ -14,7 +14,9 @@ import pytest
 
 
 SLOW_404 = "status/404?chunked=1&bytes=30&chunk_bytes=10&chunk_delay_ms=1500"
-SVC = {"cluster": "error_pages", "authority": "errors.internal", "timeoutMs": 3000}
+# About the fetch on a request's path: the cache is never prewarmed here (test_ready.py
+# covers prewarm, refresh and stale copies).
+SVC = {"cluster": "error_pages", "authority": "errors.internal", "timeoutMs": 3000, "prewarm": False}
 PAGE_404 = {"matchResponseCodes": ["404"], "path": "/e/404.html"}
 PAGE_504 = {"matchResponseCodes": ["504"], "source": "proxy", "body": "gateway page {{status}} after {{originalStatus}} ({{codeDetails}})"}
 ENVOYS_PAGE = b"gateway page 504 after 404 (response_timeout)"

@@ -5,7 +5,7 @@ import pytest
 
 def basic_policy():
     return {
-        "errorService": {"cluster": "error_pages", "authority": "errors.internal", "timeoutMs": 500},
+        "errorService": {"cluster": "error_pages", "authority": "errors.internal", "timeoutMs": 500, "prewarm": False},
         "defaultCustomErrorResponsePolicy": {"errorResponseRules": [
             {"matchResponseCodes": ["404"], "path": "/errors/404.html"},
             {"matchResponseCodes": ["5xx"], "path": "/errors/5xx.html", "overrideResponseCode": 503},

@@ -3,7 +3,9 @@ cache, so an object is fetched at most once per worker per TTL; counters add up 
 workers in Envoy's stats. (`make e2e-workers` also runs the rest of the suite with two
 workers.)"""
 
-SVC = {"cluster": "error_pages", "timeoutMs": 1000, "cacheTtlSeconds": 300}
+# About the fetch on a request's path: the cache is never prewarmed here (test_ready.py
+# covers prewarm, refresh and stale copies).
+SVC = {"cluster": "error_pages", "timeoutMs": 1000, "cacheTtlSeconds": 300, "prewarm": False}
 
 
 def test_each_worker_fetches_an_object_at_most_once_per_ttl(start_envoy, errors):
