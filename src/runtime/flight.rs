@@ -27,9 +27,9 @@ use super::stream::{finish, resume, Pending, Phase, Slot, Unknowns};
 use super::worker::Worker;
 use super::Action;
 use crate::cache::{self, Object};
-use crate::config::{Serve, ServiceId, Variant};
+use crate::config::{ErrorService, Serve, ServiceId, Variant};
 use crate::decide::Decision;
-use crate::error_service::{self, FetchFailure};
+use crate::error_service::{self, CallFacts, FetchFailure};
 use crate::fasthash::FastMap;
 use crate::negotiate;
 use crate::reply::{self, Outcome};
@@ -57,6 +57,28 @@ pub(super) struct Ask {
 }
 
 impl Ask {
+    /// The `GET` of `path` for `variant` from `svc`, for an error of `status`; `request` is
+    /// the URI, host and id of the request it is for (none for the worker's own fetches).
+    pub fn new(
+        svc: &ErrorService,
+        service: ServiceId,
+        path: &str,
+        variant: &Variant,
+        status: u16,
+        request: Option<(&str, &str, &str)>,
+    ) -> Ask {
+        let format = crate::http::essence(&variant.content_type).to_string();
+        let (original_uri, original_host, request_id) = request.unwrap_or_default();
+        let call = CallFacts { original_status: status, format: &format, original_uri, original_host, request_id };
+        Ask {
+            cluster: svc.cluster.clone(),
+            headers: error_service::call_headers(svc, path, &call),
+            timeout_ms: svc.timeout_ms,
+            service,
+            default_type: variant.content_type.clone(),
+        }
+    }
+
     /// The same ask without what belonged to the request that made it (its URI, host and
     /// id): for the worker's own fetches of the object later.
     pub fn background(&self) -> Ask {

@@ -6,7 +6,7 @@
 use super::flight::Ask;
 use crate::cache::{self, Cache, State};
 use crate::config::{Config, RuleKind};
-use crate::error_service::{self, CallFacts};
+use crate::error_service;
 use crate::fasthash::FastMap;
 use log::warn;
 
@@ -196,21 +196,7 @@ fn objects(config: &Config) -> Vec<(String, Ask)> {
             let per_code = template.contains("{status}");
             for &code in codes.iter().take(if per_code { usize::MAX } else { 1 }) {
                 let path = error_service::object_path(template, code);
-                let format = crate::http::essence(&variant.content_type).to_string();
-                let call = CallFacts {
-                    original_status: code,
-                    format: &format,
-                    original_uri: "",
-                    original_host: "",
-                    request_id: "",
-                };
-                let ask = Ask {
-                    cluster: svc.cluster.clone(),
-                    headers: error_service::call_headers(svc, &path, &call),
-                    timeout_ms: svc.timeout_ms,
-                    service,
-                    default_type: variant.content_type.clone(),
-                };
+                let ask = Ask::new(svc, service, &path, variant, code, None);
                 out.push((cache::key(service, &path, &variant.content_type), ask));
             }
         }

@@ -41,7 +41,7 @@ use super::Action;
 use crate::cache::{self, Object};
 use crate::config::{Config, Rule, RuleAt, RuleKind, Serve, Variant};
 use crate::decide::{Decision, Observer, Step};
-use crate::error_service::{self, CallFacts};
+use crate::error_service;
 use crate::negotiate;
 use crate::reply::{self, Outcome};
 use crate::request::Metadata;
@@ -252,22 +252,8 @@ impl<H: Host> Stream<H> {
                 return Err(Miss::Follow(key));
             }
         }
-        let format = crate::http::essence(&variant.content_type).to_string();
         let (uri, host_name, request_id) = (facts.path(), facts.authority(), facts.request_id());
-        let call = CallFacts {
-            original_status: facts.status,
-            format: &format,
-            original_uri: &uri,
-            original_host: &host_name,
-            request_id: &request_id,
-        };
-        let ask = Ask {
-            cluster: svc.cluster.clone(),
-            headers: error_service::call_headers(svc, &path, &call),
-            timeout_ms: svc.timeout_ms,
-            service,
-            default_type: variant.content_type.clone(),
-        };
+        let ask = Ask::new(svc, service, &path, variant, facts.status, Some((&uri, &host_name, &request_id)));
         match flight::dispatch(&self.host, &self.worker, &ask) {
             Some(token) => {
                 debug!("custom-error-pages: [ctx {}] {}: fetching {path} from {}", self.id, facts.status, svc.cluster);

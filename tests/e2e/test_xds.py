@@ -153,3 +153,15 @@ def test_rss_stays_flat_over_hundreds_of_swaps(xds, errors):
     after = rss_kib(e.proc.pid)
     print(f"RSS over 200 policy swaps: {before} KiB -> {after} KiB ({after - before:+d} KiB)")
     assert after - before < 20 * 1024, f"{before} -> {after} KiB"
+
+
+@pytest.mark.wasm_only(reason="prewarm runs from the proxy-wasm root context (docs/native.md)")
+def test_a_new_policys_objects_are_prewarmed_when_it_goes_live(xds, errors):
+    errors.pages["/v1.html"] = {"body": "one"}
+    errors.pages["/v3.html"] = {"body": "three"}
+    e = xds.envoy
+    assert until(lambda: len(errors.requests_to("/v1.html")) > 0, True) is True, "the first policy's object, prewarmed"
+    assert errors.requests_to("/v3.html") == []
+    xds.filter(policy("/v3.html"))
+    assert until(lambda: len(errors.requests_to("/v3.html")) > 0, True) is True, "fetched with no request asking"
+    assert until(lambda: body(e), b"three") == b"three"
