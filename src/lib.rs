@@ -4,8 +4,9 @@
 //! routes), `decide` (which rule answers a response), `negotiate` (Accept),
 //! `template`, `cache`, `error_service` (the call and its answer), `fallback` (built-in
 //! pages), `reply` (what the client gets), `runtime` (one request's life over a `Host`
-//! trait). Only `envoy`, the proxy-wasm adapter, touches the host; it is compiled for
-//! wasm32 only, so everything else is tested as plain Rust on the host.
+//! trait). Only the adapters touch the host: `envoy` (proxy-wasm, compiled for wasm32
+//! only) and `native` (the Envoy dynamic module, feature `native`); everything else is
+//! tested as plain Rust on the host.
 
 pub mod cache;
 pub mod config;

@@ -7,7 +7,7 @@ use crate::matching::hosts::HostIndex;
 use crate::matching::routes::{PathRules, RouteRule};
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
-/// The largest `routeTimeoutMs` (one hour; Envoy's own route timeouts are usually seconds).
+/// The largest value in `routeTimeoutsMs` (one hour; Envoy's own route timeouts are usually seconds).
 pub const MAX_ROUTE_TIMEOUT_MS: u64 = 3_600_000;
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024;
 pub const DEFAULT_CACHE_TTL_S: u64 = 300;

@@ -236,7 +236,7 @@ impl Host for Wasm {
 
     /// Envoy hides the request headers (and with them the router's
     /// `x-envoy-expected-rq-timeout-ms`) from proxy-wasm after the request phase: the
-    /// policy's `routeTimeoutMs` says it instead.
+    /// policy's `routeTimeoutsMs` says it instead.
     fn proxy_timeout_ms(&self) -> Option<u64> {
         None
     }

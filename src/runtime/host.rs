@@ -77,7 +77,7 @@ pub trait Host: Clone {
     /// The timeout Envoy's router enforces for this request, when the proxy lets the
     /// filter read it (the dynamic module reads `x-envoy-expected-rq-timeout-ms`, which the
     /// router writes on the request; proxy-wasm hides request headers after the request
-    /// phase, so the wasm build answers `None` and takes the policy's `routeTimeoutMs`).
+    /// phase, so the wasm build answers `None` and takes the policy's `routeTimeoutsMs`).
     fn proxy_timeout_ms(&self) -> Option<u64>;
     /// Whether a call dispatched from the current callback when it is the worker's own
     /// (the proxy-wasm root context's tick) outlives every request: Envoy cancels a call

@@ -1,5 +1,6 @@
 //! One request's life in the filter, over a `Host` trait: the proxy-wasm adapter
-//! (`src/envoy/`) is one implementation, the tests' fake host another. Host-free, so it
+//! (`src/envoy/`) and the dynamic-module adapter (`src/native/`) implement it, and so does
+//! the tests' fake host. Host-free, so it
 //! compiles and is unit-tested on the host.
 
 mod facts;
