@@ -9,7 +9,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT INT TERM
 
 $PY envoy/demo/backend.py 8081 & pids+=($!)
-$PY -m http.server 8082 --bind 127.0.0.1 --directory envoy/error-pages >/dev/null 2>&1 & pids+=($!)
+$PY envoy/demo/pages.py 8082 envoy/error-pages & pids+=($!)
 .tools/envoy -c envoy/envoy.yaml --concurrency 2 --disable-hot-restart -l warning & pids+=($!)
 
 # Poll readiness (Envoy's admin /ready and the two servers' sockets).

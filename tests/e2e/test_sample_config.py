@@ -70,8 +70,7 @@ def sample(tmp_path):
     backend_port, pages_port = free_port(), free_port()
     procs = [
         subprocess.Popen([sys.executable, str(ROOT / "envoy/demo/backend.py"), str(backend_port)]),
-        subprocess.Popen([sys.executable, "-m", "http.server", str(pages_port), "--bind", "127.0.0.1",
-                          "--directory", str(ROOT / "envoy/error-pages")], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen([sys.executable, str(ROOT / "envoy/demo/pages.py"), str(pages_port), str(ROOT / "envoy/error-pages")]),
     ]
     e = None
     try:
