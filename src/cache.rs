@@ -403,6 +403,37 @@ mod tests {
     }
 
     #[test]
+    fn a_stale_read_makes_the_copy_the_most_recently_used() {
+        let mut c = Cache::default();
+        c.put("a".into(), obj(1), 1, 60, 0);
+        c.put("b".into(), obj(1), 1, 60, 0);
+        let before = c.entries["b"].last_used;
+        assert!(c.stale("a", 1_000).is_some());
+        assert!(c.entries["a"].last_used > before);
+    }
+
+    #[test]
+    fn at_the_very_end_of_its_ttl_or_window_an_entry_counts_as_past_it() {
+        // "stale" expires now (stale until 61,000); "fresh" was read later; "dead"'s window
+        // ends now.
+        let mut c = Cache::new(3, 1_000);
+        c.put("stale".into(), obj(1), 1, 60, 0);
+        c.put("dead".into(), obj(1), 1, 1, 0);
+        c.put("fresh".into(), obj(1), 60, 0, 0);
+        assert!(c.get("fresh", 0).is_some());
+        c.put("new".into(), obj(1), 60, 0, 2_000);
+        assert_eq!(c.state("dead", 2_000), State::Gone, "a window ending now: dead, evicted first");
+        assert_eq!(c.state("stale", 2_000), State::Stale);
+        let mut c = Cache::new(2, 1_000);
+        c.put("fresh".into(), obj(1), 60, 0, 0);
+        c.put("stale".into(), obj(1), 1, 60, 0);
+        assert!(c.get("stale", 999).is_some(), "read after the fresh one");
+        c.put("new".into(), obj(1), 60, 0, 1_000);
+        assert_eq!(c.state("stale", 1_000), State::Gone, "expiring now: stale, evicted before the fresh one");
+        assert!(c.get("fresh", 1_000).is_some());
+    }
+
+    #[test]
     fn stale_if_error_directive() {
         assert_eq!(stale_seconds(None, 86_400), 86_400);
         assert_eq!(stale_seconds(Some("max-age=60"), 86_400), 86_400);

@@ -63,8 +63,11 @@ impl Schedule {
         let mut s = Schedule::default();
         let mut wanted = 0usize;
         for (key, ask) in objects(config) {
+            if s.known.contains_key(&key) {
+                continue; // the same object named by two rules
+            }
             wanted += 1;
-            if s.known.len() < room && !s.known.contains_key(&key) {
+            if s.known.len() < room {
                 s.known.insert(key, Known { ask, held: false, failures: 0, retry_at_ms: 0 });
             }
         }
@@ -202,4 +205,92 @@ fn objects(config: &Config) -> Vec<(String, Ask)> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::Object;
+    use serde_json::json;
+    use std::rc::Rc;
+
+    fn config(rules: serde_json::Value, codes: &[u16]) -> Config {
+        let policy = json!({"errorService": {"cluster": "e", "prewarmCodes": codes},
+                            "defaultCustomErrorResponsePolicy": {"errorResponseRules": rules}});
+        crate::config::load(policy.to_string().as_bytes()).unwrap()
+    }
+
+    fn paths(s: &Schedule) -> Vec<String> {
+        let mut p: Vec<String> = s.known.keys().map(|k| k.split('|').nth(1).unwrap().to_string()).collect();
+        p.sort();
+        p
+    }
+
+    #[test]
+    fn status_paths_expand_over_exact_codes_and_the_prewarm_codes_in_a_class() {
+        let c = config(
+            json!([{"matchResponseCodes": ["404", "410", "5xx"], "path": "/e/{status}.html"}]),
+            &[404, 500, 503, 418],
+        );
+        let s = Schedule::plan(&c, 100);
+        assert_eq!(paths(&s), ["/e/404.html", "/e/410.html", "/e/500.html", "/e/503.html"], "418 is not the rule's");
+    }
+
+    #[test]
+    fn a_path_without_status_is_one_object_asked_for_as_the_rules_first_code() {
+        let c = config(json!([{"matchResponseCodes": ["460-470"], "path": "/e/range.html"}]), &[404]);
+        let s = Schedule::plan(&c, 100);
+        assert_eq!(paths(&s), ["/e/range.html"]);
+        let ask = &s.known.values().next().unwrap().ask;
+        assert!(ask.headers.iter().any(|(n, v)| *n == "x-code" && v == "460"));
+    }
+
+    #[test]
+    fn the_plan_stops_at_the_room_and_says_so_only_beyond_it() {
+        let rules = json!([{"matchResponseCodes": ["404"], "path": "/a.html"}, {"matchResponseCodes": ["410"], "path": "/b.html"},
+                           {"matchResponseCodes": ["500"], "path": "/a.html"}]);
+        let c = config(rules, &[]);
+        let s = Schedule::plan(&c, 2);
+        assert_eq!((s.known.len(), s.full), (2, false), "two objects (one named twice) in a room of two");
+        let s = Schedule::plan(&c, 1);
+        assert_eq!((s.known.len(), s.full), (1, true));
+        let s = Schedule::plan(&c, 3);
+        assert_eq!((s.known.len(), s.full), (2, false));
+    }
+
+    #[test]
+    fn no_room_is_said_once_and_drops_only_what_was_never_held() {
+        let c = config(
+            json!([{"matchResponseCodes": ["404"], "path": "/a.html"}, {"matchResponseCodes": ["410"], "path": "/b.html"}]),
+            &[],
+        );
+        let mut s = Schedule::plan(&c, 10);
+        let held = s.known.keys().next().unwrap().clone();
+        s.done(&held, Done::Stored, 0);
+        assert!(!s.full);
+        let other = s.known.keys().find(|k| **k != held).unwrap().clone();
+        s.done(&other, Done::NoRoom, 0);
+        assert!(s.full, "the cache is full: said once");
+        assert!(s.keeps(&held) && !s.known.contains_key(&other));
+    }
+
+    #[test]
+    fn learning_an_object_makes_it_kept_and_resets_its_failures() {
+        let c = config(json!([{"matchResponseCodes": ["404"], "path": "/a.html"}]), &[]);
+        let mut s = Schedule::plan(&c, 10);
+        let key = s.known.keys().next().unwrap().clone();
+        s.done(&key, Done::Failed, 0);
+        assert!(!s.keeps(&key));
+        let ask = s.known[&key].ask.clone();
+        s.learn(&key, &ask);
+        assert!(s.keeps(&key));
+        assert_eq!((s.known[&key].failures, s.known[&key].retry_at_ms), (0, 0));
+        let mut cache = Cache::default();
+        let object =
+            Rc::new(Object { body: b"x".to_vec().into(), content_type: "text/html".into(), cache_control: None });
+        cache.put(key.clone(), object, 4, 0, 0);
+        assert!(s.due(&cache, 2_999, |_| false, 4).is_empty());
+        assert_eq!(s.due(&cache, 3_000, |_| false, 4).len(), 1, "due at three quarters of its TTL");
+        assert!(s.due(&cache, 3_000, |_| true, 4).is_empty(), "not while a fetch of it is in flight");
+    }
 }

@@ -1145,3 +1145,20 @@ fn a_request_waiting_on_a_failed_prewarm_gets_a_fetch_of_its_own() {
     p.body_chunks(1, &[1]);
     p.log(1, |s| assert_eq!(s.body_out, b"its own"));
 }
+
+#[test]
+fn an_object_a_request_fetched_is_kept_fresh_too() {
+    let mut p = Proxy::with_background(json!({
+        "errorService": {"cluster": "errors", "cacheTtlSeconds": 4, "prewarm": false},
+        "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "path": "/404.html"}]}}));
+    p.tick();
+    assert_eq!(p.calls(), 0, "nothing prewarmed");
+    p.error(1, 404);
+    p.answer(100, ok_answer("v1"));
+    p.body_chunks(1, &[1]);
+    p.advance(2_900);
+    assert_eq!(p.calls(), 1);
+    p.advance(200);
+    assert_eq!((p.calls(), p.call(101).from), (2, ROOT), "refreshed from the worker's own context");
+    assert!(p.call(101).headers.iter().all(|(n, _)| *n != "x-request-id"), "without the first request's facts");
+}
