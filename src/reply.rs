@@ -419,6 +419,12 @@ mod tests {
         s.override_code = Some(500);
         let r = build(&s, &s.default, None, &Vars { status: 500, original_status: 404, ..Default::default() });
         assert_eq!(r.status, 500, "an override to another error still applies to the built-in page");
+        s.override_code = Some(400);
+        let r = build(&s, &s.default, None, &Vars { status: 400, original_status: 404, ..Default::default() });
+        assert_eq!(r.status, 400, "400 is an error code too");
+        s.override_code = Some(399);
+        let r = build(&s, &s.default, None, &Vars { status: 399, original_status: 404, ..Default::default() });
+        assert_eq!(r.status, 404, "399 is not");
     }
 
     #[test]

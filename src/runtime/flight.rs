@@ -153,7 +153,8 @@ pub(super) fn complete<H: Host>(host: &H, worker: &Worker<H>, token: u32, body_s
     }
     if retry {
         if let Some(token) = dispatch(host, worker, &flight.ask) {
-            let again = Flight { owner: Some(current), token, started_ms: now, background: None, ..flight };
+            // Its owner stays the root, whose fetch it was and which asks again.
+            let again = Flight { token, started_ms: now, background: None, ..flight };
             worker.flights.borrow_mut().insert(key, again);
             return;
         }

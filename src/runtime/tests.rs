@@ -1144,6 +1144,22 @@ fn a_request_waiting_on_a_failed_prewarm_gets_a_fetch_of_its_own() {
     p.answer(101, ok_answer("its own"));
     p.body_chunks(1, &[1]);
     p.log(1, |s| assert_eq!(s.body_out, b"its own"));
+    p.tick();
+    let counts = ["prewarmed", "prewarm_failed", "fetched"].map(|c| p.host.counter(c));
+    assert_eq!(counts, [0, 1, 1], "the second fetch is the request's, not a prewarm");
+}
+
+#[test]
+fn the_fetch_asked_again_for_a_waiter_is_timed_from_when_it_was_asked() {
+    let mut p = Proxy::with_background(rules(json!([{"matchResponseCodes": ["404"], "path": "/404.html"}])));
+    p.tick();
+    p.error(1, 404);
+    p.host.state().now_ms += 600;
+    p.answer(100, failed_answer()); // 600 ms after it was asked: unreachable, not a timeout
+    p.host.state().now_ms += 500;
+    p.answer(101, failed_answer()); // 500 ms after it was asked again, 1,100 after the first
+    p.tick();
+    assert_eq!((p.host.counter("fetch_failed.unreachable"), p.host.counter("fetch_failed.timeout")), (2, 0));
 }
 
 #[test]
