@@ -886,13 +886,19 @@ fn prewarm_off_for_a_service_fetches_nothing_ahead() {
     assert_eq!(p.calls(), 0);
 }
 
-#[test]
-fn prewarm_keeps_at_most_four_fetches_in_flight() {
+/// A `{status}` page for every error code, each prewarmed: 200 objects.
+fn every_code_policy() -> serde_json::Value {
     let codes: Vec<u16> = (400..=599).collect();
     let mut policy = warm_policy(60, 0);
     policy["errorService"]["prewarmCodes"] = json!(codes);
     policy["defaultCustomErrorResponsePolicy"]["errorResponseRules"] =
         json!([{"matchResponseCodes": ["4xx", "5xx"], "path": "/{status}.html"}]);
+    policy
+}
+
+#[test]
+fn prewarm_keeps_at_most_four_fetches_in_flight() {
+    let policy = every_code_policy();
     let mut p = Proxy::with_background(policy);
     p.tick();
     assert_eq!(p.calls(), 4);
@@ -1056,12 +1062,8 @@ fn an_object_that_may_not_be_cached_is_not_refreshed() {
 
 #[test]
 fn prewarm_stops_at_the_cache_bound_and_evicts_nothing() {
-    let codes: Vec<u16> = (400..=599).collect();
-    let mut policy = warm_policy(60, 0);
-    policy["errorService"]["prewarmCodes"] = json!(codes);
+    let mut policy = every_code_policy();
     policy["errorService"]["maxBodyBytes"] = json!(16 * 1024 * 1024);
-    policy["defaultCustomErrorResponsePolicy"]["errorResponseRules"] =
-        json!([{"matchResponseCodes": ["4xx", "5xx"], "path": "/{status}.html"}]);
     let mut p = Proxy::with_background(policy);
     let big = "x".repeat(6 * 1024 * 1024); // three of these do not fit in 16 MiB
     let mut answered = 0;
