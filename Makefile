@@ -2,13 +2,18 @@
 WASM := target/wasm32-wasip1/release/custom_error_pages.wasm
 PY := .tools/venv/bin/python
 
-.PHONY: setup build build-native lint test test-oldest unit e2e e2e-native e2e-oldest e2e-native-oldest e2e-workers compose-test run bench soak load mutants clean
+.PHONY: setup build build-small build-native lint test test-oldest unit e2e e2e-native e2e-oldest e2e-native-oldest e2e-workers compose-test run bench soak load mutants clean
 
 setup:
 	scripts/setup.sh
 
 build: setup
 	scripts/build.sh
+
+# The same module made smaller by binaryen's -Oz as well (compiles binaryen from C++ the
+# first time: several minutes on two cores, a C++ compiler needed).
+build-small: setup
+	scripts/build.sh --small
 
 # The same engine as an Envoy dynamic module: target/release/libcustom_error_pages.so
 # (built with the `native` profile: opt-level 3, panics unwind into the hooks' guards).

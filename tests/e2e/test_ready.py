@@ -169,6 +169,8 @@ def test_prewarm_does_not_storm_a_slow_error_service(start_envoy, errors):
     codes = list(range(400, 600))
     for code in codes:
         errors.pages[f"/e/{code}.html"] = {"body": f"{code}", "delay_ms": 300}
-    start_envoy(policy({"matchResponseCodes": ["4xx", "5xx"], "path": "/e/{status}.html"}, prewarmCodes=codes))
+    # A timeout long enough that no fetch is abandoned while the service still works on it.
+    start_envoy(policy({"matchResponseCodes": ["4xx", "5xx"], "path": "/e/{status}.html"},
+                       prewarmCodes=codes, timeoutMs=10000))
     wait_for(lambda: len(errors.requests) >= 40, what="forty prewarm fetches")
     assert 1 <= errors.most_at_once <= 4 * VMS, errors.most_at_once
