@@ -66,6 +66,8 @@ missing=""
 for pkg in $want; do
   command -v "$pkg" >/dev/null || [ -x "/usr/sbin/$pkg" ] || missing="$missing $pkg"
 done
+# nm reads the dynamic module's imports and Envoy's exports (tests/e2e/test_abi.py).
+command -v nm >/dev/null || missing="$missing binutils"
 if [ -n "$missing" ]; then
   echo "setup: installing$missing (Debian packages)"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
