@@ -86,6 +86,7 @@ run: build
 bench: build build-native
 	scripts/setup.sh bench
 	$(PY) bench/run.py
+	$(PY) bench/run.py --ready
 
 soak: build build-native
 	scripts/setup.sh bench

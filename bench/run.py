@@ -272,6 +272,8 @@ def main():
     ap.add_argument("--only", help="quick A/B: comma-separated kind:variant list, e.g. err:ours,err:native (no report)")
     ap.add_argument("--modules", help="with --only: comma-separated other builds of the module; variant bN is `ours` "
                     "with the Nth (A/B of builds in one Envoy), e.g. --modules old.wasm --only err:ours,err:b1")
+    ap.add_argument("--ready", action="store_true", help="first errors after a fresh start, and an error-service outage (bench/READY.md)")
+    ap.add_argument("--outage-seconds", type=int, default=60)
     args = ap.parse_args()
     for i, module in enumerate((args.modules or "").split(",") if args.modules else [], 1):
         VARIANTS[f"b{i}"] = (lambda m=module, i=i: [wasm(realistic_policy(300), f"b{i}", m)], f"our filter, realistic policy, cached, {module}")
@@ -282,7 +284,9 @@ def main():
         b = Bench(tmp)
         b.start()
         try:
-            if args.soak:
+            if args.ready:
+                ready(b, args)
+            elif args.soak:
                 soak(b, args)
             elif args.load:
                 load(b, args)
@@ -432,7 +436,8 @@ def write_report(args, results, errors_sent, cx, destroy, single):
               "Matching is hash lookups over the request's host and path segments, so it does not grow with the number of hosts; "
               "route rules of the matched host are walked in priority order (Google Cloud's first-match semantics), and only when "
               "some route rule covers the status.", "", micro(), ""]
-    lines += ["## More", "", "- Memory over 1,000,000 errors: [SOAK.md](SOAK.md) and, for the dynamic module, [SOAK-native.md](SOAK-native.md) (`make soak`).",
+    lines += ["## More", "", "- Pages ready before the error (the first errors after a start, an error-service outage): [READY.md](READY.md) (`make bench`).",
+              "- Memory over 1,000,000 errors: [SOAK.md](SOAK.md) and, for the dynamic module, [SOAK-native.md](SOAK-native.md) (`make soak`).",
               "- 1,000 connections for 30 s: [LOAD.md](LOAD.md) and, for the dynamic module, [LOAD-native.md](LOAD-native.md) (`make load`).",
               "- Why the figures are what they are (host calls per request, local reply versus in-place rewrite): [FINDINGS.md](FINDINGS.md).", ""]
     (ROOT / "bench/REPORT.md").write_text("\n".join(lines) + "\n")
@@ -538,6 +543,190 @@ def soak(b, args):
     text += ["", f"Growth from 10,000 to 1,000,000 errors: {growth:.1f} MiB (target: no more than 10 MiB): {'met' if growth <= 10 else 'NOT met'}.", ""]
     (ROOT / ("bench/SOAK.md" if variant == "ours" else "bench/SOAK-native.md")).write_text("\n".join(text))
     print("\n".join(text))
+
+
+class PageService:
+    """The error service for `--ready`: PAGE after `delay_ms` (an error service in another
+    zone, not on loopback), and an outage that is real: listener and kept-alive connections
+    closed, so Envoy's fetches are refused."""
+
+    def __init__(self, delay_ms):
+        import http.server
+        import threading
+
+        owner = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def do_GET(self):
+                owner.fetches += 1
+                time.sleep(delay_ms / 1000)
+                body = PAGE.encode()
+                self.send_response(200)
+                for k, v in (("content-type", "text/html"), ("cache-control", "max-age=300"), ("content-length", str(len(body)))):
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.write(body)
+
+        class Server(http.server.ThreadingHTTPServer):
+            daemon_threads = True
+            allow_reuse_address = True
+
+            def process_request(self, request, client_address):
+                owner.conns.append(request)
+                super().process_request(request, client_address)
+
+        self.fetches, self.conns, self.port = 0, [], free_port()
+        self.httpd = Server(("127.0.0.1", self.port), Handler)
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        for c in self.conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def ready_policy(prewarm, ttl=300, stale=None):
+    p = realistic_policy(ttl)
+    p["errorService"].update({"prewarm": prewarm})
+    if stale is not None:
+        p["errorService"]["staleIfErrorSeconds"] = stale
+    return p
+
+
+def fresh_envoy(tmp, name, filters, backend, errsvc):
+    """One Envoy (one worker) with one listener for `filters`, ready; returns (proc, port, admin)."""
+    port, admin = free_port(), free_port()
+    cfg = {"admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+           "static_resources": {"listeners": [listener(name, port, filters, "backend")],
+                                "clusters": [cluster("backend", backend), cluster("errsvc", errsvc)]}}
+    path = Path(tmp) / f"{name}.json"
+    path.write_text(json.dumps(cfg))
+    log = open(Path(tmp) / f"{name}.log", "wb")
+    proc = subprocess.Popen(PIN_ENVOY + [str(ENVOY), "-c", str(path), "--concurrency", "1", "--disable-hot-restart", "-l", "error"],
+                            stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, ENVOY_DYNAMIC_MODULES_SEARCH_PATH=str(NATIVE_DIR)))
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{admin}/ready", timeout=1).status == 200:
+                return proc, port, admin
+        except OSError:
+            time.sleep(0.02)
+    proc.kill()
+    raise RuntimeError(f"envoy not ready: {(Path(tmp) / f'{name}.log').read_text()[-3000:]}")
+
+
+def stop_proc(proc):
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+def timed_get(conn, path):
+    """(ms, status, body) of one request on a kept-alive connection."""
+    t0 = time.perf_counter()
+    conn.request("GET", path, headers={"host": HOST})
+    r = conn.getresponse()
+    body = r.read()
+    return (time.perf_counter() - t0) * 1000, r.status, body
+
+
+def build_filters(build, policy, name):
+    return [wasm(policy, name)] if build == "wasm" else [dynamic_module(policy)]
+
+
+def first_errors(b, tmp, build, prewarm, delay_ms, after_s, n=100):
+    """The first `n` errors, from `after_s` seconds after Envoy reports ready, one after
+    another on one connection: their latencies."""
+    import http.client
+    svc = PageService(delay_ms)
+    name = f"first_{build}_{prewarm}_{after_s}"
+    proc, port, _ = fresh_envoy(tmp, name, build_filters(build, ready_policy(prewarm), name), b.backend, svc.port)
+    try:
+        time.sleep(after_s)  # when traffic starts: this is what is measured, not a readiness wait
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        lat, right = [], 0
+        for _ in range(n):
+            ms, status, body = timed_get(conn, "/missing")
+            lat.append(ms)
+            right += status == 404 and body.decode() == PAGE
+        return {"p50": statistics.median(lat), "p99": statistics.quantiles(lat, n=100)[98], "max": max(lat),
+                "first": lat[0], "right": right, "n": n}
+    finally:
+        stop_proc(proc)
+        svc.stop()
+
+
+def outage(b, tmp, build, stale, seconds, ttl=10):
+    """Warm-up, then the error service down for `seconds` while errors keep coming (one
+    every 50 ms): the share of replies that carry the policy's own page."""
+    import http.client
+    svc = PageService(5)
+    policy = ready_policy(True, ttl=ttl, stale=stale)
+    proc, port, _ = fresh_envoy(tmp, f"outage_{build}_{stale}", build_filters(build, policy, f"outage_{stale}"), b.backend, svc.port)
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        for _ in range(20):  # warm-up: the page fetched (or prewarmed) and cached
+            timed_get(conn, "/missing")
+        svc.stop()
+        own = total = 0
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            _, status, body = timed_get(conn, "/missing")
+            total += 1
+            own += status == 404 and body.decode() == PAGE
+            time.sleep(0.05)
+        return own, total
+    finally:
+        stop_proc(proc)
+
+
+def ready(b, args):
+    """bench/READY.md: pages ready before the error (prewarm) and kept through an outage
+    (stale copies), for both builds."""
+    delay = 20
+    rows = ["# Pages ready before the error", "",
+            f"Produced by `make bench` (`bench/run.py --ready --outage-seconds {args.outage_seconds}`) on {time.strftime('%Y-%m-%d')}: "
+            f"a fresh Envoy 1.40 (`--concurrency 1`) per row, the realistic policy, nginx as backend (404), and an error service that "
+            f"answers after {delay} ms (one in another zone).", "",
+            "## The first 100 errors after a fresh start", "",
+            "One connection, one request after another, starting the moment Envoy reports ready or a second later. "
+            "Without prewarm the first error waits for the fetch; with it the page is asked for on the worker's first tick "
+            "(within 100 ms of the configuration going live), so an error in that first tick still waits (on the prewarm's "
+            "fetch). The dynamic module fetches on a request's path (Envoy gives its filters no call outside a request, "
+            "docs/native.md): its prewarm rows show that.", "",
+            "| build | prewarm | traffic starts | first error ms | p50 ms | p99 ms | the policy's page |", "|---|---|---|---:|---:|---:|---:|"]
+    for build in ("wasm", "dm"):
+        for prewarm in (False, True):
+            for after_s in (0, 1):
+                r = first_errors(b, b.tmp, build, prewarm, delay, after_s)
+                rows.append(f"| {'wasm module' if build == 'wasm' else 'dynamic module'} | {'on' if prewarm else 'off'} | "
+                            f"{'at ready' if after_s == 0 else f'{after_s} s after'} | {r['first']:.2f} | "
+                            f"{r['p50']:.2f} | {r['p99']:.2f} | {r['right']}/{r['n']} |")
+                print(rows[-1], flush=True)
+    rows += ["", f"## The error service down for {args.outage_seconds} s after warm-up", "",
+             f"`cacheTtlSeconds` 10, so every copy expires during the outage; one error every 50 ms. Replies that carry the policy's "
+             "own page (not the built-in one), with stale copies kept (`staleIfErrorSeconds` default, 86,400) and without "
+             "(`staleIfErrorSeconds: 0`, the behaviour before stale copies). Goal: 100 %.", "",
+             "| build | stale copies | the policy's page | share |", "|---|---|---:|---:|"]
+    for build in ("wasm", "dm"):
+        for stale in (None, 0):
+            own, total = outage(b, b.tmp, build, stale, args.outage_seconds)
+            rows.append(f"| {'wasm module' if build == 'wasm' else 'dynamic module'} | {'kept' if stale is None else 'none'} | "
+                        f"{own:,}/{total:,} | {100 * own / max(1, total):.1f} % |")
+            print(rows[-1], flush=True)
+    (ROOT / "bench/READY.md").write_text("\n".join(rows) + "\n")
+    print("\n".join(rows))
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ use log::{info, warn};
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, ContextType, LogLevel};
 use std::rc::Rc;
+use std::sync::Arc;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -48,7 +49,7 @@ impl RootContext for Root {
         if let Some(old) = &self.worker {
             old.flush_counters(&Wasm);
         }
-        self.worker = Some(Rc::new(Worker::new(&Wasm, cfg)));
+        self.worker = Some(Rc::new(Worker::new(&Wasm, Arc::new(cfg))));
         if !host::set_tick_ms(runtime::TICK_MS) {
             warn!("custom-error-pages: no tick: counters will not reach /stats");
         }

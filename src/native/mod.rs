@@ -5,9 +5,10 @@
 //! the configuration, the per-route configuration and one filter per stream.
 //!
 //! What differs from the proxy-wasm build, and why:
-//! - One module serves every worker thread (a wasm VM is per worker): the policy is
-//!   validated once when Envoy loads the configuration, and each worker thread builds its
-//!   own `Worker` (cache, fetches in flight) from it on its first stream, as a VM would.
+//! - One module serves every worker thread (a wasm VM is per worker): the policy is parsed
+//!   and validated once when Envoy loads the configuration, and each worker thread builds
+//!   its own `Worker` (cache, fetches in flight) around that shared policy on its first
+//!   stream, as a VM would.
 //! - No tick: the runtime's tick (clock, counters, fetches whose request is gone, deadlines)
 //!   runs from the response hook when it is due, counters are also added when a stream
 //!   completes, and the end of a request whose call was in flight has the fetch asked again
@@ -22,7 +23,7 @@ mod abi;
 mod host;
 mod timer;
 
-use crate::config::{self, Config};
+use crate::config::Config;
 use crate::runtime::{self, Stream, Worker};
 use abi::{ConfigPtr, FilterPtr};
 use host::{Defined, Enter, Native};
@@ -30,7 +31,7 @@ use log::{error, info};
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// Called once when Envoy loads the module.
 fn init() {
@@ -73,10 +74,17 @@ impl log::Log for EnvoyLog {
 static LIVE_CONFIGS: Mutex<Vec<u64>> = Mutex::new(Vec::new());
 static NEXT_GENERATION: AtomicU64 = AtomicU64::new(1);
 
+// Envoy's worker threads read one `ModuleConfig` at once: its parsed policy must be shareable.
+const _: fn() = || {
+    fn shared<T: Send + Sync>() {}
+    shared::<Config>();
+};
+
 /// The filter configuration: the policy, validated on Envoy's main thread.
 pub struct ModuleConfig {
     generation: u64,
-    text: Box<[u8]>,
+    /// Parsed once, here; every worker thread's `Worker` shares it.
+    config: Arc<Config>,
     counters: Vec<(String, usize)>,
     metadata_namespace: String,
 }
@@ -97,9 +105,9 @@ impl ModuleConfig {
         }
         Some(ModuleConfig {
             generation,
-            text: text.into(),
-            counters,
             metadata_namespace: cfg.metadata_namespace.clone(),
+            config: Arc::new(cfg),
+            counters,
         })
     }
 
@@ -116,13 +124,11 @@ impl ModuleConfig {
             }
             let live = LIVE_CONFIGS.lock().map(|l| l.clone()).unwrap_or_default();
             workers.retain(|(g, _, _)| live.contains(g));
-            // The same text passed validation on the main thread.
-            let cfg: Config = config::load(&self.text).ok()?;
             let host = Native(Rc::new(Defined {
                 counters: self.counters.clone(),
                 metadata_namespace: self.metadata_namespace.clone(),
             }));
-            let worker = Rc::new(Worker::new(&host, cfg));
+            let worker = Rc::new(Worker::new(&host, self.config.clone()));
             workers.push((self.generation, worker.clone(), host.clone()));
             Some((worker, host))
         })

@@ -53,6 +53,7 @@ use crate::request::RequestView;
 use log::{debug, warn};
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::sync::Arc;
 
 /// Original error body we drop while waiting for its end before we send the object anyway.
 const MAX_DROP_BYTES: usize = 64 * 1024;
@@ -120,7 +121,7 @@ impl<H: Host> Stream<H> {
         Stream { id, host, worker, phase: Phase::Idle, request: H::Map::default(), deadline: None }
     }
 
-    fn config(&self) -> Rc<Config> {
+    fn config(&self) -> Arc<Config> {
         self.worker.config.clone()
     }
 

@@ -36,7 +36,7 @@ impl Proxy {
         let host = Fake::default();
         host.state().now_ms = 1_000_000;
         let cfg = config::load(policy.to_string().as_bytes()).unwrap();
-        let worker = Rc::new(Worker::new(&host, cfg));
+        let worker = Rc::new(Worker::new(&host, std::sync::Arc::new(cfg)));
         Proxy { host, worker, streams: BTreeMap::new() }
     }
 
@@ -864,7 +864,7 @@ impl Proxy {
         host.state().now_ms = 1_000_000;
         host.state().detached_calls = true;
         let cfg = config::load(policy.to_string().as_bytes()).unwrap();
-        let worker = Rc::new(Worker::new(&host, cfg));
+        let worker = Rc::new(Worker::new(&host, std::sync::Arc::new(cfg)));
         Proxy { host, worker, streams: BTreeMap::new() }
     }
 

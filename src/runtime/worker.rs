@@ -9,13 +9,13 @@ use crate::cache::Cache;
 use crate::config::Config;
 use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// How often the adapter should call `Worker::on_tick` (the proxy-wasm root's tick).
 pub const TICK_MS: u32 = 100;
 
 pub struct Worker<H: Host> {
-    pub(crate) config: Rc<Config>,
+    pub(crate) config: Arc<Config>,
     pub(crate) cache: RefCell<Cache>,
     pub(crate) metrics: Metrics,
     /// Milliseconds since the epoch, refreshed on every tick: cache hits read it instead of
@@ -33,12 +33,13 @@ pub struct Worker<H: Host> {
 }
 
 impl<H: Host> Worker<H> {
-    pub fn new(host: &H, config: Config) -> Worker<H> {
+    /// `config` may be shared: the dynamic module's worker threads share one parsed policy.
+    pub fn new(host: &H, config: Arc<Config>) -> Worker<H> {
         let cache = Cache::default();
         let background = host.detached_calls();
         let schedule = if background { Schedule::plan(&config, cache.capacity()) } else { Schedule::default() };
         Worker {
-            config: Rc::new(config),
+            config,
             cache: RefCell::new(cache),
             metrics: Metrics::define(host),
             clock: Cell::new(host.now_ms()),
