@@ -9,6 +9,7 @@
 //! tested as plain Rust on the host.
 
 pub mod cache;
+pub mod cases;
 pub mod config;
 pub mod decide;
 pub mod error_service;

@@ -227,3 +227,67 @@ fn explain_says_whether_the_object_is_prewarmed_and_what_an_outage_serves() {
     let out = policy(&["explain", &off, "--host", "h", "--status", "404"]).1;
     assert!(out.contains("prewarmed: no"), "{out}");
 }
+
+fn root(path: &str) -> String {
+    format!("{}/{path}", env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn test_runs_the_sample_and_istio_cases_reaching_every_rule() {
+    for (policy_file, cases, rules) in [
+        ("envoy/policy.json", "tests/policy/envoy.cases.json", 9),
+        ("istio/policy.json", "tests/policy/istio.cases.json", 6),
+    ] {
+        let (ok, out, err) = policy(&["test", &root(policy_file), &root(cases), "--coverage", "--fail-under", "100"]);
+        assert!(ok, "{out}{err}");
+        assert!(out.contains(&format!("0 failed; rules reached: {rules}/{rules} (100.0 %)")), "{out}");
+        assert!(!out.contains("not reached"), "{out}");
+    }
+}
+
+#[test]
+fn test_a_wrong_expectation_fails_with_what_differs_and_the_engines_trace() {
+    let cases = temp(
+        "wrong.cases.json",
+        r#"{"cases": [{"name": "images are placeholders", "request": {"host": "shop.localhost", "path": "/images/a.png"},
+                       "response": {"status": 404}, "expect": {"status": 404, "object": "/images/missing.svg"}},
+                      {"name": "right", "request": {"host": "www.localhost"}, "response": {"status": 200}, "expect": {"result": "untouched"}}]}"#,
+    );
+    let (ok, out, err) = policy(&["test", &sample(), &cases]);
+    assert!(!ok);
+    assert!(out.contains("FAIL images are placeholders: upstream shop.localhost/images/a.png -> 404"), "{out}");
+    assert!(out.contains("  status: expected 404, got 200\n"), "{out}");
+    assert!(!out.contains("object: expected"), "the object was right: {out}");
+    assert!(out.contains("  - host \"shop.localhost\" selects path matcher \"shop\""), "the trace: {out}");
+    assert!(!out.contains("FAIL right"), "{out}");
+    assert!(out.contains("2 cases: 1 passed, 1 failed"), "{out}");
+    assert!(err.contains("1 of 2 cases failed"), "{err}");
+}
+
+#[test]
+fn test_coverage_is_exact_and_fail_under_fails_below_it() {
+    // Two of the sample's nine rules reached.
+    let cases = temp(
+        "partial.cases.json",
+        r#"{"cases": [{"response": {"status": 404}, "expect": {}}, {"response": {"status": 500}, "expect": {}}]}"#,
+    );
+    let (ok, out, _) = policy(&["test", &sample(), &cases, "--coverage"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("rules reached: 2/9 (22.2 %)"), "{out}");
+    assert_eq!(out.matches("not reached: ").count(), 7, "{out}");
+    assert!(out.contains("not reached: defaultCustomErrorResponsePolicy.errorResponseRules[2]"), "{out}");
+    assert!(!out.contains("not reached: defaultCustomErrorResponsePolicy.errorResponseRules[0]"), "{out}");
+    let (ok, _, err) = policy(&["test", &sample(), &cases, "--fail-under", "50"]);
+    assert!(!ok);
+    assert!(err.contains("rule coverage 22.2 % is under 50 %"), "{err}");
+    let (ok, _, _) = policy(&["test", &sample(), &cases, "--fail-under", "22"]);
+    assert!(ok, "22.2 % is not under 22 %");
+}
+
+#[test]
+fn test_a_bad_cases_file_is_refused_with_the_field() {
+    let cases = temp("bad.cases.json", r#"{"cases": [{"response": {"status": 404}, "expect": {"stauts": 404}}]}"#);
+    let (ok, _, err) = policy(&["test", &sample(), &cases]);
+    assert!(!ok);
+    assert!(err.contains("cases[0].expect.stauts: unknown field"), "{err}");
+}

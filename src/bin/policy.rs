@@ -6,10 +6,11 @@
 //!                       [--route-policy NAME] [--vhost-policy NAME]
 //!                       [--route-metadata NS.KEY=VALUE]... [--vhost-metadata NS.KEY=VALUE]...
 //!   policy import-gcp URLMAP.json --service BACKEND=cluster ...
+//!   policy test POLICY CASES [--coverage] [--fail-under PERCENT]
 
 use custom_error_pages::config::{self, Config, POLICY_KEY};
 use custom_error_pages::decide::Decision;
-use custom_error_pages::{error_service, gcp, negotiate, reply, request::StaticRequest};
+use custom_error_pages::{cases, error_service, gcp, negotiate, reply, request::StaticRequest};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
@@ -18,7 +19,8 @@ const USAGE: &str = "usage:
                       [--source proxy|upstream] [--method M]
                       [--route-policy NAME] [--vhost-policy NAME]
                       [--route-metadata NS.KEY=VALUE]... [--vhost-metadata NS.KEY=VALUE]...
-  policy import-gcp URLMAP.json --service BACKEND=CLUSTER [--service ...]";
+  policy import-gcp URLMAP.json --service BACKEND=CLUSTER [--service ...]
+  policy test POLICY CASES [--coverage] [--fail-under PERCENT]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,6 +28,7 @@ fn main() -> ExitCode {
         Some("check") => check(&args[1..]),
         Some("explain") => explain(&args[1..]),
         Some("import-gcp") => import(&args[1..]),
+        Some("test") => test(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
     match result {
@@ -196,5 +199,74 @@ fn import(args: &[String]) -> Result<(), String> {
     // What we print must load in the filter.
     config::load(text.as_bytes()).map_err(|e| format!("the imported policy does not load: {e}"))?;
     println!("{text}");
+    Ok(())
+}
+
+/// Every case through the engine; a failure prints the case, what differs and the engine's
+/// trace. Fails on any failing case, and below `--fail-under` percent of rules reached.
+fn test(args: &[String]) -> Result<(), String> {
+    let cfg = load(args.first())?;
+    let cases_path = args.get(1).ok_or(USAGE)?;
+    let list = cases::parse(&read(Some(cases_path))?, &cfg).map_err(|e| format!("{cases_path}: {e}"))?;
+    let (mut coverage, mut fail_under) = (false, None);
+    let mut rest = args.get(2..).unwrap_or(&[]).iter();
+    while let Some(flag) = rest.next() {
+        match flag.as_str() {
+            "--coverage" => coverage = true,
+            "--fail-under" => {
+                let v = rest.next().ok_or("--fail-under needs a percentage")?;
+                let n: f64 = v.parse().map_err(|_| format!("--fail-under {v}: not a number"))?;
+                fail_under = Some(n);
+            }
+            other => return Err(format!("unknown option {other}\n{USAGE}")),
+        }
+    }
+    let mut decided = Vec::with_capacity(list.len());
+    let mut failed = 0;
+    for case in &list {
+        let got = cases::decide(&cfg, case);
+        let diff = cases::mismatches(&case.expect, &got);
+        if !diff.is_empty() {
+            failed += 1;
+            let r = &case.request;
+            println!(
+                "FAIL {}: {} {}{} -> {}",
+                case.name,
+                if r.made_by_proxy { "proxy" } else { "upstream" },
+                r.authority,
+                r.path,
+                case.status
+            );
+            for d in &diff {
+                println!("  {d}");
+            }
+            println!("  engine:");
+            for line in &got.trace {
+                println!("  - {line}");
+            }
+        }
+        decided.push(got);
+    }
+    let (missed, total) = cases::unreached(&cfg, &decided);
+    let reached = total - missed.len();
+    let percent = if total == 0 { 100.0 } else { 100.0 * reached as f64 / total as f64 };
+    if coverage {
+        for id in &missed {
+            println!("not reached: {id}");
+        }
+    }
+    println!(
+        "{} cases: {} passed, {failed} failed; rules reached: {reached}/{total} ({percent:.1} %)",
+        list.len(),
+        list.len() - failed
+    );
+    if failed > 0 {
+        return Err(format!("{failed} of {} cases failed", list.len()));
+    }
+    if let Some(min) = fail_under {
+        if percent < min {
+            return Err(format!("rule coverage {percent:.1} % is under {min} %"));
+        }
+    }
     Ok(())
 }

@@ -4,7 +4,7 @@
 pub mod error;
 pub mod load;
 pub mod model;
-mod reader;
+pub(crate) mod reader;
 
 pub use error::ConfigError;
 pub use load::load;

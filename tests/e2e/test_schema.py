@@ -77,3 +77,17 @@ def test_schema_and_loader_agree_on_bad_policies(name, tmp_path):
     assert schema_errors, f"schema accepted {policy}"
     assert not ok, f"loader accepted {policy}"
     assert ": " in err.strip()  # field.path: reason
+
+
+CASES_SCHEMA = json.loads((ROOT / "schema/policy-tests.schema.json").read_text())
+
+
+@pytest.mark.parametrize("name", ["envoy.cases.json", "istio.cases.json"])
+def test_the_policy_test_cases_follow_their_schema(name):
+    jsonschema.Draft202012Validator.check_schema(CASES_SCHEMA)
+    validator = jsonschema.Draft202012Validator(CASES_SCHEMA)
+    cases = json.loads((ROOT / "tests/policy" / name).read_text())
+    assert [e.message for e in validator.iter_errors(cases)] == []
+    # The twin: a misspelt expectation is refused by the schema, as by the tool.
+    cases["cases"][0]["expect"]["stauts"] = 404
+    assert any("stauts" in e.message for e in validator.iter_errors(cases))
