@@ -25,7 +25,7 @@ build-native: setup
 	@echo "built $(NATIVE)"
 
 # Formatting, and clippy with warnings denied on the host (with the native adapter) and on
-# the wasm target (the host build never compiles src/envoy/), the test-only trap build included.
+# the wasm target (the host build never compiles src/proxy_wasm/), the test-only trap build included.
 lint: setup
 	cargo fmt --check
 	cargo fmt --check --manifest-path tools/wasm-shrink/Cargo.toml

@@ -4,9 +4,9 @@
 //! routes), `decide` (which rule answers a response), `negotiate` (Accept),
 //! `template`, `cache`, `error_service` (the call and its answer), `fallback` (built-in
 //! pages), `reply` (what the client gets), `runtime` (one request's life over a `Host`
-//! trait). Only the adapters touch the host: `envoy` (proxy-wasm, compiled for wasm32
-//! only) and `native` (the Envoy dynamic module, feature `native`); everything else is
-//! tested as plain Rust on the host.
+//! trait). Only the adapters touch the host, each named after Envoy's ABI it speaks:
+//! `proxy_wasm` (compiled for wasm32 only) and `dynamic_module` (feature `native`);
+//! everything else is tested as plain Rust on the host. docs/architecture.md draws it.
 
 pub mod cache;
 pub mod cases;
@@ -26,10 +26,10 @@ pub mod runtime;
 pub mod template;
 
 #[cfg(target_arch = "wasm32")]
-mod envoy;
+mod proxy_wasm;
 
 #[cfg(all(feature = "native", not(target_arch = "wasm32")))]
-mod native;
+mod dynamic_module;
 
 /// Appends `n` in decimal. The hot path builds its few strings by hand: `format!`'s
 /// machinery is measurably slow inside the wasm VM (bench/FINDINGS.md).

@@ -1,7 +1,7 @@
-//! What one request's life needs from the proxy, and nothing more. The proxy-wasm adapter
-//! (`src/envoy/`) implements it with host calls; tests implement it with a fake host that
-//! records what the filter did. Every status comes back as a value: the runtime decides
-//! what a refusal means (a response is never lost because the host said no).
+//! What one request's life needs from the proxy, and nothing more. Both adapters implement
+//! it with Envoy's calls; tests implement it with a fake host that records what the filter
+//! did. Every status comes back as a value: the runtime decides what a refusal means (a
+//! response is never lost because the host said no).
 
 pub use crate::request::Metadata;
 use std::borrow::Cow;

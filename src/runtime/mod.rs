@@ -1,7 +1,6 @@
 //! One request's life in the filter, over a `Host` trait: the proxy-wasm adapter
-//! (`src/envoy/`) and the dynamic-module adapter (`src/native/`) implement it, and so does
-//! the tests' fake host. Host-free, so it
-//! compiles and is unit-tested on the host.
+//! (`src/proxy_wasm/`), the dynamic-module adapter (`src/dynamic_module/`) and the tests'
+//! fake host implement it. Host-free, so it compiles and is unit-tested on the host.
 
 mod facts;
 mod flight;

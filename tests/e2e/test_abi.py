@@ -1,4 +1,4 @@
-"""The dynamic module's hand-written ABI (src/native/abi.rs) against the Envoy binary under
+"""The dynamic module's hand-written ABI (src/dynamic_module/abi.rs) against the Envoy binary under
 test (CI runs this suite on every Envoy the native build supports: 1.40.0 and 1.39.3): every
 callback the module imports is one this Envoy exports, and every positional constant the
 module passes means what the module takes it for. Envoy's header is not copied into the

@@ -162,13 +162,13 @@ PRUNABLE = {"on_log": "proxy_on_log", "on_done": "proxy_on_done", "on_http_reque
 def test_module_exports():
     """scripts/build.sh removes the SDK's exports of callbacks the filter does not implement
     (each costs a VM entry per request in Envoy); the ones it implements stay: a callback
-    implemented in src/envoy but pruned (or pruned in build.sh but implemented) fails here."""
+    implemented in src/proxy_wasm but pruned (or pruned in build.sh but implemented) fails here."""
     exports = wasm_exports(WASM.read_bytes())
     used = {"proxy_on_context_create", "proxy_on_request_headers", "proxy_on_response_headers",
             "proxy_on_response_body", "proxy_on_http_call_response", "proxy_on_delete",
             "proxy_on_configure", "proxy_on_tick", "proxy_on_memory_allocate", "proxy_abi_version_0_2_1"}
     assert used <= exports, used - exports
-    source = "".join(p.read_text() for p in (ROOT / "src/envoy").glob("*.rs"))
+    source = "".join(p.read_text() for p in (ROOT / "src/proxy_wasm").glob("*.rs"))
     for callback, export in PRUNABLE.items():
         implemented = f"fn {callback}(" in source
         assert (export in exports) == implemented, f"{callback} implemented={implemented} but {export} exported={export in exports}"

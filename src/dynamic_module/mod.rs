@@ -1,4 +1,4 @@
-//! The native adapter: the same engine and runtime as an Envoy dynamic module
+//! The dynamic-module adapter: the same engine and runtime as an Envoy dynamic module
 //! (`libcustom_error_pages.so`, `make build-native`), for Envoy users who want no wasm VM
 //! on the request path. `abi.rs` is the boundary (every `unsafe`, the exported hooks);
 //! `host.rs` implements the runtime's `Host`; this file holds the objects Envoy keeps:
