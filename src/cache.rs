@@ -63,43 +63,31 @@ pub fn key(service: ServiceId, path: &str, content_type: &str) -> String {
     key
 }
 
-/// How long an object may be reused: the smaller of the configured TTL and the object's
-/// own `max-age` (`s-maxage` first, as we are a shared cache); never for `no-store`,
-/// `private` or `no-cache`.
-pub fn ttl_seconds(cache_control: Option<&str>, configured: u64) -> u64 {
-    let mut ttl = configured;
-    if let Some(cc) = cache_control {
-        let mut max_age = None;
-        let mut s_maxage = None;
-        for directive in cc.split(',') {
-            let d = directive.trim().to_ascii_lowercase();
-            let (name, value) = match d.split_once('=') {
-                Some((n, v)) => (n.trim().to_string(), Some(v.trim().trim_matches('"').to_string())),
-                None => (d.clone(), None),
-            };
-            match name.as_str() {
-                "no-store" | "private" | "no-cache" => return 0,
-                "max-age" => max_age = value.and_then(|v| v.parse::<u64>().ok()).or(Some(0)),
-                "s-maxage" => s_maxage = value.and_then(|v| v.parse::<u64>().ok()).or(Some(0)),
-                _ => {}
-            }
-        }
-        if let Some(age) = s_maxage.or(max_age) {
-            ttl = ttl.min(age);
+/// How long an object may be reused, and how long past that it may still be served while
+/// it cannot be fetched again, from one reading of its `cache-control`:
+/// - reuse: the smaller of `ttl` and the object's own `max-age` (`s-maxage` first, as we
+///   are a shared cache); never for `no-store`, `private` or `no-cache`;
+/// - stale: the object's own `stale-if-error=N` (RFC 5861) when present (unreadable: 0),
+///   else `stale`.
+pub fn lifetimes(cache_control: Option<&str>, ttl: u64, stale: u64) -> (u64, u64) {
+    let (mut max_age, mut s_maxage, mut stale_if_error, mut never) = (None, None, None, false);
+    for directive in cache_control.unwrap_or("").split(',') {
+        let d = directive.trim().to_ascii_lowercase();
+        let (name, value) = match d.split_once('=') {
+            Some((n, v)) => (n.trim(), Some(v.trim().trim_matches('"'))),
+            None => (d.as_str(), None),
+        };
+        let seconds = value.and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        match name {
+            "no-store" | "private" | "no-cache" => never = true,
+            "max-age" => max_age = Some(seconds),
+            "s-maxage" => s_maxage = Some(seconds),
+            "stale-if-error" if stale_if_error.is_none() => stale_if_error = Some(seconds),
+            _ => {}
         }
     }
-    ttl
-}
-
-/// How long an expired object may still be served while it cannot be fetched again: the
-/// object's own `stale-if-error=N` (RFC 5861) when present, else `configured`.
-pub fn stale_seconds(cache_control: Option<&str>, configured: u64) -> u64 {
-    cache_control
-        .into_iter()
-        .flat_map(|cc| cc.split(','))
-        .filter_map(|d| d.trim().split_once('='))
-        .find(|(name, _)| name.trim().eq_ignore_ascii_case("stale-if-error"))
-        .map_or(configured, |(_, v)| v.trim().trim_matches('"').parse().unwrap_or(0))
+    let reuse = if never { 0 } else { s_maxage.or(max_age).map_or(ttl, |age| ttl.min(age)) };
+    (reuse, stale_if_error.unwrap_or(stale))
 }
 
 impl Cache {
@@ -152,7 +140,11 @@ impl Cache {
     /// another (the prewarm stops at the cache's bounds rather than evict in a loop).
     pub fn fits(&self, key: &str, size: usize) -> bool {
         let size = size + key.len();
-        self.entries.contains_key(key) || (self.entries.len() < self.max_entries && self.bytes + size <= self.max_bytes)
+        match self.entries.get(key) {
+            // A replacement frees its old copy's room first.
+            Some(old) => self.bytes - (old.object.body.len() + key.len()) + size <= self.max_bytes,
+            None => self.entries.len() < self.max_entries && self.bytes + size <= self.max_bytes,
+        }
     }
 
     /// Stores an object for `ttl_s` seconds, then `stale_s` more as a stale copy; a TTL
@@ -211,6 +203,22 @@ impl Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn ttl_seconds(cache_control: Option<&str>, configured: u64) -> u64 {
+        lifetimes(cache_control, configured, 0).0
+    }
+
+    fn stale_seconds(cache_control: Option<&str>, configured: u64) -> u64 {
+        lifetimes(cache_control, 0, configured).1
+    }
+
+    #[test]
+    fn one_reading_gives_both_lifetimes() {
+        let cc = Some("public, max-age=60, stale-if-error=600");
+        assert_eq!(lifetimes(cc, 300, 86_400), (60, 600));
+        assert_eq!(lifetimes(Some("no-store, stale-if-error=5"), 300, 86_400), (0, 5));
+        assert_eq!(lifetimes(None, 300, 86_400), (300, 86_400));
+    }
 
     fn obj(n: usize) -> Rc<Object> {
         Rc::new(Object { body: vec![b'x'; n].into(), content_type: "text/html".into(), cache_control: None })
@@ -452,6 +460,8 @@ mod tests {
         assert!(c.fits("b", 19) && !c.fits("b", 20), "bytes: key and body count");
         c.put("b".into(), obj(1), 60, 0, 0);
         assert!(!c.fits("c", 1), "entries: the cache is full");
+        // 10 + 2 bytes held: "a" may grow to 27 bytes of body (28 with its key), not 28.
+        assert!(c.fits("a", 27) && !c.fits("a", 28), "a replacement counts the room its old copy frees");
     }
 
     #[test]

@@ -180,8 +180,8 @@ fn evaluate<H: Host>(
         Ok(meta) => match host.call_response_body(body_size) {
             Some(body) => {
                 worker.metrics.fetched.bump();
-                let ttl = cache::ttl_seconds(meta.cache_control.as_deref(), svc.cache_ttl_s);
-                let stale = cache::stale_seconds(meta.cache_control.as_deref(), svc.stale_if_error_s);
+                let (ttl, stale) =
+                    cache::lifetimes(meta.cache_control.as_deref(), svc.cache_ttl_s, svc.stale_if_error_s);
                 let object = Rc::new(Object {
                     body: body.into(),
                     content_type: meta.content_type,

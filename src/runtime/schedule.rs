@@ -50,6 +50,13 @@ struct Known {
     retry_at_ms: u64,
 }
 
+impl Known {
+    /// The cache holds it now: kept fresh, failures forgotten.
+    fn held_now(&mut self) {
+        (self.held, self.failures, self.retry_at_ms) = (true, 0, 0);
+    }
+}
+
 #[derive(Default)]
 pub(super) struct Schedule {
     known: FastMap<String, Known>,
@@ -88,7 +95,7 @@ impl Schedule {
     /// loses what belonged to that request (its URI, host and id).
     pub(super) fn learn(&mut self, key: &str, ask: &Ask) {
         match self.known.get_mut(key) {
-            Some(k) => (k.held, k.failures, k.retry_at_ms) = (true, 0, 0),
+            Some(k) => k.held_now(),
             None => {
                 let ask = ask.background();
                 self.known.insert(key.to_string(), Known { ask, held: true, failures: 0, retry_at_ms: 0 });
@@ -107,27 +114,26 @@ impl Schedule {
         busy: impl Fn(&str) -> bool,
         room: usize,
     ) -> Vec<(String, Ask, Purpose)> {
-        self.known.retain(|key, k| !k.held || cache.state(key, now) != State::Gone);
         let mut out = Vec::new();
-        for (key, k) in &self.known {
-            if out.len() >= room {
-                break;
+        // One look at the cache per object: forget the held ones it lost, pick the due ones.
+        self.known.retain(|key, k| {
+            let state = cache.state(key, now);
+            if k.held && state == State::Gone {
+                return false;
             }
-            if now < k.retry_at_ms || busy(key) {
-                continue;
+            if out.len() >= room || now < k.retry_at_ms || busy(key) {
+                return true;
             }
-            let purpose = match cache.state(key, now) {
-                State::Fresh { stored_ms, expires_ms } => {
-                    if now < stored_ms + (expires_ms - stored_ms) * 3 / 4 {
-                        continue;
-                    }
-                    Purpose::Refresh
-                }
-                State::Stale => Purpose::Refresh,
-                State::Gone => Purpose::Prewarm,
+            let purpose = match state {
+                State::Fresh { stored_ms, expires_ms } if now < stored_ms + (expires_ms - stored_ms) * 3 / 4 => None,
+                State::Fresh { .. } | State::Stale => Some(Purpose::Refresh),
+                State::Gone => Some(Purpose::Prewarm),
             };
-            out.push((key.clone(), k.ask.clone(), purpose));
-        }
+            if let Some(purpose) = purpose {
+                out.push((key.clone(), k.ask.clone(), purpose));
+            }
+            true
+        });
         out
     }
 
@@ -136,7 +142,7 @@ impl Schedule {
         match result {
             Done::Stored => {
                 if let Some(k) = self.known.get_mut(key) {
-                    (k.held, k.failures, k.retry_at_ms) = (true, 0, 0);
+                    k.held_now();
                 }
             }
             Done::Uncacheable => {
