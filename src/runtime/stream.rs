@@ -1,41 +1,10 @@
-//! One request's life in the filter. All work happens on the response path; a response
-//! whose status no rule covers costs one header read.
-//!
-//! How the replacement reaches the client, and why (measured against Envoy 1.40):
-//! - Pausing in `on_http_response_headers` stops *all* iteration in Envoy: the upstream
-//!   body is buffered by Envoy (with flow control) and no body callback reaches the
-//!   filter until it resumes. So headers are paused only while an error object is being
-//!   fetched.
-//! - Once the replacement is known, the original headers are rewritten in place and sent;
-//!   the original body is dropped chunk by chunk and the object goes out with the *last*
-//!   chunk. Envoy reads the upstream response to its end and the client does not have its
-//!   page before that, so it cannot close early; the upstream connection goes back to the
-//!   pool. (A local reply at this point resets the upstream request and closes that
-//!   connection: what Envoy's native `custom_response` filter does on every error.)
-//! - Concurrent misses for one object do not stampede the error service: the first request
-//!   dispatches the call, and every miss (that one included) waits on the worker's flight
-//!   for the object (`flight.rs`); the answer completes them all (host calls switched to
-//!   their context with `set_effective_context`; Envoy defers their resumption until the
-//!   callback returns). Should the dispatching request die first (Envoy then cancels its
-//!   call), the fetch is asked again (the next miss, or the root's next tick, see
-//!   `flight.rs`). A tick rather than `on_done`: exporting `proxy_on_done` would cost every
-//!   request one more entry into the VM, for a rare event.
-//! - A held request whose Envoy deadline is known is answered before it, in Envoy's place
-//!   (`flight.rs`): Envoy's own reply would otherwise go to the client past the filter.
-//! - A response may end with trailers instead of a last body chunk (HTTP/2 upstreams,
-//!   Envoy-to-Envoy hops): the page then goes out before the trailers. Proxy-wasm can
-//!   write only a body Envoy holds for the filter from its trailers callback, so the wasm
-//!   build has Envoy hold the emptied chunks (`StopIterationAndBuffer`, nothing accumulates);
-//!   the dynamic module lets them go and adds the page from its trailers hook. Envoy calls
-//!   neither for a response without trailers.
-//! - Resumed after a wait, Envoy hands the filter what it held (body, then trailers) inside
-//!   its continuation, where a body the filter holds or adds before the trailers is lost
-//!   (measured on Envoy 1.40, both builds): the page then rides the first chunk.
-//! - An original body over `MAX_DROP_BYTES` is not waited for: the object goes out with
-//!   the chunk that crosses the limit.
-//! - The upstream response has no body (HEAD, `content-length: 0`, Envoy's own replies
-//!   without body): nothing can carry the object in place, so a local reply. The
-//!   upstream exchange is complete, nothing is cut short.
+//! One request's life in the filter (its `Phase`), driven by the adapter's callbacks. All
+//! work happens on the response path; a response whose status no rule covers costs one
+//! header read. Headers are held only while the object is fetched; the replacement then
+//! rewrites them in place and the page rides the original body's last chunk (the first
+//! after a wait; before the trailers of a response that ends with them); a response
+//! without a body gets a local reply. Why each of these, as measured against Envoy:
+//! docs/architecture.md, "How the page reaches the client".
 
 use super::facts::Facts;
 use super::flight::{self, Ask, Flight, Waiter, DEADLINE_MARGIN_MS};
