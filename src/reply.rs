@@ -164,7 +164,10 @@ pub fn headers<'a>(
             out.push((name, v));
         }
     }
-    out.push(("content-type".into(), reply.content_type.as_str().into()));
+    // An empty reply has no representation to describe.
+    if !reply.content_type.is_empty() {
+        out.push(("content-type".into(), reply.content_type.as_str().into()));
+    }
     if !serve.sets("cache-control") {
         match &reply.cache_control {
             Some(cc) => out.push(("cache-control".into(), cc.as_str().into())),

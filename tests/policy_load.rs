@@ -693,3 +693,28 @@ fn bad_prewarm_and_stale_settings_are_refused_with_their_path() {
     assert!(err(svc("staleIfErrorSeconds", json!(86_400 * 365 + 1))).contains("errorService.staleIfErrorSeconds"));
     assert!(load(svc("prewarmCodes", json!([])).to_string().as_bytes()).is_ok(), "an empty list prewarms no class");
 }
+
+/// `"body": ""` without `contentType` is an empty reply (no content type); its twins keep the
+/// default type: a non-empty body, a given type, or a path whose fallback is empty.
+#[test]
+fn an_empty_body_without_a_content_type_is_an_empty_reply() {
+    let content_type = |rule: serde_json::Value| -> String {
+        let policy = json!({"errorService": svc(), "defaultCustomErrorResponsePolicy": {"errorResponseRules": [rule]}});
+        let cfg = load(policy.to_string().as_bytes()).unwrap();
+        let mut req = StaticRequest { path: "/".into(), ..StaticRequest::default() };
+        match cfg.decide(403, &mut req) {
+            Decision::Serve(_, serve) => serve.default.content_type.clone(),
+            _ => panic!("no rule for 403"),
+        }
+    };
+    assert_eq!(content_type(json!({"matchResponseCodes": ["403"], "body": ""})), "");
+    assert_eq!(content_type(json!({"matchResponseCodes": ["403"], "body": "x"})), "text/html; charset=utf-8");
+    assert_eq!(
+        content_type(json!({"matchResponseCodes": ["403"], "body": "", "contentType": "text/plain"})),
+        "text/plain"
+    );
+    assert_eq!(
+        content_type(json!({"matchResponseCodes": ["403"], "body": "", "path": "/e.html"})),
+        "text/html; charset=utf-8"
+    );
+}

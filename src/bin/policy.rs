@@ -127,7 +127,11 @@ fn explain(args: &[String]) -> Result<(), String> {
                 "  status: {served}{}",
                 if served != status { format!(" (overrides {status})") } else { String::new() }
             );
-            println!("  variant: {}", variant.content_type);
+            if variant.content_type.is_empty() {
+                println!("  variant: none (an empty reply: no body, no content-type)");
+            } else {
+                println!("  variant: {}", variant.content_type);
+            }
             match (&variant.path, cfg.service(serve.service)) {
                 (Some(p), Some(svc)) => {
                     println!(

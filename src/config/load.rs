@@ -587,6 +587,8 @@ fn variant(o: &mut Obj<'_>, service: Option<ServiceId>, is_rule: bool) -> Result
             check_content_type(ct, &o.field_path("contentType"))?;
             ct.to_string()
         }
+        // An empty reply: the status and headers alone (Envoy Gateway's bare replies).
+        None if is_rule && path.is_none() && body == Some("") => NO_CONTENT_TYPE.to_string(),
         None if is_rule => DEFAULT_CONTENT_TYPE.to_string(),
         None => return Err(ConfigError::new(o.field_path("contentType"), "is required for a variant")),
     };

@@ -19,6 +19,8 @@ pub const DEFAULT_STALE_IF_ERROR_S: u64 = 86_400;
 pub const DEFAULT_PREWARM_CODES: [u16; 17] =
     [400, 401, 403, 404, 405, 408, 409, 410, 413, 414, 429, 431, 500, 501, 502, 503, 504];
 pub const DEFAULT_CONTENT_TYPE: &str = "text/html; charset=utf-8";
+/// The content type of an empty reply (`"body": ""` and no `contentType`): none is sent.
+pub const NO_CONTENT_TYPE: &str = "";
 /// The `filter_metadata` namespace a route or virtual host names its policy in.
 pub const DEFAULT_METADATA_NAMESPACE: &str = "custom_error_pages";
 /// The key under that namespace.

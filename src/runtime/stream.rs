@@ -311,7 +311,8 @@ pub(super) fn finish<H: Host>(
     // Otherwise no length: the client must not see its page complete before Envoy has read
     // the upstream response to its end, or it may close and take the upstream connection
     // with it (the last chunk's terminator is what it waits for).
-    if pending.facts.original_length().is_some_and(|n| n <= MAX_DROP_BYTES) {
+    // An empty reply says so (`content-length: 0`): nothing it carries can be cut short.
+    if reply.body.is_empty() || pending.facts.original_length().is_some_and(|n| n <= MAX_DROP_BYTES) {
         let mut length = String::with_capacity(8);
         crate::push_decimal(&mut length, reply.body.len() as u64);
         headers.push(("content-length".into(), length.into()));

@@ -244,6 +244,40 @@ fn after_a_wait_the_page_rides_the_first_chunk() {
 }
 
 #[test]
+fn an_empty_reply_has_no_content_type_and_says_its_length_is_zero() {
+    let mut p = Proxy::new(rules(
+        json!([{"matchResponseCodes": ["403"], "body": ""}, {"matchResponseCodes": ["404"], "body": "x"}]),
+    ));
+    p.request(1, "GET", "/");
+    assert_eq!(
+        p.respond(1, 403, &[("content-type", "text/html"), ("content-length", "900000")], false),
+        Action::Continue
+    );
+    p.body_chunks(1, &[10, 10]);
+    p.log(1, |s| {
+        assert_eq!(
+            (s.header(":status"), s.header("content-type"), s.header("content-length")),
+            (Some("403"), None, Some("0"))
+        );
+        assert!(s.body_out.is_empty());
+    });
+    // Headers only: a local reply, no content type either.
+    p.request(2, "HEAD", "/");
+    p.respond(2, 403, &[], true);
+    p.log(2, |s| {
+        let (status, headers, body) = s.local_reply.clone().unwrap();
+        assert_eq!((status, body.len()), (403, 0));
+        assert!(!headers.iter().any(|(k, _)| k == "content-type"), "{headers:?}");
+    });
+    // The twin: a one-byte page keeps its type, and its length only when the original's is known and short.
+    p.error(3, 404);
+    p.body_chunks(3, &[10]);
+    p.log(3, |s| {
+        assert_eq!((s.header("content-type"), s.header("content-length")), (Some("text/html; charset=utf-8"), None))
+    });
+}
+
+#[test]
 fn an_original_body_over_the_drop_limit_is_not_waited_for() {
     let mut p = Proxy::new(rules(json!([{"matchResponseCodes": ["500"], "body": "page"}])));
     p.error(1, 500);
