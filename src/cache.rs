@@ -218,6 +218,11 @@ mod tests {
         assert_eq!(lifetimes(cc, 300, 86_400), (60, 600));
         assert_eq!(lifetimes(Some("no-store, stale-if-error=5"), 300, 86_400), (0, 5));
         assert_eq!(lifetimes(None, 300, 86_400), (300, 86_400));
+        assert_eq!(
+            lifetimes(Some("stale-if-error=5, stale-if-error=9"), 300, 86_400),
+            (300, 5),
+            "the first one counts"
+        );
     }
 
     fn obj(n: usize) -> Rc<Object> {

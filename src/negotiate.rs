@@ -105,6 +105,7 @@ mod tests {
             headers: vec![],
             template: false,
             service: Some(ServiceId(0)),
+            location: None,
         }
     }
 

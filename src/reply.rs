@@ -37,6 +37,8 @@ pub struct Reply {
     pub cache_control: Option<String>,
     pub body: Rc<[u8]>,
     pub outcome: Outcome,
+    /// A redirect's `location`, rendered.
+    pub location: Option<String>,
 }
 
 /// Original response headers that survive the replacement: they carry meaning for the
@@ -64,15 +66,26 @@ pub fn served_status(serve: &Serve, original: u16) -> u16 {
 
 /// Whether building the reply will render a template (so the request facts are needed).
 pub fn needs_vars(serve: &Serve, variant: &Variant, object: Option<&Object>) -> bool {
-    match object {
+    let page = match object {
         Some(obj) => serve.template && obj.body.windows(2).any(|w| w == b"{{"),
         None => variant.body.as_deref().or(serve.default.body.as_deref()).is_some_and(template::has_variables),
-    }
+    };
+    page || serve.location.as_deref().is_some_and(template::has_variables)
 }
 
 /// The reply from an inline body or a fetched object; `None` object means the fetch
 /// failed (the variant's body, else the rule's body, else the built-in page).
 pub fn build(serve: &Serve, variant: &Variant, object: Option<(Rc<Object>, Outcome)>, vars: &Vars<'_>) -> Reply {
+    let mut reply = page(serve, variant, object, vars);
+    // A redirect goes where the rule says, unless the built-in page went back to the
+    // original error status.
+    if (300..400).contains(&reply.status) {
+        reply.location = serve.location.as_deref().map(|l| template::render_location(l, vars));
+    }
+    reply
+}
+
+fn page(serve: &Serve, variant: &Variant, object: Option<(Rc<Object>, Outcome)>, vars: &Vars<'_>) -> Reply {
     let status = vars.status;
     match object {
         Some((obj, outcome)) => {
@@ -83,6 +96,7 @@ pub fn build(serve: &Serve, variant: &Variant, object: Option<(Rc<Object>, Outco
                 cache_control: obj.cache_control.clone(),
                 body,
                 outcome,
+                location: None,
             }
         }
         None => {
@@ -101,6 +115,7 @@ pub fn build(serve: &Serve, variant: &Variant, object: Option<(Rc<Object>, Outco
                         cache_control: None,
                         body: text.into_bytes().into(),
                         outcome,
+                        location: None,
                     }
                 }
                 None => {
@@ -116,6 +131,7 @@ pub fn build(serve: &Serve, variant: &Variant, object: Option<(Rc<Object>, Outco
                         cache_control: None,
                         body: fallback::page(status, &variant.content_type).into_bytes().into(),
                         outcome: Outcome::Fallback,
+                        location: None,
                     }
                 }
             }
@@ -175,6 +191,9 @@ pub fn headers<'a>(
             None => {}
         }
     }
+    if let Some(location) = &reply.location {
+        out.push(("location".into(), location.as_str().into()));
+    }
     for (k, v) in &serve.headers {
         if k == "vary" {
             vary = Some(v.as_str().into());
@@ -206,6 +225,7 @@ mod tests {
             headers: vec![("retry-after".into(), "120".into())],
             template: false,
             service: Some(ServiceId(0)),
+            location: None,
         }
     }
 

@@ -2,7 +2,7 @@
 //! that a request path such as `/<script>` comes back as text, never as markup.
 
 pub const VARIABLES: &[&str] =
-    &["status", "originalStatus", "requestId", "host", "path", "method", "source", "codeDetails"];
+    &["status", "originalStatus", "requestId", "host", "path", "method", "source", "codeDetails", "url"];
 
 /// How a value must be escaped to stay data inside an object of a content type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +36,8 @@ pub struct Vars<'a> {
     pub method: &'a str,
     pub source: &'a str,
     pub code_details: &'a str,
+    /// `https` or `http`, for `{{url}}`.
+    pub scheme: &'a str,
 }
 
 impl Vars<'_> {
@@ -49,6 +51,9 @@ impl Vars<'_> {
             "method" => self.method.to_string(),
             "source" => self.source.to_string(),
             "codeDetails" => self.code_details.to_string(),
+            "url" => {
+                format!("{}://{}{}", if self.scheme.is_empty() { "http" } else { self.scheme }, self.host, self.path)
+            }
             _ => return None,
         })
     }
@@ -71,6 +76,44 @@ pub fn validate(text: &str) -> Result<(), String> {
 
 pub fn has_variables(text: &str) -> bool {
     text.contains("{{")
+}
+
+/// A redirect's `location`: `{{url}}` (the original URL) percent-encoded whole, as the value
+/// of a query parameter (`/login?next={{url}}`); the other variables percent-encoded where
+/// a URL cannot hold their bytes (controls, space, quotes, `<>\^`{|}`, `#`, non-ASCII),
+/// keeping their `/`, `?`, `&`, `=` and the client's own `%` escapes
+/// (`https://new.example.com{{path}}`). Never a CR or LF.
+pub fn render_location(text: &str, vars: &Vars<'_>) -> String {
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else {
+            rest = &rest[start..];
+            break;
+        };
+        let name = after[..end].trim();
+        let whole = name == "url";
+        if let Some(value) = vars.get(name) {
+            for b in value.bytes() {
+                // In a URL already (`{{path}}`): its structure and the client's own `%`
+                // escapes stay. As one parameter (`{{url}}`): only unreserved bytes stay.
+                let structure = b"/?&=:@+,;!$'()*%";
+                let keep = b.is_ascii_alphanumeric() || b"-._~".contains(&b) || (!whole && structure.contains(&b));
+                if keep {
+                    out.push(char::from(b));
+                } else {
+                    out.push_str(&format!("%{b:02X}"));
+                }
+            }
+        }
+        rest = &after[end + 2..];
+    }
+    // What is left (no more `{{`, or one never closed: validation refused those) stays as
+    // written, but never a control character.
+    out.extend(rest.chars().filter(|c| !c.is_control()));
+    out
 }
 
 /// Replaces known `{{variables}}`; anything else is left as written.
@@ -150,6 +193,7 @@ mod tests {
             method: "GET",
             source: "proxy",
             code_details: "x",
+            scheme: "https",
         }
     }
 
@@ -224,7 +268,40 @@ mod tests {
         assert!(validate("no vars").is_ok());
         assert_eq!(
             validate("{{stauts}}").unwrap_err(),
-            "unknown template variable \"{{stauts}}\" (known: status, originalStatus, requestId, host, path, method, source, codeDetails)"
+            "unknown template variable \"{{stauts}}\" (known: status, originalStatus, requestId, host, path, method, source, codeDetails, url)"
         );
+    }
+}
+
+#[cfg(test)]
+mod location_tests {
+    use super::*;
+
+    fn vars<'a>(host: &'a str, path: &'a str, scheme: &'a str) -> Vars<'a> {
+        Vars { status: 302, original_status: 401, host, path, scheme, ..Vars::default() }
+    }
+
+    #[test]
+    fn the_url_is_one_encoded_parameter_and_the_path_keeps_its_shape() {
+        let v = vars("shop.test", "/cart?item=a b&x=1%2F", "https");
+        assert_eq!(
+            render_location("/login?next={{url}}", &v),
+            "/login?next=https%3A%2F%2Fshop.test%2Fcart%3Fitem%3Da%20b%26x%3D1%252F"
+        );
+        assert_eq!(
+            render_location("https://new.test{{path}}", &v),
+            "https://new.test/cart?item=a%20b&x=1%2F",
+            "its escapes kept"
+        );
+        assert_eq!(render_location("/e/{{status}}?from={{originalStatus}}", &v), "/e/302?from=401");
+        assert_eq!(render_location("/plain", &v), "/plain", "no variable: as written");
+    }
+
+    #[test]
+    fn no_control_character_or_fragment_survives() {
+        let v = vars("a\r\nset-cookie: x", "/p#frag\u{7f}é", "");
+        assert_eq!(render_location("//{{host}}{{path}}", &v), "//a%0D%0Aset-cookie:%20x/p%23frag%7F%C3%A9");
+        assert!(render_location("{{url}}", &v).starts_with("http%3A%2F%2Fa%0D%0A"), "no scheme known: http");
+        assert_eq!(render_location("/x{{host", &v), "/x{{host", "an unclosed variable stays as written");
     }
 }

@@ -39,7 +39,8 @@ fn cacheable_override_warned_unless_the_rule_decides() {
         cfg.warnings.iter().any(|w| w.contains("overrideResponseCode") && w.contains("cache-control"))
     };
     assert!(warned(json!({"matchResponseCodes": ["503"], "path": "/m.html", "overrideResponseCode": 200})));
-    assert!(warned(json!({"matchResponseCodes": ["503"], "path": "/m.html", "overrideResponseCode": 302})));
+    assert!(warned(json!({"matchResponseCodes": ["503"], "path": "/m.html", "overrideResponseCode": 302,
+                          "headers": {"location": "/down"}})));
     assert!(warned(json!({"matchResponseCodes": ["503"], "body": "x", "overrideResponseCode": 200,
                           "variants": [{"contentType": "application/json", "path": "/m.json"}]})));
     assert!(!warned(json!({"matchResponseCodes": ["503"], "path": "/m.html", "overrideResponseCode": 200,
@@ -717,4 +718,49 @@ fn an_empty_body_without_a_content_type_is_an_empty_reply() {
         content_type(json!({"matchResponseCodes": ["403"], "body": "", "path": "/e.html"})),
         "text/html; charset=utf-8"
     );
+}
+
+/// A redirect: 301, 302, 303, 307 or 308 with `headers.location` (templated, checked); no
+/// object needed. Its twins: no location, another 3xx, an unknown variable.
+#[test]
+fn a_redirect_needs_a_location_and_a_redirect_code() {
+    let rule = |extra: serde_json::Value| {
+        let mut r = json!({"matchResponseCodes": ["401"], "overrideResponseCode": 302});
+        r.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [r]}})
+    };
+    let cfg = load(rule(json!({"headers": {"Location": "/login?next={{url}}"}})).to_string().as_bytes()).unwrap();
+    let mut req = StaticRequest { path: "/".into(), ..StaticRequest::default() };
+    match cfg.decide(401, &mut req) {
+        Decision::Serve(_, serve) => {
+            assert_eq!(serve.location.as_deref(), Some("/login?next={{url}}"));
+            assert!(serve.headers.is_empty(), "location is the redirect's, not a plain header");
+            assert_eq!(
+                (serve.default.body.as_deref(), serve.default.content_type.as_str()),
+                (Some(""), ""),
+                "an empty reply"
+            );
+        }
+        _ => panic!("no rule for 401"),
+    }
+    assert_eq!(
+        err(rule(json!({"body": "x"}))),
+        "defaultCustomErrorResponsePolicy.errorResponseRules[0].headers: a redirect (overrideResponseCode 3xx) needs headers.location"
+    );
+    let mut other = rule(json!({"headers": {"location": "/x"}}));
+    other["defaultCustomErrorResponsePolicy"]["errorResponseRules"][0]["overrideResponseCode"] = json!(305);
+    assert!(err(other).ends_with(
+        "overrideResponseCode: 305 is not a redirect code a rule may answer with (301, 302, 303, 307, 308)"
+    ));
+    assert!(err(rule(json!({"headers": {"location": "/x?{{nope}}"}}))).starts_with(
+        "defaultCustomErrorResponsePolicy.errorResponseRules[0].headers.location: unknown template variable"
+    ));
+    // Not a redirect: a location header is an ordinary header, left as written.
+    let plain = json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+        {"matchResponseCodes": ["404"], "body": "x", "headers": {"location": "/{{path}}"}}]}});
+    let cfg = load(plain.to_string().as_bytes()).unwrap();
+    match cfg.decide(404, &mut req) {
+        Decision::Serve(_, serve) => assert!(serve.location.is_none() && serve.headers.len() == 1),
+        _ => panic!("no rule for 404"),
+    }
 }

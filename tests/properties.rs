@@ -66,6 +66,25 @@ impl Rng {
 }
 
 #[test]
+fn a_redirects_location_never_carries_a_control_character_a_space_or_a_fragment() {
+    let mut rng = Rng(0x2545F4914F6CDD1D);
+    for _ in 0..5_000 {
+        let (path, host) = (rng.hostile(), rng.hostile());
+        let vars =
+            Vars { status: 302, original_status: 401, host: &host, path: &path, scheme: "https", ..Vars::default() };
+        for template in ["/login?next={{url}}", "https://new.test{{path}}", "//{{host}}/x"] {
+            let location = custom_error_pages::template::render_location(template, &vars);
+            assert!(
+                !location.contains(|c: char| c.is_control() || c == ' ' || c == '#' || !c.is_ascii()),
+                "{location:?}"
+            );
+        }
+        let next = custom_error_pages::template::render_location("{{url}}", &vars);
+        assert!(!next.contains(['/', '?', '&', '=']), "the URL is one parameter value: {next:?}");
+    }
+}
+
+#[test]
 fn request_input_never_appears_unescaped_in_html_or_json() {
     let mut rng = Rng(0x9E3779B97F4A7C15);
     for _ in 0..5_000 {
@@ -79,6 +98,7 @@ fn request_input_never_appears_unescaped_in_html_or_json() {
             method: &method,
             source: "upstream",
             code_details: "via_upstream",
+            scheme: "https",
         };
         let html = render("<p>{{path}}|{{host}}|{{requestId}}|{{method}}</p>", &vars, Escape::Html);
         let inner = &html["<p>".len()..html.len() - "</p>".len()];
@@ -162,6 +182,7 @@ fn cache_key_cannot_be_chosen_by_request_headers() {
         headers: vec![],
         template: false,
         service: Some(ServiceId(0)),
+        location: None,
     };
     let allowed: Vec<String> = ["text/html; charset=utf-8", "application/json", "text/plain"]
         .iter()

@@ -366,9 +366,16 @@ impl Loader {
                     format!("{c} cannot carry a body, so it cannot serve an error page"),
                 ))
             }
+            Some(c @ (300..=399)) if !REDIRECT_CODES.contains(&(c as u16)) => {
+                return Err(ConfigError::new(
+                    o.field_path("overrideResponseCode"),
+                    format!("{c} is not a redirect code a rule may answer with (301, 302, 303, 307, 308)"),
+                ))
+            }
             other => other.map(|c| c as u16),
         };
-        let default = variant(&mut o, service, true)?;
+        let redirect = override_code.is_some_and(|c| REDIRECT_CODES.contains(&c));
+        let mut default = variant(&mut o, service, true)?;
         let template = o.opt_bool("template")?.unwrap_or(false);
         let mut variants = Vec::new();
         for (vp, vv) in o.opt_array("variants")? {
@@ -380,7 +387,27 @@ impl Loader {
             v.finish()?;
             variants.push(parsed);
         }
-        let headers = rule_headers(&mut o)?;
+        let mut headers = rule_headers(&mut o)?;
+        let location = match headers.iter().position(|(n, _)| n == "location") {
+            Some(i) if redirect => {
+                let (_, value) = headers.remove(i);
+                let p = o.field_path("headers.location");
+                template::validate(&value).map_err(|e| ConfigError::new(&p, e))?;
+                Some(value)
+            }
+            _ if redirect => {
+                return Err(ConfigError::new(
+                    o.field_path("headers"),
+                    "a redirect (overrideResponseCode 3xx) needs headers.location",
+                ))
+            }
+            _ => None,
+        };
+        // A redirect carries no page unless the rule gives one: an empty reply.
+        if redirect && default.path.is_none() && default.body.is_none() && variants.is_empty() {
+            default.body = Some(String::new());
+            default.content_type = NO_CONTENT_TYPE.to_string();
+        }
         o.opt_str("description")?;
         let kind = if passthrough {
             if default.path.is_some() || default.body.is_some() || !variants.is_empty() || override_code.is_some() {
@@ -397,7 +424,7 @@ impl Loader {
                     "a rule needs a path (fetched from the error service), a body, or \"passthrough\": true",
                 ));
             }
-            RuleKind::Serve(Box::new(Serve { override_code, default, variants, headers, template, service }))
+            RuleKind::Serve(Box::new(Serve { override_code, default, variants, headers, template, service, location }))
         };
         o.finish()?;
         Ok(Rule { id, at, level, specs, source, kind })

@@ -19,6 +19,8 @@ pub const DEFAULT_STALE_IF_ERROR_S: u64 = 86_400;
 pub const DEFAULT_PREWARM_CODES: [u16; 17] =
     [400, 401, 403, 404, 405, 408, 409, 410, 413, 414, 429, 431, 500, 501, 502, 503, 504];
 pub const DEFAULT_CONTENT_TYPE: &str = "text/html; charset=utf-8";
+/// The codes a rule may redirect with (`overrideResponseCode` and `headers.location`).
+pub const REDIRECT_CODES: [u16; 5] = [301, 302, 303, 307, 308];
 /// The content type of an empty reply (`"body": ""` and no `contentType`): none is sent.
 pub const NO_CONTENT_TYPE: &str = "";
 /// The `filter_metadata` namespace a route or virtual host names its policy in.
@@ -89,12 +91,14 @@ pub struct Serve {
     /// Render `{{...}}` variables in fetched objects too.
     pub template: bool,
     pub service: Option<ServiceId>,
+    /// A redirect's `location` (its `headers.location`, templated), with a 3xx override.
+    pub location: Option<String>,
 }
 
 impl Serve {
     /// Whether the rule's `headers` set this (lower-case) header.
     pub fn sets(&self, name: &str) -> bool {
-        self.headers.iter().any(|(n, _)| n == name)
+        self.headers.iter().any(|(n, _)| n == name) || (name == "location" && self.location.is_some())
     }
 }
 

@@ -25,6 +25,7 @@ pub(crate) struct Facts<H: Host> {
     method: Option<String>,
     request_id: Option<String>,
     code_details: Option<String>,
+    scheme: Option<String>,
 }
 
 impl<H: Host> Facts<H> {
@@ -40,6 +41,7 @@ impl<H: Host> Facts<H> {
             method: None,
             request_id: None,
             code_details: None,
+            scheme: None,
         }
     }
 
@@ -102,6 +104,16 @@ impl<H: Host> Facts<H> {
         self.method();
         self.request_id();
         self.code_details();
+        // What the client used: a proxy in front says so in x-forwarded-proto.
+        if self.scheme.is_none() {
+            let forwarded = remember(&mut None, &self.request, "x-forwarded-proto");
+            let first = forwarded.split(',').next().unwrap_or("").trim().to_ascii_lowercase();
+            self.scheme = Some(if first.is_empty() {
+                remember(&mut None, &self.request, ":scheme").to_ascii_lowercase()
+            } else {
+                first
+            });
+        }
         let source = if self.made_by_proxy() { "proxy" } else { "upstream" };
         Vars {
             status: self.served,
@@ -112,6 +124,7 @@ impl<H: Host> Facts<H> {
             method: self.method.as_deref().unwrap_or(""),
             source,
             code_details: self.code_details.as_deref().unwrap_or(""),
+            scheme: self.scheme.as_deref().unwrap_or(""),
         }
     }
 }

@@ -384,9 +384,8 @@ impl<H: Host> Stream<H> {
             // arrives (nothing accumulates), and the last one carries the object.
             *dropped += body_size;
             let now = !*sent && (end_of_stream || *first_chunk || *dropped > MAX_DROP_BYTES);
-            if !self.host.replace_response_body(body_size, if now { body } else { &[] }) {
-                warn!("custom-error-pages: [ctx {}] the proxy refused to replace a response body chunk", self.id);
-            }
+            let replaced = self.host.replace_response_body(body_size, if now { body } else { &[] });
+            warn_if_refused(replaced, self.id, "to replace a response body chunk");
             *sent |= now;
             if !*sent && self.host.holds_emptied_chunks() {
                 return Action::Pause;
@@ -400,10 +399,11 @@ impl<H: Host> Stream<H> {
     pub fn on_response_trailers(&mut self) -> Action {
         self.adopt();
         if let Phase::Streaming { body, sent, .. } = &mut self.phase {
-            if !*sent && !self.host.body_before_trailers(body) {
-                warn!(
-                    "custom-error-pages: [ctx {}] the proxy refused the page before the response's trailers",
-                    self.id
+            if !*sent {
+                warn_if_refused(
+                    self.host.body_before_trailers(body),
+                    self.id,
+                    "the page before the response's trailers",
                 );
             }
             *sent = true;
@@ -470,6 +470,14 @@ impl<H: Host> Observer for Unknowns<'_, H> {
                 warn!("custom-error-pages: {whose} names policy \"{name}\", which the configuration's policies do not have: that level is skipped");
             }
         }
+    }
+}
+
+/// Logs a host's refusal; the caller has already decided what follows (the response is
+/// never lost for it).
+fn warn_if_refused(done: bool, id: u32, what: &str) {
+    if !done {
+        warn!("custom-error-pages: [ctx {id}] the proxy refused {what}");
     }
 }
 

@@ -278,6 +278,29 @@ fn an_empty_reply_has_no_content_type_and_says_its_length_is_zero() {
 }
 
 #[test]
+fn a_redirect_goes_to_its_rendered_location_with_no_page() {
+    let mut p = Proxy::new(rules(json!([
+        {"matchResponseCodes": ["401"], "overrideResponseCode": 302, "headers": {"location": "/login?next={{url}}"}},
+        {"matchResponseCodes": ["403"], "overrideResponseCode": 307, "path": "/e/403.html", "headers": {"location": "/denied"}}])));
+    p.host.state().streams.entry(1).or_default().request = vec![("x-forwarded-proto".into(), "https".into())];
+    p.request(1, "GET", "/cart?x=1");
+    assert_eq!(p.respond(1, 401, &[("content-length", "30")], false), Action::Continue);
+    p.body_chunks(1, &[30]);
+    p.log(1, |s| {
+        assert_eq!(s.header(":status"), Some("302"));
+        assert_eq!(s.header("location"), Some("/login?next=https%3A%2F%2Fshop.test%2Fcart%3Fx%3D1"));
+        assert_eq!((s.header("content-type"), s.header("content-length")), (None, Some("0")));
+        assert!(s.body_out.is_empty());
+    });
+    // A redirect with a page whose fetch fails: the built-in page under the original 403,
+    // and no location (it is not a redirect any more).
+    p.error(2, 403);
+    p.answer(100, (vec![(":status".into(), b"503".to_vec())], None));
+    p.body_chunks(2, &[5]);
+    p.log(2, |s| assert_eq!((s.header(":status"), s.header("location")), (Some("403"), None)));
+}
+
+#[test]
 fn an_original_body_over_the_drop_limit_is_not_waited_for() {
     let mut p = Proxy::new(rules(json!([{"matchResponseCodes": ["500"], "body": "page"}])));
     p.error(1, 500);

@@ -34,3 +34,25 @@ def test_envoys_own_reply_head_and_http2_get_the_empty_reply_too(start_envoy):
     assert "content-type" not in headers and headers.get("content-length") == "0", headers
     status, headers, body, _ = h2_get(e.port, "/forbidden")
     assert (status, body, "content-type" in headers) == (404, b"", False), headers
+
+
+REDIRECTS = {"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+    # nginx's oldest pattern: `error_page 401 = /login` as a redirect that comes back.
+    {"matchResponseCodes": ["401"], "overrideResponseCode": 302, "headers": {"location": "/login?next={{url}}"}},
+    {"matchResponseCodes": ["410"], "overrideResponseCode": 301, "headers": {"location": "https://new.test{{path}}"}},
+]}}
+
+
+def test_a_redirect_rule_sends_the_client_to_its_location(start_envoy):
+    e = start_envoy(REDIRECTS)
+    r = e.request("/status/401?bytes=200", headers={"x-forwarded-proto": "https"})
+    assert (r.status, r.body) == (302, b""), r
+    assert r.header("location") == "/login?next=https%3A%2F%2Fwww.test%2Fstatus%2F401%3Fbytes%3D200", r.headers
+    assert r.header("content-type") is None and r.header("content-length") == "0"
+    r = e.request("/status/410?a=b%20c", method="HEAD")
+    assert (r.status, r.header("location")) == (301, "https://new.test/status/410?a=b%20c"), r.headers
+    status, headers, body, _ = h2_get(e.port, "/status/401")
+    assert (status, body, headers.get("location")) == (302, b"", "/login?next=http%3A%2F%2Fwww.test%2Fstatus%2F401")
+    # The twin: a status no rule covers keeps its own answer, with no location.
+    r = e.request("/status/403")
+    assert r.status == 403 and r.header("location") is None
