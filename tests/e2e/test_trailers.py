@@ -52,6 +52,7 @@ def envoy(start_envoy, errors, h2_upstream):
     return start_envoy(POLICY, customize=h2_route(h2_upstream.port))
 
 
+@pytest.mark.one_worker  # counts one worker's cache
 @pytest.mark.parametrize("attempt", ["fetched", "cached"])
 def test_an_error_ending_with_trailers_gets_its_page(envoy, errors, attempt):
     url = "/h2/missing?status=404&trailers=1"
