@@ -4,19 +4,38 @@
 
 use crate::config::ErrorService;
 use crate::http::{is_media_type, valid_header_value};
+use std::borrow::Cow;
 
-/// The error object's path on the error service, `{status}` replaced by the original code.
+/// The error object's path on the error service, `{status}` (or its other name
+/// `{originalStatus}`) replaced by the original code.
 pub fn object_path(template: &str, original_status: u16) -> String {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
-    while let Some(at) = rest.find("{status}") {
+    while let Some(at) = rest.find('{') {
         out.push_str(&rest[..at]);
-        crate::push_decimal(&mut out, original_status.into());
-        rest = &rest[at + "{status}".len()..];
+        let after = &rest[at..];
+        match ["{status}", "{originalStatus}"].iter().find(|p| after.starts_with(**p)) {
+            Some(p) => {
+                crate::push_decimal(&mut out, original_status.into());
+                rest = &after[p.len()..];
+            }
+            None => {
+                out.push('{');
+                rest = &after[1..];
+            }
+        }
     }
     out.push_str(rest);
     out
 }
+
+/// Whether a path template names the code (so it stands for one object per code).
+pub fn per_code(template: &str) -> bool {
+    template.contains("{status}") || template.contains("{originalStatus}")
+}
+
+/// A fetch's headers: names are the filter's own, or a service's `requestHeaders`.
+pub type CallHeaders = Vec<(Cow<'static, str>, String)>;
 
 pub struct CallFacts<'a> {
     pub original_status: u16,
@@ -27,21 +46,23 @@ pub struct CallFacts<'a> {
 }
 
 /// Headers of the `GET`: nothing from the client but the sanitised facts below.
-pub fn call_headers(svc: &ErrorService, path: &str, f: &CallFacts<'_>) -> Vec<(&'static str, String)> {
-    let mut h = vec![
-        (":method", "GET".to_string()),
-        (":path", path.to_string()),
-        (":authority", svc.authority.clone()),
-        ("x-code", f.original_status.to_string()),
-        ("x-format", clean(f.format)),
+pub fn call_headers(svc: &ErrorService, path: &str, f: &CallFacts<'_>) -> CallHeaders {
+    let mut h: CallHeaders = vec![
+        (":method".into(), "GET".to_string()),
+        (":path".into(), path.to_string()),
+        (":authority".into(), svc.authority.clone()),
+        ("x-code".into(), f.original_status.to_string()),
+        ("x-format".into(), clean(f.format)),
     ];
     for (name, value) in
         [("x-original-uri", f.original_uri), ("x-original-host", f.original_host), ("x-request-id", f.request_id)]
     {
         if !value.is_empty() {
-            h.push((name, clean(value)));
+            h.push((name.into(), clean(value)));
         }
     }
+    // Validated at load: names the filter does not set, values without control characters.
+    h.extend(svc.request_headers.iter().map(|(k, v)| (Cow::Owned(k.clone()), v.clone())));
     h
 }
 
@@ -153,7 +174,12 @@ mod tests {
             stale_if_error_s: 0,
             prewarm: false,
             prewarm_codes: Vec::new(),
+            request_headers: Vec::new(),
         }
+    }
+
+    fn has(hs: &CallHeaders, name: &str, value: &str) -> bool {
+        hs.iter().any(|(k, v)| k == name && v == value)
     }
 
     fn h(pairs: &[(&str, &[u8])]) -> Vec<(String, Vec<u8>)> {
@@ -165,6 +191,8 @@ mod tests {
         assert_eq!(object_path("/shop/{status}.html", 404), "/shop/404.html");
         assert_eq!(object_path("/a.html", 404), "/a.html");
         assert_eq!(object_path("/{status}/{status}.{x}", 503), "/503/503.{x}");
+        assert_eq!(object_path("/e/{originalStatus}-{status}.html", 502), "/e/502-502.html", "two names, one code");
+        assert!(per_code("/e/{originalStatus}.html") && per_code("/e/{status}.html") && !per_code("/e/x.html"));
     }
 
     #[test]
@@ -177,11 +205,15 @@ mod tests {
             request_id: "",
         };
         let hs = call_headers(&svc(), "/e/502.html", &f);
-        assert!(hs.contains(&(":authority", "errors.internal".to_string())));
-        assert!(hs.contains(&("x-code", "502".to_string())));
-        assert!(hs.contains(&("x-original-uri", "/x?yevil: 1".to_string())));
+        assert!(has(&hs, ":authority", "errors.internal"));
+        assert!(has(&hs, "x-code", "502"));
+        assert!(has(&hs, "x-original-uri", "/x?yevil: 1"));
         assert!(!hs.iter().any(|(k, _)| *k == "x-request-id"));
         assert!(!hs.iter().any(|(k, _)| *k == "cookie" || *k == "authorization"));
+        // A service's static headers ride along; without any, nothing more.
+        let tenant = ErrorService { request_headers: vec![("x-tenant".into(), "shop".into())], ..svc() };
+        let with = call_headers(&tenant, "/e/502.html", &f);
+        assert!(has(&with, "x-tenant", "shop") && with.len() == hs.len() + 1);
     }
 
     #[test]

@@ -85,7 +85,7 @@ fn refusals_name_field_and_reason() {
         (json!({"errorService": svc(), "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "path": "/errors/"}]}}),
          "errorResponseRules[0].path: \"/errors/\" must not end with \"/\""),
         (json!({"errorService": svc(), "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "path": "/e/{code}.html"}]}}),
-         "errorResponseRules[0].path: \"/e/{code}.html\": the only placeholder is {status}"),
+         "errorResponseRules[0].path: \"/e/{code}.html\": the only placeholders are {status} and {originalStatus} (both the original code)"),
         (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "x", "overrideResponseCode": 700}]}}),
          "errorResponseRules[0].overrideResponseCode: 700 is outside 200-599"),
         (json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "x", "overrideResponseCode": 199}]}}),
@@ -762,5 +762,31 @@ fn a_redirect_needs_a_location_and_a_redirect_code() {
     match cfg.decide(404, &mut req) {
         Decision::Serve(_, serve) => assert!(serve.location.is_none() && serve.headers.len() == 1),
         _ => panic!("no rule for 404"),
+    }
+}
+
+/// `errorService.requestHeaders`: static headers on every fetch; the filter's own and
+/// Envoy's are refused, as are bad names, control characters and the same name twice.
+#[test]
+fn request_headers_are_static_and_never_the_filters_own() {
+    let with = |headers: serde_json::Value| {
+        json!({"errorService": {"cluster": "e", "requestHeaders": headers},
+               "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["404"], "path": "/e/{originalStatus}.html"}]}})
+    };
+    let cfg = load(with(json!({"X-Tenant": "shop", "authorization": "Bearer t"})).to_string().as_bytes()).unwrap();
+    assert_eq!(
+        cfg.services[0].request_headers,
+        [("x-tenant".to_string(), "shop".to_string()), ("authorization".to_string(), "Bearer t".to_string())]
+    );
+    for (headers, reason) in [
+        (json!({"x-code": "1"}), "\"x-code\" is set by the filter or by Envoy on every fetch"),
+        (json!({"Host": "x"}), "\"Host\" is set by the filter or by Envoy on every fetch"),
+        (json!({"content-length": "1"}), "\"content-length\" is set by the filter or by Envoy on every fetch"),
+        (json!({"bad name": "1"}), "\"bad name\" is not a header name"),
+        (json!({"x-a": "1\r\nx-b: 2"}), "a header value must not contain control characters (CR, LF, NUL)"),
+        (json!({"x-a": "1", "X-A": "2"}), "is set twice (header names are case-insensitive)"),
+    ] {
+        let e = err(with(headers.clone()));
+        assert!(e.starts_with("errorService.requestHeaders.") && e.contains(reason), "{headers}: {e}");
     }
 }

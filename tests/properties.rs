@@ -132,6 +132,7 @@ fn error_service_call_is_built_from_configuration_and_status_only() {
         stale_if_error_s: 0,
         prewarm: false,
         prewarm_codes: Vec::new(),
+        request_headers: vec![("x-tenant".into(), "shop".into())],
     };
     for _ in 0..5_000 {
         let status = rng.next() as u16;
@@ -146,7 +147,7 @@ fn error_service_call_is_built_from_configuration_and_status_only() {
             request_id: &id,
         };
         let headers = call_headers(&svc, &path, &facts);
-        let names: Vec<&str> = headers.iter().map(|(k, _)| *k).collect();
+        let names: Vec<&str> = headers.iter().map(|(k, _)| k.as_ref()).collect();
         for n in &names {
             assert!(
                 [
@@ -157,7 +158,8 @@ fn error_service_call_is_built_from_configuration_and_status_only() {
                     "x-format",
                     "x-original-uri",
                     "x-original-host",
-                    "x-request-id"
+                    "x-request-id",
+                    "x-tenant"
                 ]
                 .contains(n),
                 "{n}"
@@ -166,8 +168,9 @@ fn error_service_call_is_built_from_configuration_and_status_only() {
         for (k, v) in &headers {
             assert!(!v.chars().any(|c| c.is_control()), "control character in {k}: {v:?}");
         }
-        assert!(headers.contains(&(":path", path.clone())));
-        assert!(headers.contains(&(":authority", "errors.internal".to_string())));
+        assert!(headers.iter().any(|(k, v)| k == ":path" && *v == path));
+        assert!(headers.iter().any(|(k, v)| k == ":authority" && v == "errors.internal"));
+        assert!(headers.iter().any(|(k, v)| k == "x-tenant" && v == "shop"), "the service's static headers");
     }
 }
 
@@ -222,6 +225,7 @@ fn any_error_service_answer_is_judged_without_panic_and_without_bad_headers() {
         stale_if_error_s: 0,
         prewarm: false,
         prewarm_codes: Vec::new(),
+        request_headers: Vec::new(),
     };
     const NAMES: &[&str] =
         &[":status", "content-type", "cache-control", "set-cookie", "x-envoy-upstream-service-time", "CONTENT-TYPE"];

@@ -143,7 +143,7 @@ fn explain(args: &[String]) -> Result<(), String> {
                         svc.cache_ttl_s
                     );
                     let prewarmed = svc.prewarm
-                        && (!p.contains("{status}")
+                        && (!error_service::per_code(p)
                             || rule.specs.iter().any(|s| s.lo == status && s.hi == status)
                             || svc.prewarm_codes.contains(&status));
                     println!(

@@ -160,6 +160,7 @@ impl Loader {
                     stale_if_error_s: DEFAULT_STALE_IF_ERROR_S,
                     prewarm: true,
                     prewarm_codes: DEFAULT_PREWARM_CODES.to_vec(),
+                    request_headers: Vec::new(),
                 }
             }
             _ => {
@@ -190,6 +191,7 @@ impl Loader {
                         .unwrap_or(DEFAULT_STALE_IF_ERROR_S),
                     prewarm: o.opt_bool("prewarm")?.unwrap_or(true),
                     prewarm_codes: prewarm_codes(&mut o)?,
+                    request_headers: request_headers(&mut o)?,
                 };
                 o.finish()?;
                 svc
@@ -622,6 +624,35 @@ fn variant(o: &mut Obj<'_>, service: Option<ServiceId>, is_rule: bool) -> Result
     Ok(Variant { content_type, path: path.map(str::to_string), body: body.map(str::to_string) })
 }
 
+/// Headers the filter itself sets on every fetch: a service's `requestHeaders` cannot.
+const CALL_HEADERS: &[&str] = &["host", "x-code", "x-format", "x-original-uri", "x-original-host", "x-request-id"];
+
+/// `errorService.requestHeaders`: static headers on every fetch (lower-case names, each once).
+fn request_headers(o: &mut Obj<'_>) -> Result<Vec<(String, String)>> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let Some(mut h) = o.opt_obj("requestHeaders")? else { return Ok(out) };
+    for name in h.keys() {
+        let hp = h.field_path(&name);
+        let value = h.take_str(&name)?;
+        let lower = name.to_ascii_lowercase();
+        if !is_token(&name) {
+            return Err(ConfigError::new(hp, format!("\"{name}\" is not a header name")));
+        }
+        if CALL_HEADERS.contains(&lower.as_str()) || RESERVED_HEADERS.contains(&lower.as_str()) {
+            return Err(ConfigError::new(hp, format!("\"{name}\" is set by the filter or by Envoy on every fetch")));
+        }
+        if !valid_header_value(value) {
+            return Err(ConfigError::new(hp, "a header value must not contain control characters (CR, LF, NUL)"));
+        }
+        if out.iter().any(|(n, _)| *n == lower) {
+            return Err(ConfigError::new(hp, format!("\"{name}\" is set twice (header names are case-insensitive)")));
+        }
+        out.push((lower, value.to_string()));
+    }
+    h.finish()?;
+    Ok(out)
+}
+
 /// `errorService.prewarmCodes`: exact codes 400-599 (numbers or strings), each once.
 fn prewarm_codes(o: &mut Obj<'_>) -> Result<Vec<u16>> {
     let Some(list) = o.get("prewarmCodes") else { return Ok(DEFAULT_PREWARM_CODES.to_vec()) };
@@ -672,9 +703,12 @@ fn check_object_path(p: &str, path: &str) -> Result<()> {
     if !p.bytes().all(|b| b.is_ascii_graphic()) || p.contains('#') {
         return Err(ConfigError::new(path, format!("\"{p}\" must be printable ASCII without spaces or \"#\"")));
     }
-    let without = p.replace("{status}", "");
+    let without = p.replace("{status}", "").replace("{originalStatus}", "");
     if without.contains(['{', '}']) {
-        return Err(ConfigError::new(path, format!("\"{p}\": the only placeholder is {{status}}")));
+        return Err(ConfigError::new(
+            path,
+            format!("\"{p}\": the only placeholders are {{status}} and {{originalStatus}} (both the original code)"),
+        ));
     }
     Ok(())
 }

@@ -46,6 +46,8 @@ pub struct ErrorService {
     pub prewarm: bool,
     /// For a class or range whose path has `{status}`: the codes to prewarm.
     pub prewarm_codes: Vec<u16>,
+    /// Static headers on every fetch (`requestHeaders`: a tenant, a token the service wants).
+    pub request_headers: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

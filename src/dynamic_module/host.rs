@@ -198,8 +198,8 @@ impl Host for Native {
         })
     }
 
-    fn dispatch(&self, cluster: &str, headers: &[(&'static str, String)], timeout_ms: u64) -> Option<u32> {
-        let list: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    fn dispatch(&self, cluster: &str, headers: &crate::error_service::CallHeaders, timeout_ms: u64) -> Option<u32> {
+        let list: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_ref(), v.as_str())).collect();
         // Envoy numbers callouts per configuration from 1: the low 32 bits identify one
         // among the few a stream has in flight.
         with(None, |f| abi::http_callout(f, cluster, &list, timeout_ms).map(|id| id as u32))

@@ -62,7 +62,7 @@ pub struct Call {
     pub token: u32,
     pub from: u32,
     pub cluster: String,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: crate::error_service::CallHeaders,
 }
 
 #[derive(Default)]
@@ -162,7 +162,7 @@ impl Host for Fake {
         self.with_current(|s| s.resumed += 1).is_some()
     }
 
-    fn dispatch(&self, cluster: &str, headers: &[(&'static str, String)], _timeout_ms: u64) -> Option<u32> {
+    fn dispatch(&self, cluster: &str, headers: &crate::error_service::CallHeaders, _timeout_ms: u64) -> Option<u32> {
         let mut s = self.state();
         if s.refuse_dispatch {
             return None;

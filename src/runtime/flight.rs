@@ -49,7 +49,7 @@ pub const ROUTE_TIMEOUT: (u16, &str) = (504, "response_timeout");
 #[derive(Clone)]
 pub(super) struct Ask {
     pub cluster: String,
-    pub headers: Vec<(&'static str, String)>,
+    pub headers: error_service::CallHeaders,
     pub timeout_ms: u64,
     pub service: ServiceId,
     /// The chosen variant's type: the object's when its own is missing or malformed.
@@ -83,7 +83,7 @@ impl Ask {
     /// id): for the worker's own fetches of the object later.
     pub fn background(&self) -> Ask {
         let request_facts = ["x-original-uri", "x-original-host", "x-request-id"];
-        let headers = self.headers.iter().filter(|(n, _)| !request_facts.contains(n)).cloned().collect();
+        let headers = self.headers.iter().filter(|(n, _)| !request_facts.contains(&n.as_ref())).cloned().collect();
         Ask { headers, ..self.clone() }
     }
 }

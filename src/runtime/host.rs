@@ -63,7 +63,7 @@ pub trait Host: Clone {
 
     /// Starts a call to a cluster; its answer arrives as `Stream::on_call_response` with
     /// the token returned here. `None`: the proxy refused (unknown cluster, bad headers).
-    fn dispatch(&self, cluster: &str, headers: &[(&'static str, String)], timeout_ms: u64) -> Option<u32>;
+    fn dispatch(&self, cluster: &str, headers: &crate::error_service::CallHeaders, timeout_ms: u64) -> Option<u32>;
     /// The answer's headers (during `on_call_response`, read once per answer).
     fn call_response_headers(&self) -> Vec<(String, Vec<u8>)>;
     /// The answer's body (during `on_call_response`, read once per answer); `None` when the

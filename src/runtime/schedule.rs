@@ -202,7 +202,7 @@ fn objects(config: &Config) -> Vec<(String, Ask)> {
         }
         for variant in std::iter::once(&serve.default).chain(&serve.variants) {
             let Some(template) = &variant.path else { continue };
-            let per_code = template.contains("{status}");
+            let per_code = error_service::per_code(template);
             for &code in codes.iter().take(if per_code { usize::MAX } else { 1 }) {
                 let path = error_service::object_path(template, code);
                 let ask = Ask::new(svc, service, &path, variant, code, None);
