@@ -459,12 +459,21 @@ fn codes_and_source(o: &mut Obj<'_>) -> Result<(Vec<CodeSpec>, Source)> {
 
 /// A rule's `headers`: lower-case names, each once.
 fn rule_headers(o: &mut Obj<'_>) -> Result<Vec<(String, String)>> {
+    header_map(o, "headers", check_set_header)
+}
+
+/// A `{name: value}` field of headers to set: each checked by `check`, lower-cased, once.
+fn header_map(
+    o: &mut Obj<'_>,
+    field: &str,
+    check: impl Fn(&str, &str, &str) -> Result<()>,
+) -> Result<Vec<(String, String)>> {
     let mut headers: Vec<(String, String)> = Vec::new();
-    let Some(mut h) = o.opt_obj("headers")? else { return Ok(headers) };
+    let Some(mut h) = o.opt_obj(field)? else { return Ok(headers) };
     for name in h.keys() {
         let hp = h.field_path(&name);
         let value = h.take_str(&name)?;
-        check_set_header(&name, value, &hp)?;
+        check(&name, value, &hp)?;
         let lower = name.to_ascii_lowercase();
         if headers.iter().any(|(n, _)| *n == lower) {
             return Err(ConfigError::new(hp, format!("\"{name}\" is set twice (header names are case-insensitive)")));
@@ -629,28 +638,19 @@ const CALL_HEADERS: &[&str] = &["host", "x-code", "x-format", "x-original-uri", 
 
 /// `errorService.requestHeaders`: static headers on every fetch (lower-case names, each once).
 fn request_headers(o: &mut Obj<'_>) -> Result<Vec<(String, String)>> {
-    let mut out: Vec<(String, String)> = Vec::new();
-    let Some(mut h) = o.opt_obj("requestHeaders")? else { return Ok(out) };
-    for name in h.keys() {
-        let hp = h.field_path(&name);
-        let value = h.take_str(&name)?;
+    header_map(o, "requestHeaders", |name, value, path| {
         let lower = name.to_ascii_lowercase();
-        if !is_token(&name) {
-            return Err(ConfigError::new(hp, format!("\"{name}\" is not a header name")));
+        if !is_token(name) {
+            return Err(ConfigError::new(path, format!("\"{name}\" is not a header name")));
         }
         if CALL_HEADERS.contains(&lower.as_str()) || RESERVED_HEADERS.contains(&lower.as_str()) {
-            return Err(ConfigError::new(hp, format!("\"{name}\" is set by the filter or by Envoy on every fetch")));
+            return Err(ConfigError::new(path, format!("\"{name}\" is set by the filter or by Envoy on every fetch")));
         }
         if !valid_header_value(value) {
-            return Err(ConfigError::new(hp, "a header value must not contain control characters (CR, LF, NUL)"));
+            return Err(ConfigError::new(path, "a header value must not contain control characters (CR, LF, NUL)"));
         }
-        if out.iter().any(|(n, _)| *n == lower) {
-            return Err(ConfigError::new(hp, format!("\"{name}\" is set twice (header names are case-insensitive)")));
-        }
-        out.push((lower, value.to_string()));
-    }
-    h.finish()?;
-    Ok(out)
+        Ok(())
+    })
 }
 
 /// `errorService.prewarmCodes`: exact codes 400-599 (numbers or strings), each once.

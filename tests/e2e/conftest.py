@@ -6,6 +6,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import BUILD, Envoy  # noqa: E402
+from h2upstream import H2Upstream  # noqa: E402
 from servers import ErrorServiceHandler, Running, UpstreamHandler  # noqa: E402
 
 
@@ -40,6 +41,14 @@ def pytest_runtest_makereport(item, call):
 @pytest.fixture
 def upstream():
     s = Running(UpstreamHandler)
+    yield s
+    s.stop()
+
+
+@pytest.fixture
+def h2_upstream():
+    """An HTTP/2 upstream whose responses may end with trailers (h2upstream.py)."""
+    s = H2Upstream()
     yield s
     s.stop()
 

@@ -5,38 +5,34 @@ instead of a last body chunk, as gRPC-less frameworks and Envoy-to-Envoy hops se
 trailer block that ends the stream (`trailers=0`: the last DATA frame ends it)."""
 
 import socket
-import threading
 from urllib.parse import parse_qs, urlsplit
 
 import h2.config
 import h2.connection
 import h2.events
+from harness import cluster, hcm_of
+from servers import SocketServer
 
 BODY = b"original body from an h2 upstream"
 
 
-class H2Upstream:
+def add_h2_route(config, port):
+    """Envoy's `/h2/` routes to an HTTP/2 (prior knowledge) upstream on `port`."""
+    h2 = cluster("h2", port)
+    h2["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http2_protocol_options": {}}}}
+    config["static_resources"]["clusters"].append(h2)
+    routes = hcm_of(config)["route_config"]["virtual_hosts"][0]["routes"]
+    routes.insert(0, {"name": "h2-route", "match": {"prefix": "/h2/"}, "route": {"cluster": "h2"}})
+
+
+class H2Upstream(SocketServer):
     def __init__(self):
-        self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
         self.requests = []
-        self.conns = []
-        self.stopped = False
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self):
-        while not self.stopped:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn):
+    def _answer(self, conn):
         h2c = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
         h2c.initiate_connection()
         try:
@@ -50,13 +46,13 @@ class H2Upstream:
                         headers = {k.decode() if isinstance(k, bytes) else k: v.decode() if isinstance(v, bytes) else v
                                    for k, v in event.headers}
                         self.requests.append(headers)
-                        self._answer(h2c, event.stream_id, headers)
+                        self._respond(h2c, event.stream_id, headers)
                 conn.sendall(h2c.data_to_send())
         except OSError:
             return
 
     @staticmethod
-    def _answer(h2c, stream_id, headers):
+    def _respond(h2c, stream_id, headers):
         q = {k: v[0] for k, v in parse_qs(urlsplit(headers.get(":path", "/")).query).items()}
         trailers = q.get("trailers", "1") == "1"
         head = [(":status", q.get("status", "404")), ("content-type", q.get("ct", "text/html")),
@@ -66,15 +62,6 @@ class H2Upstream:
         if trailers:
             h2c.send_headers(stream_id, [("x-checksum", "abc123")], end_stream=True)
 
-    def stop(self):
-        self.stopped = True
-        self.sock.close()
-        for c in self.conns:
-            try:
-                c.shutdown(socket.SHUT_RDWR)
-                c.close()
-            except OSError:
-                pass
 
 
 def h2_get(port, path, timeout=10.0):

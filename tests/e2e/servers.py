@@ -164,20 +164,21 @@ class ErrorServiceHandler(_Base):
         self._send(page.get("status", 200), page["body"].encode() if isinstance(page["body"], str) else page["body"], headers)
 
 
-class RawErrorService:
-    """An error service that answers every request with `raw` bytes verbatim (None: accept,
-    read the request, then hang), then closes unless `keep_open`. Counts requests."""
+class SocketServer:
+    """A loopback listener that hands each connection to `_answer` on its own thread;
+    `stop` closes the listener and every connection it accepted."""
 
-    def __init__(self, raw, keep_open=False):
-        self.raw, self.keep_open, self.count, self.conns = raw, keep_open, 0, []
+    def __init__(self):
+        self.conns = []
         self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(64)
         self.port = self.sock.getsockname()[1]
         self.stopped = False
-        threading.Thread(target=self._serve, daemon=True).start()
+        threading.Thread(target=self._accept, daemon=True).start()
 
-    def _serve(self):
+    def _accept(self):
         while not self.stopped:
             try:
                 conn, _ = self.sock.accept()
@@ -185,6 +186,27 @@ class RawErrorService:
                 return
             self.conns.append(conn)
             threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn):
+        raise NotImplementedError
+
+    def stop(self):
+        self.stopped = True
+        self.sock.close()
+        for c in self.conns:
+            try:
+                c.close()
+            except OSError:
+                pass
+
+
+class RawErrorService(SocketServer):
+    """An error service that answers every request with `raw` bytes verbatim (None: accept,
+    read the request, then hang), then closes unless `keep_open`. Counts requests."""
+
+    def __init__(self, raw, keep_open=False):
+        self.raw, self.keep_open, self.count = raw, keep_open, 0
+        super().__init__()
 
     def _answer(self, conn):
         buf = b""
@@ -206,14 +228,6 @@ class RawErrorService:
         except OSError:
             return
 
-    def stop(self):
-        self.stopped = True
-        self.sock.close()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
 
 
 class Running:

@@ -9,8 +9,8 @@ import shutil
 import subprocess
 
 import pytest
-from h2upstream import H2Upstream, h2_get
-from harness import ENVOY, NATIVE_DIR, cluster, hcm_of
+from h2upstream import add_h2_route, h2_get
+from harness import ENVOY, NATIVE_DIR, hcm_of
 
 pytestmark = pytest.mark.native_only(reason="the dynamic module's ABI")
 SO = NATIVE_DIR / "libcustom_error_pages.so"
@@ -50,23 +50,11 @@ POLICY = {
 }
 
 
-@pytest.fixture
-def h2_upstream():
-    s = H2Upstream()
-    yield s
-    s.stop()
-
-
 def routes_for(h2_port):
     def customize(config):
-        h2 = cluster("h2", h2_port)
-        h2["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {}}}}
-        config["static_resources"]["clusters"].append(h2)
+        add_h2_route(config, h2_port)
         routes = hcm_of(config)["route_config"]["virtual_hosts"][0]["routes"]
-        routes[:0] = [
-            {"name": "h2-route", "match": {"prefix": "/h2/"}, "route": {"cluster": "h2"}},
+        routes[1:1] = [
             {"name": "named-route", "match": {"prefix": "/named/"}, "route": {"cluster": "upstream", "prefix_rewrite": "/"},
              "metadata": {"filter_metadata": {"custom_error_pages": {"policy": "named"}}}},
             {"name": "typo-route", "match": {"prefix": "/typo/"}, "route": {"cluster": "upstream", "prefix_rewrite": "/"},

@@ -6,8 +6,7 @@ docs/faults.md."""
 import time
 
 import pytest
-from h2upstream import BODY, H2Upstream, h2_get
-from harness import cluster, hcm_of
+from h2upstream import BODY, add_h2_route, h2_get
 
 POLICY = {
     "errorService": {"cluster": "error_pages", "timeoutMs": 2000, "prewarm": False},
@@ -18,26 +17,8 @@ POLICY = {
 }
 
 
-@pytest.fixture
-def h2_upstream():
-    s = H2Upstream()
-    yield s
-    s.stop()
-
-
 def h2_route(port):
-    """/h2/ goes to an HTTP/2 (prior knowledge) upstream."""
-
-    def customize(config):
-        h2 = cluster("h2", port)
-        h2["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {}}}}
-        config["static_resources"]["clusters"].append(h2)
-        routes = hcm_of(config)["route_config"]["virtual_hosts"][0]["routes"]
-        routes.insert(0, {"name": "h2-route", "match": {"prefix": "/h2/"}, "route": {"cluster": "h2"}})
-
-    return customize
+    return lambda config: add_h2_route(config, port)
 
 
 def get(envoy, path):
