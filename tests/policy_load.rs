@@ -790,3 +790,76 @@ fn request_headers_are_static_and_never_the_filters_own() {
         assert!(e.starts_with("errorService.requestHeaders.") && e.contains(reason), "{headers}: {e}");
     }
 }
+
+/// Every rule counts under a name: its own, or one derived from its place; the
+/// ordinals number the rules in `Config::rules` order.
+#[test]
+fn rules_count_under_their_name_or_their_place() {
+    let policy = json!({
+        "errorService": svc(),
+        "defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+            {"matchResponseCodes": ["404"], "body": "a"},
+            {"name": "upstream-5xx_pages", "matchResponseCodes": ["5xx"], "body": "b"}
+        ]},
+        "policies": {"api": {"errorResponseRules": [{"matchResponseCodes": ["403"], "passthrough": true}]}},
+        "hostRules": [{"hosts": ["*"], "pathMatcher": "m"}],
+        "pathMatchers": [{
+            "name": "m",
+            "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["410"], "body": "c"}]},
+            "pathRules": [
+                {"paths": ["/a"], "customErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["401"], "body": "d"}]}},
+                {"paths": ["/b"], "customErrorResponsePolicy": {"errorResponseRules": [
+                    {"matchResponseCodes": ["402"], "body": "e"}, {"matchResponseCodes": ["408"], "body": "f"}
+                ]}}
+            ]
+        }]
+    });
+    let cfg = load(policy.to_string().as_bytes()).unwrap();
+    let mut stats: Vec<&str> = cfg.rules().map(|r| r.stat.as_str()).collect();
+    let ordinals: Vec<usize> = cfg.rules().map(|r| r.ordinal).collect();
+    assert_eq!(ordinals, (0..stats.len()).collect::<Vec<_>>());
+    stats.sort_unstable();
+    assert_eq!(
+        stats,
+        [
+            "default_rule0",
+            "matcher0_default_rule0",
+            "matcher0_path0_rule0",
+            "matcher0_path1_rule0",
+            "matcher0_path1_rule1",
+            "policy_api_rule0",
+            "upstream-5xx_pages"
+        ]
+    );
+}
+
+#[test]
+fn a_rule_name_is_refused_where_it_cannot_name_a_counter() {
+    let with_names = |a: serde_json::Value, b: serde_json::Value| {
+        let mut r0 = json!({"matchResponseCodes": ["404"], "body": "a"});
+        let mut r1 = json!({"matchResponseCodes": ["500"], "body": "b"});
+        if !a.is_null() {
+            r0["name"] = a;
+        }
+        if !b.is_null() {
+            r1["name"] = b;
+        }
+        json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [r0, r1]}})
+    };
+    let at = "defaultCustomErrorResponsePolicy.errorResponseRules[0].name";
+    for bad in [json!(""), json!("a.b"), json!("a b"), json!("é"), json!("x".repeat(65))] {
+        let e = err(with_names(bad.clone(), json!(null)));
+        assert!(e.starts_with(at), "{bad}: {e}");
+    }
+    let e = err(with_names(json!(7), json!(null)));
+    assert!(e.starts_with(at) && e.contains("string"), "{e}");
+    // Two rules under one name: named alike, or named as the other's place.
+    let e = err(with_names(json!("same"), json!("same")));
+    assert!(e.contains("errorResponseRules[1].name") && e.contains("already names"), "{e}");
+    let e = err(with_names(json!(null), json!("default_rule0")));
+    assert!(e.contains("errorResponseRules[1].name") && e.contains("errorResponseRules[0]"), "{e}");
+    // Their twins load.
+    for (a, b) in [(json!("x".repeat(64)), json!("other")), (json!(null), json!("default_rule1")), (json!("A-z_09"), json!(null))] {
+        load(with_names(a, b).to_string().as_bytes()).unwrap();
+    }
+}

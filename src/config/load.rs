@@ -33,6 +33,8 @@ struct Loader {
     policies: Vec<Policy>,
     codes: CodeSet,
     source_codes: CodeSet,
+    /// Rules loaded so far: the next rule's ordinal.
+    rule_count: usize,
 }
 
 /// What a policy inherits from above it.
@@ -78,6 +80,7 @@ impl Loader {
             .map(|(m, _)| format!("path matcher \"{}\" is not named by any host rule: it is never used", m.name))
             .collect();
         warnings.extend(self.policies.iter().flat_map(|p| &p.rules).filter_map(cacheable_override));
+        unique_stat_names(&self.policies)?;
 
         Ok(Config {
             services: self.services,
@@ -348,6 +351,15 @@ impl Loader {
 
     fn rule(&mut self, mut o: Obj<'_>, at: RuleAt, level: Level, service: Option<ServiceId>) -> Result<Rule> {
         let id = o.path().to_string();
+        let stat = match o.opt_str("name")? {
+            Some(name) => {
+                check_rule_name(name).map_err(|e| ConfigError::new(o.field_path("name"), e))?;
+                name.to_string()
+            }
+            None => derived_name(&id),
+        };
+        let ordinal = self.rule_count;
+        self.rule_count += 1;
         let (specs, source) = codes_and_source(&mut o)?;
         if source != Source::Any {
             for spec in &specs {
@@ -429,8 +441,66 @@ impl Loader {
             RuleKind::Serve(Box::new(Serve { override_code, default, variants, headers, template, service, location }))
         };
         o.finish()?;
-        Ok(Rule { id, at, level, specs, source, kind })
+        Ok(Rule { id, stat, ordinal, at, level, specs, source, kind })
     }
+}
+
+/// The longest rule `name`: it is part of a counter's name.
+const MAX_RULE_NAME: usize = 64;
+
+/// A rule's `name` becomes one segment of a counter's name, which `stats_tags` turn into a
+/// Prometheus label: no dots (Envoy's segment separator) nor anything a tag regex or a
+/// label would have to escape.
+fn check_rule_name(name: &str) -> std::result::Result<(), String> {
+    if name.is_empty() || name.len() > MAX_RULE_NAME {
+        return Err(format!("must be 1 to {MAX_RULE_NAME} characters"));
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') {
+        return Err(format!("\"{name}\" may hold only letters, digits, '_' and '-' (it names the rule's counters)"));
+    }
+    Ok(())
+}
+
+/// The name an unnamed rule's counters go by, from its JSON path: stable while the policy's
+/// shape stays (`pathMatchers[0].pathRules[1].customErrorResponsePolicy
+/// .errorResponseRules[2]` -> `matcher0_path1_rule2`).
+fn derived_name(id: &str) -> String {
+    let mut out = String::with_capacity(id.len() / 2);
+    for segment in id.split('.').filter(|s| !s.is_empty() && *s != "customErrorResponsePolicy") {
+        let (word, index) = match segment.split_once('[') {
+            Some((w, rest)) => (w, rest.trim_end_matches(']')),
+            None => (segment, ""),
+        };
+        let word = match word {
+            "defaultCustomErrorResponsePolicy" => "default",
+            "errorResponseRules" => "rule",
+            "pathMatchers" => "matcher",
+            "pathRules" => "path",
+            "routeRules" => "route",
+            "policies" => "policy",
+            other => other,
+        };
+        if !out.is_empty() {
+            out.push('_');
+        }
+        out.extend(word.chars().chain(index.chars()).map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }));
+    }
+    out
+}
+
+/// Two rules must not count under one name: named alike, or a name equal to the one an
+/// unnamed rule derives from its place.
+fn unique_stat_names(policies: &[Policy]) -> Result<()> {
+    let mut seen: HashMap<&str, &str> = HashMap::new();
+    for rule in policies.iter().flat_map(|p| &p.rules) {
+        if let Some(other) = seen.insert(&rule.stat, &rule.id) {
+            return Err(ConfigError::new(
+                format!("{}.name", rule.id),
+                format!("\"{}\" already names the counters of {other}", rule.stat),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `matchResponseCodes` and `source` of a rule.

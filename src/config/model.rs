@@ -115,6 +115,12 @@ pub struct Rule {
     /// The rule's JSON path in the policy, e.g. `pathMatchers[0].pathRules[1]
     /// .customErrorResponsePolicy.errorResponseRules[0]`: what logs and `explain` print.
     pub id: String,
+    /// The name its counters go by: the rule's `name`, else one derived from its place
+    /// (`matcher0_path1_rule0`); unique within the configuration.
+    pub stat: String,
+    /// The rule's place among all rules of the configuration (policies in order, then
+    /// their rules): the index of its counters.
+    pub ordinal: usize,
     /// Where the rule is in `Config::policies`.
     pub at: RuleAt,
     pub level: Level,
@@ -200,6 +206,11 @@ impl Config {
 
     pub fn rule(&self, at: RuleAt) -> Option<&Rule> {
         self.policy(at.policy).and_then(|p| p.rules.get(at.index))
+    }
+
+    /// Every rule, in `Rule::ordinal` order.
+    pub fn rules(&self) -> impl Iterator<Item = &Rule> {
+        self.policies.iter().flat_map(|p| &p.rules)
     }
 
     pub fn service(&self, id: Option<ServiceId>) -> Option<&ErrorService> {

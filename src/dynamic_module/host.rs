@@ -9,9 +9,10 @@ use super::RouteConfig;
 use crate::fasthash::FastMap;
 use crate::runtime::{HeaderMap, Headers, Host, Metadata};
 use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::ptr::null_mut;
 use std::rc::Rc;
+use std::sync::Arc;
 
 thread_local! {
     static CURRENT: Cell<FilterPtr> = const { Cell::new(null_mut()) };
@@ -110,7 +111,7 @@ fn current() -> FilterPtr {
 
 /// The counters defined with the configuration, and what the host must know of it.
 pub struct Defined {
-    pub counters: Vec<(String, usize)>,
+    pub counters: Arc<HashMap<String, usize>>,
     pub metadata_namespace: String,
 }
 
@@ -286,7 +287,7 @@ impl Host for Native {
     }
 
     fn define_counter(&self, name: &str) -> Option<u32> {
-        self.0.counters.iter().find(|(n, _)| n == name).and_then(|(_, id)| u32::try_from(*id).ok())
+        self.0.counters.get(name).and_then(|id| u32::try_from(*id).ok())
     }
 
     fn add_to_counter(&self, id: u32, n: u64) -> bool {

@@ -29,6 +29,7 @@ use abi::{ConfigPtr, FilterPtr};
 use host::{Defined, Enter, Native};
 use log::{error, info};
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -85,7 +86,8 @@ pub struct ModuleConfig {
     generation: u64,
     /// Parsed once, here; every worker thread's `Worker` shares it.
     config: Arc<Config>,
-    counters: Vec<(String, usize)>,
+    /// Counter ids by name, as Envoy defined them here; read by every worker thread.
+    counters: Arc<HashMap<String, usize>>,
     metadata_namespace: String,
 }
 
@@ -95,10 +97,10 @@ impl ModuleConfig {
     fn new(envoy: ConfigPtr, text: &[u8]) -> Option<ModuleConfig> {
         let cfg = runtime::load_policy(text)?;
         // Counters can only be defined now: Envoy freezes stat creation after this hook.
-        let counters = runtime::counter_names()
+        let counters = runtime::counter_names(&cfg)
             .into_iter()
             .filter_map(|name| abi::define_counter(envoy, &name).map(|id| (name, id)))
-            .collect();
+            .collect::<HashMap<_, _>>();
         let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut live) = LIVE_CONFIGS.lock() {
             live.push(generation);
@@ -107,7 +109,7 @@ impl ModuleConfig {
             generation,
             metadata_namespace: cfg.metadata_namespace.clone(),
             config: Arc::new(cfg),
-            counters,
+            counters: Arc::new(counters),
         })
     }
 

@@ -6,7 +6,9 @@
 //! request path; the price is that `/stats` lags by up to one tick.
 
 use super::host::Host;
+use crate::config::{Config, Rule};
 use crate::error_service::FetchFailure;
+use crate::reply::Outcome;
 use std::cell::Cell;
 
 pub struct Counter {
@@ -63,11 +65,58 @@ fn fetch_failed_name(f: FetchFailure) -> String {
     format!("fetch_failed.{}", f.as_str())
 }
 
+/// What became of an error response a rule decided, as a rule's counters tell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RuleOutcome {
+    Served(Outcome),
+    Passthrough,
+}
+
+impl RuleOutcome {
+    /// In the order of `Metrics::by_rule`'s slots.
+    const ALL: [RuleOutcome; 6] = [
+        RuleOutcome::Served(Outcome::Cache),
+        RuleOutcome::Served(Outcome::Fetched),
+        RuleOutcome::Served(Outcome::Stale),
+        RuleOutcome::Served(Outcome::Inline),
+        RuleOutcome::Served(Outcome::Fallback),
+        RuleOutcome::Passthrough,
+    ];
+
+    fn slot(self) -> usize {
+        match self {
+            RuleOutcome::Served(Outcome::Cache) => 0,
+            RuleOutcome::Served(Outcome::Fetched) => 1,
+            RuleOutcome::Served(Outcome::Stale) => 2,
+            RuleOutcome::Served(Outcome::Inline) => 3,
+            RuleOutcome::Served(Outcome::Fallback) => 4,
+            RuleOutcome::Passthrough => 5,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            RuleOutcome::Served(o) => o.as_str(),
+            RuleOutcome::Passthrough => "passthrough",
+        }
+    }
+}
+
+/// A rule's counter for one outcome, under `PREFIX`: `rule.<name>.<outcome>`, two
+/// segments Envoy's `stats_tags` turn into the labels `rule` and `outcome`
+/// (docs/policy.md shows the two tags).
+fn rule_counter_name(rule: &Rule, outcome: RuleOutcome) -> String {
+    format!("rule.{}.{}", rule.stat, outcome.as_str())
+}
+
 /// The name of every counter, in the order `Metrics::define` asks the host for them (a
 /// host that defines counters ahead of time, such as the dynamic module, defines these).
-pub fn counter_names() -> Vec<String> {
+pub fn counter_names(config: &Config) -> Vec<String> {
     let mut names: Vec<String> = NAMES.iter().map(|n| format!("{PREFIX}{n}")).collect();
     names.extend(FetchFailure::ALL.map(|f| format!("{PREFIX}{}", fetch_failed_name(f))));
+    for rule in config.rules() {
+        names.extend(RuleOutcome::ALL.map(|o| format!("{PREFIX}{}", rule_counter_name(rule, o))));
+    }
     names
 }
 
@@ -90,13 +139,17 @@ pub struct Metrics {
     pub refreshed: Counter,
     pub refresh_failed: Counter,
     fetch_failed: [Counter; 6],
+    /// Per rule (by `Rule::ordinal`), per outcome (by `RuleOutcome::slot`).
+    by_rule: Vec<[Counter; 6]>,
 }
 
 impl Metrics {
-    pub fn define(host: &impl Host) -> Metrics {
+    pub fn define(host: &impl Host, config: &Config) -> Metrics {
         let [intercepted, cache_hit, fetched, inline, fallback, passthrough, unknown_policy, deadline, stale, prewarmed, prewarm_failed, refreshed, refresh_failed] =
             NAMES.map(|n| Counter::define(host, n));
         let fetch_failed = FetchFailure::ALL.map(|f| Counter::define(host, &fetch_failed_name(f)));
+        let by_rule =
+            config.rules().map(|r| RuleOutcome::ALL.map(|o| Counter::define(host, &rule_counter_name(r, o)))).collect();
         Metrics {
             intercepted,
             cache_hit,
@@ -112,6 +165,14 @@ impl Metrics {
             refreshed,
             refresh_failed,
             fetch_failed,
+            by_rule,
+        }
+    }
+
+    /// Counts what became of a response `rule` (of this worker's configuration) decided.
+    pub fn rule(&self, rule: &Rule, outcome: RuleOutcome) {
+        if let Some(counters) = self.by_rule.get(rule.ordinal) {
+            counters[outcome.slot()].bump();
         }
     }
 
@@ -140,7 +201,7 @@ impl Metrics {
         ] {
             c.flush(host);
         }
-        for c in &self.fetch_failed {
+        for c in self.fetch_failed.iter().chain(self.by_rule.iter().flatten()) {
             c.flush(host);
         }
     }

@@ -16,6 +16,7 @@ use crate::config::{Config, Rule, RuleAt, RuleKind, Serve, Variant};
 use crate::decide::{Decision, Observer, Step};
 use crate::error_service;
 use crate::negotiate;
+use super::metrics::RuleOutcome;
 use crate::reply::{self, Outcome};
 use crate::request::Metadata;
 use crate::request::RequestView;
@@ -110,6 +111,7 @@ impl<H: Host> Stream<H> {
             Decision::None => return Action::Continue,
             Decision::Passthrough(rule) => {
                 self.worker.metrics.passthrough.bump();
+                self.worker.metrics.rule(rule, RuleOutcome::Passthrough);
                 debug!("custom-error-pages: [ctx {}] {status} passes through by {}", self.id, rule.id);
                 record(&self.host, status, status, &rule.id, "passthrough", None);
                 self.phase = Phase::Done;
@@ -303,6 +305,7 @@ pub(super) fn finish<H: Host>(
             return (Phase::Done, Action::Continue);
         }
         record(host, pending.facts.status, reply.status, &rule.id, reply.outcome.as_str(), pending.cause);
+        worker.metrics.rule(rule, RuleOutcome::Served(reply.outcome));
         return (Phase::Done, Action::Pause);
     }
     // In place (see the module comment): the body goes out with the last original chunk.
@@ -324,6 +327,7 @@ pub(super) fn finish<H: Host>(
         return (Phase::Done, Action::Continue);
     }
     record(host, pending.facts.status, reply.status, &rule.id, reply.outcome.as_str(), pending.cause);
+    worker.metrics.rule(rule, RuleOutcome::Served(reply.outcome));
     drop(headers); // it borrows from `reply`, whose body moves on
     let first_chunk = resumed;
     (Phase::Streaming { body: reply.body, sent: false, dropped: 0, first_chunk }, Action::Continue)

@@ -907,9 +907,66 @@ fn a_build_without_a_tick_runs_the_workers_work_from_its_streams() {
 
 #[test]
 fn the_counter_names_a_host_may_define_ahead_are_the_ones_the_runtime_asks_for() {
-    let p = Proxy::new(page_rule());
+    let policy = rules(json!([{"matchResponseCodes": ["404"], "body": "a"}, {"name": "b", "matchResponseCodes": ["500"], "passthrough": true}]));
+    let p = Proxy::new(policy.clone());
     let asked: Vec<String> = p.host.0.borrow().counters.iter().map(|(n, _)| n.clone()).collect();
-    assert_eq!(super::counter_names(), asked);
+    let cfg = config::load(policy.to_string().as_bytes()).unwrap();
+    assert_eq!(super::counter_names(&cfg), asked);
+    assert!(asked.contains(&"custom_error_pages.rule.b.passthrough".to_string()));
+    assert!(asked.contains(&"custom_error_pages.rule.default_rule0.fetched".to_string()));
+}
+
+/// Each reply counts once under the rule that decided it and what it served: fetched, from
+/// the cache, inline, the fallback, a stale copy; a passthrough under its rule too. Together
+/// they add up to the filter's own counters.
+#[test]
+fn every_decision_counts_under_its_rule_and_outcome() {
+    let mut p = Proxy::new(json!({
+        "errorService": {"cluster": "errors", "cacheTtlSeconds": 10},
+        "defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+            {"name": "missing", "matchResponseCodes": ["404"], "path": "/404.html"},
+            {"matchResponseCodes": ["403"], "passthrough": true},
+            {"name": "gone", "matchResponseCodes": ["410"], "body": "gone"},
+            {"name": "down", "matchResponseCodes": ["503"], "path": "/503.html", "body": "fallback"}
+        ]}
+    }));
+    let failed: Answer = (vec![(":status".into(), b"500".to_vec())], None);
+    assert_eq!(p.error(1, 404), Action::Pause);
+    p.answer(100, ok_answer("page"));
+    p.body_chunks(1, &[1]);
+    assert_eq!(p.error(2, 404), Action::Continue); // cached
+    p.body_chunks(2, &[1]);
+    assert_eq!(p.error(3, 403), Action::Continue);
+    assert_eq!(p.error(4, 410), Action::Continue);
+    p.body_chunks(4, &[1]);
+    assert_eq!(p.error(5, 503), Action::Pause);
+    p.answer(101, failed.clone());
+    p.body_chunks(5, &[1]);
+    // The 404 page expires; its next fetch fails: the expired copy goes out, stale.
+    p.host.state().now_ms += 11_000;
+    p.tick();
+    assert_eq!(p.error(6, 404), Action::Pause);
+    p.answer(102, failed);
+    p.body_chunks(6, &[1]);
+    p.tick();
+    let rule = |name: &str, outcome: &str| p.host.counter(&format!("rule.{name}.{outcome}"));
+    let counted = [
+        rule("missing", "fetched"),
+        rule("missing", "cache"),
+        rule("missing", "stale"),
+        rule("default_rule1", "passthrough"),
+        rule("gone", "inline"),
+        rule("down", "fallback"),
+    ];
+    assert_eq!(counted, [1, 1, 1, 1, 1, 1]);
+    let nowhere = [rule("missing", "inline"), rule("gone", "cache"), rule("down", "fetched"), rule("default_rule1", "stale")];
+    assert_eq!(nowhere, [0; 4], "no reply counts twice or under another outcome");
+    let served: u64 = counted.iter().sum::<u64>() - rule("default_rule1", "passthrough");
+    assert_eq!(served, p.host.counter("intercepted"));
+    assert_eq!(
+        (rule("missing", "stale"), rule("gone", "inline"), rule("down", "fallback")),
+        (p.host.counter("stale"), p.host.counter("inline"), p.host.counter("fallback"))
+    );
 }
 
 // Pages ready before the error: prewarm, refresh, stale copies (a worker whose calls outlive

@@ -38,10 +38,11 @@ impl<H: Host> Worker<H> {
         let cache = Cache::default();
         let background = host.detached_calls();
         let schedule = if background { Schedule::plan(&config, cache.capacity()) } else { Schedule::default() };
+        let metrics = Metrics::define(host, &config);
         Worker {
             config,
             cache: RefCell::new(cache),
-            metrics: Metrics::define(host),
+            metrics,
             clock: Cell::new(host.now_ms()),
             flights: RefCell::new(Default::default()),
             warned: RefCell::new(HashSet::new()),
