@@ -16,6 +16,8 @@ pub struct Object {
     pub body: Rc<[u8]>,
     pub content_type: String,
     pub cache_control: Option<String>,
+    /// Fetched ahead of any error (prewarm or refresh), not for a client's request.
+    pub ahead: bool,
 }
 
 struct Entry {
@@ -226,7 +228,12 @@ mod tests {
     }
 
     fn obj(n: usize) -> Rc<Object> {
-        Rc::new(Object { body: vec![b'x'; n].into(), content_type: "text/html".into(), cache_control: None })
+        Rc::new(Object {
+            body: vec![b'x'; n].into(),
+            content_type: "text/html".into(),
+            cache_control: None,
+            ahead: false,
+        })
     }
 
     #[test]

@@ -244,6 +244,7 @@ mod tests {
             body: b"<h1>{{path}}</h1>".to_vec().into(),
             content_type: "text/html".into(),
             cache_control: Some("max-age=1".into()),
+            ahead: false,
         });
         let r = build(&s, &s.default, Some((obj, Outcome::Fetched)), &vars("/<x>"));
         assert_eq!(&*r.body, b"<h1>{{path}}</h1>");
@@ -259,6 +260,7 @@ mod tests {
             body: b"<h1>{{path}}</h1>".to_vec().into(),
             content_type: "text/html".into(),
             cache_control: None,
+            ahead: false,
         });
         let r = build(&s, &s.default, Some((obj, Outcome::Cache)), &vars("/<x>"));
         assert_eq!(&*r.body, b"<h1>/&lt;x&gt;</h1>");
@@ -290,11 +292,13 @@ mod tests {
             body: b"<h1>x</h1>".to_vec().into(),
             content_type: "text/html".into(),
             cache_control: None,
+            ahead: false,
         });
         let templated = Rc::new(Object {
             body: b"<h1>{{path}}</h1>".to_vec().into(),
             content_type: "text/html".into(),
             cache_control: None,
+            ahead: false,
         });
         let mut s = serve(html(Some("/e"), None));
         assert!(!needs_vars(&s, &s.default, Some(&templated)));
@@ -347,6 +351,7 @@ mod tests {
             body: b"page".to_vec().into(),
             content_type: "text/html".into(),
             cache_control: cache_control.map(Into::into),
+            ahead: false,
         };
         Some((Rc::new(obj), Outcome::Cache))
     }

@@ -859,7 +859,9 @@ fn a_rule_name_is_refused_where_it_cannot_name_a_counter() {
     let e = err(with_names(json!(null), json!("default_rule0")));
     assert!(e.contains("errorResponseRules[1].name") && e.contains("errorResponseRules[0]"), "{e}");
     // Their twins load.
-    for (a, b) in [(json!("x".repeat(64)), json!("other")), (json!(null), json!("default_rule1")), (json!("A-z_09"), json!(null))] {
+    for (a, b) in
+        [(json!("x".repeat(64)), json!("other")), (json!(null), json!("default_rule1")), (json!("A-z_09"), json!(null))]
+    {
         load(with_names(a, b).to_string().as_bytes()).unwrap();
     }
 }

@@ -483,7 +483,9 @@ fn derived_name(id: &str) -> String {
         if !out.is_empty() {
             out.push('_');
         }
-        out.extend(word.chars().chain(index.chars()).map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }));
+        out.extend(
+            word.chars().chain(index.chars()).map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }),
+        );
     }
     out
 }

@@ -159,7 +159,8 @@ pub(super) fn complete<H: Host>(host: &H, worker: &Worker<H>, token: u32, body_s
             return;
         }
     }
-    release(host, worker, &key, flight.waiters, object, current);
+    let fetch_ms = Some(now.saturating_sub(flight.started_ms));
+    release(host, worker, &key, flight.waiters, object, fetch_ms, current);
 }
 
 /// The error service's answer as an object (cached, but a prewarm never evicts), or
@@ -186,6 +187,7 @@ fn evaluate<H: Host>(
                     body: body.into(),
                     content_type: meta.content_type,
                     cache_control: meta.cache_control,
+                    ahead: flight.background.is_some(),
                 });
                 let mut cache = worker.cache.borrow_mut();
                 let done = if ttl == 0 {
@@ -221,6 +223,7 @@ fn release<H: Host>(
     key: &str,
     waiters: Vec<Waiter<H>>,
     object: Option<Rc<Object>>,
+    fetch_ms: Option<u64>,
     current: u32,
 ) {
     let stale = match (&object, waiters.is_empty()) {
@@ -240,6 +243,7 @@ fn release<H: Host>(
             (None, Some(s)) => Some((s.clone(), Outcome::Stale)),
             (None, None) => None,
         };
+        w.pending.fetch_ms = fetch_ms;
         let (phase, action) = finish(host, worker, w.id, &mut w.pending, served, true);
         *w.slot.borrow_mut() = Some(phase);
         if action == Action::Continue {
@@ -387,7 +391,7 @@ pub(super) fn reassign_orphans<H: Host>(host: &H, worker: &Worker<H>, current: u
             _ if flight.waiters.is_empty() => {}
             _ => {
                 warn!("custom-error-pages: [ctx {current}] the request fetching {key} is gone: its waiters get the fallback");
-                release(host, worker, &key, flight.waiters, None, current);
+                release(host, worker, &key, flight.waiters, None, None, current);
             }
         }
     }

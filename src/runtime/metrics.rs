@@ -102,11 +102,11 @@ impl RuleOutcome {
     }
 }
 
-/// A rule's counter for one outcome, under `PREFIX`: `rule.<name>.<outcome>`, two
+/// A rule's counter for one outcome, under `PREFIX`: `decisions.<name>.<outcome>`, two
 /// segments Envoy's `stats_tags` turn into the labels `rule` and `outcome`
-/// (docs/policy.md shows the two tags).
+/// (docs/observability.md gives the tags).
 fn rule_counter_name(rule: &Rule, outcome: RuleOutcome) -> String {
-    format!("rule.{}.{}", rule.stat, outcome.as_str())
+    format!("decisions.{}.{}", rule.stat, outcome.as_str())
 }
 
 /// The name of every counter, in the order `Metrics::define` asks the host for them (a

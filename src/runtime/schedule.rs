@@ -292,8 +292,12 @@ mod tests {
         assert!(s.keeps(&key));
         assert_eq!((s.known[&key].failures, s.known[&key].retry_at_ms), (0, 0));
         let mut cache = Cache::default();
-        let object =
-            Rc::new(Object { body: b"x".to_vec().into(), content_type: "text/html".into(), cache_control: None });
+        let object = Rc::new(Object {
+            body: b"x".to_vec().into(),
+            content_type: "text/html".into(),
+            cache_control: None,
+            ahead: false,
+        });
         cache.put(key.clone(), object, 4, 0, 0);
         assert!(s.due(&cache, 2_999, |_| false, 4).is_empty());
         assert_eq!(s.due(&cache, 3_000, |_| false, 4).len(), 1, "due at three quarters of its TTL");

@@ -9,6 +9,7 @@
 use super::facts::Facts;
 use super::flight::{self, Ask, Flight, Waiter, DEADLINE_MARGIN_MS};
 use super::host::{HeaderMap, Host};
+use super::metrics::RuleOutcome;
 use super::worker::Worker;
 use super::Action;
 use crate::cache::{self, Object};
@@ -16,7 +17,6 @@ use crate::config::{Config, Rule, RuleAt, RuleKind, Serve, Variant};
 use crate::decide::{Decision, Observer, Step};
 use crate::error_service;
 use crate::negotiate;
-use super::metrics::RuleOutcome;
 use crate::reply::{self, Outcome};
 use crate::request::Metadata;
 use crate::request::RequestView;
@@ -62,6 +62,8 @@ pub(super) struct Pending<H: Host> {
     /// When the filter answers in Envoy's place (ms since the epoch), if Envoy's deadline
     /// for this request is known.
     pub deadline: Option<u64>,
+    /// How long the fetch this request waited on took, once it has come back.
+    pub fetch_ms: Option<u64>,
 }
 
 /// What a cache miss turned into.
@@ -113,7 +115,8 @@ impl<H: Host> Stream<H> {
                 self.worker.metrics.passthrough.bump();
                 self.worker.metrics.rule(rule, RuleOutcome::Passthrough);
                 debug!("custom-error-pages: [ctx {}] {status} passes through by {}", self.id, rule.id);
-                record(&self.host, status, status, &rule.id, "passthrough", None);
+                let fields = Logged { original: status, served: status, rule: &rule.id, outcome: "passthrough" };
+                record(&self.host, &fields, None, None, None);
                 self.phase = Phase::Done;
                 return Action::Continue;
             }
@@ -133,6 +136,7 @@ impl<H: Host> Stream<H> {
             headers_only: end_of_stream,
             cause: None,
             deadline: self.deadline,
+            fetch_ms: None,
         });
         let key = match lookup {
             Ok(object) => {
@@ -286,6 +290,7 @@ pub(super) fn finish<H: Host>(
     };
     let variant = variant_of(serve, pending.variant);
     let needed = reply::needs_vars(serve, variant, object.as_ref().map(|(o, _)| &**o));
+    let ahead = object.as_ref().is_some_and(|(o, _)| o.ahead);
     let reply = reply::build(serve, variant, object, &pending.facts.vars_for(needed));
     match reply.outcome {
         Outcome::Cache | Outcome::Fetched => {} // counted where they happen
@@ -293,6 +298,13 @@ pub(super) fn finish<H: Host>(
         Outcome::Fallback => worker.metrics.fallback.bump(),
         Outcome::Stale => worker.metrics.stale.bump(),
     }
+    let cache = cache_state(reply.outcome, ahead, pending.fetch_ms.is_some());
+    let fields = Logged {
+        original: pending.facts.status,
+        served: reply.status,
+        rule: &rule.id,
+        outcome: reply.outcome.as_str(),
+    };
     let mut headers = reply::headers(&reply, serve, pending.facts.response_headers());
     // Riding the original body's last chunk takes as long as the upstream takes to end it:
     // close to Envoy's deadline, its route timeout would cut the page off (the headers
@@ -304,7 +316,7 @@ pub(super) fn finish<H: Host>(
             warn!("custom-error-pages: [ctx {id}] local reply refused by the proxy; the original response stands");
             return (Phase::Done, Action::Continue);
         }
-        record(host, pending.facts.status, reply.status, &rule.id, reply.outcome.as_str(), pending.cause);
+        record(host, &fields, cache, pending.fetch_ms, pending.cause);
         worker.metrics.rule(rule, RuleOutcome::Served(reply.outcome));
         return (Phase::Done, Action::Pause);
     }
@@ -326,28 +338,59 @@ pub(super) fn finish<H: Host>(
         warn!("custom-error-pages: [ctx {id}] the proxy refused the replacement headers; the original response stands");
         return (Phase::Done, Action::Continue);
     }
-    record(host, pending.facts.status, reply.status, &rule.id, reply.outcome.as_str(), pending.cause);
+    record(host, &fields, cache, pending.fetch_ms, pending.cause);
     worker.metrics.rule(rule, RuleOutcome::Served(reply.outcome));
     drop(headers); // it borrows from `reply`, whose body moves on
     let first_chunk = resumed;
     (Phase::Streaming { body: reply.body, sent: false, dropped: 0, first_chunk }, Action::Continue)
 }
 
+/// The access log's first four fields.
+struct Logged<'a> {
+    original: u16,
+    served: u16,
+    /// The deciding rule's JSON path.
+    rule: &'a str,
+    outcome: &'a str,
+}
+
+/// Whether the cache held the object a reply needed, for the access log: `hit` (a copy a
+/// client's error brought), `prewarmed` (one the filter fetched ahead: prewarm or refresh),
+/// `stale` (an expired copy), `miss` (not held: the request waited on a fetch, or got the
+/// fallback). None for a reply no object could be (inline).
+fn cache_state(outcome: Outcome, ahead: bool, waited: bool) -> Option<&'static str> {
+    match outcome {
+        Outcome::Inline => None,
+        Outcome::Stale => Some("stale"),
+        Outcome::Cache if !waited => Some(if ahead { "prewarmed" } else { "hit" }),
+        Outcome::Cache | Outcome::Fetched | Outcome::Fallback => Some("miss"),
+    }
+}
+
 /// Access-log fields, as one filter state value `wasm.custom_error`
-/// (`original=404 served=200 outcome=cache rule=<json path>`, and ` cause=<Envoy's code
-/// details>` when the filter answered in Envoy's place). One `set_property`, not four:
-/// each costs Envoy a filter-state object, about 2.5 µs of CPU per call measured in
-/// `make bench` (bench/FINDINGS.md).
-fn record(host: &impl Host, original: u16, served: u16, rule: &str, outcome: &str, cause: Option<&str>) {
-    let mut value = String::with_capacity(48 + rule.len());
+/// (`original=404 served=200 outcome=cache rule=<json path>`, then ` cache=<state>` when
+/// the reply needed an object, ` fetch_ms=<n>` when it waited on a fetch, and ` cause=<Envoy's
+/// code details>` when the filter answered in Envoy's place). One `set_property`, not
+/// several: each costs Envoy a filter-state object, about 2.5 µs of CPU per call measured
+/// in `make bench` (bench/FINDINGS.md).
+fn record(host: &impl Host, f: &Logged<'_>, cache: Option<&str>, fetch_ms: Option<u64>, cause: Option<&str>) {
+    let mut value = String::with_capacity(80 + f.rule.len());
     value.push_str("original=");
-    crate::push_decimal(&mut value, original.into());
+    crate::push_decimal(&mut value, f.original.into());
     value.push_str(" served=");
-    crate::push_decimal(&mut value, served.into());
+    crate::push_decimal(&mut value, f.served.into());
     value.push_str(" outcome=");
-    value.push_str(outcome);
+    value.push_str(f.outcome);
     value.push_str(" rule=");
-    value.push_str(rule);
+    value.push_str(f.rule);
+    if let Some(cache) = cache {
+        value.push_str(" cache=");
+        value.push_str(cache);
+    }
+    if let Some(ms) = fetch_ms {
+        value.push_str(" fetch_ms=");
+        crate::push_decimal(&mut value, ms);
+    }
     if let Some(cause) = cause {
         value.push_str(" cause=");
         value.push_str(cause);

@@ -907,13 +907,15 @@ fn a_build_without_a_tick_runs_the_workers_work_from_its_streams() {
 
 #[test]
 fn the_counter_names_a_host_may_define_ahead_are_the_ones_the_runtime_asks_for() {
-    let policy = rules(json!([{"matchResponseCodes": ["404"], "body": "a"}, {"name": "b", "matchResponseCodes": ["500"], "passthrough": true}]));
+    let policy = rules(
+        json!([{"matchResponseCodes": ["404"], "body": "a"}, {"name": "b", "matchResponseCodes": ["500"], "passthrough": true}]),
+    );
     let p = Proxy::new(policy.clone());
     let asked: Vec<String> = p.host.0.borrow().counters.iter().map(|(n, _)| n.clone()).collect();
     let cfg = config::load(policy.to_string().as_bytes()).unwrap();
     assert_eq!(super::counter_names(&cfg), asked);
-    assert!(asked.contains(&"custom_error_pages.rule.b.passthrough".to_string()));
-    assert!(asked.contains(&"custom_error_pages.rule.default_rule0.fetched".to_string()));
+    assert!(asked.contains(&"custom_error_pages.decisions.b.passthrough".to_string()));
+    assert!(asked.contains(&"custom_error_pages.decisions.default_rule0.fetched".to_string()));
 }
 
 /// Each reply counts once under the rule that decided it and what it served: fetched, from
@@ -932,6 +934,7 @@ fn every_decision_counts_under_its_rule_and_outcome() {
     }));
     let failed: Answer = (vec![(":status".into(), b"500".to_vec())], None);
     assert_eq!(p.error(1, 404), Action::Pause);
+    p.host.state().now_ms += 7;
     p.answer(100, ok_answer("page"));
     p.body_chunks(1, &[1]);
     assert_eq!(p.error(2, 404), Action::Continue); // cached
@@ -949,7 +952,7 @@ fn every_decision_counts_under_its_rule_and_outcome() {
     p.answer(102, failed);
     p.body_chunks(6, &[1]);
     p.tick();
-    let rule = |name: &str, outcome: &str| p.host.counter(&format!("rule.{name}.{outcome}"));
+    let rule = |name: &str, outcome: &str| p.host.counter(&format!("decisions.{name}.{outcome}"));
     let counted = [
         rule("missing", "fetched"),
         rule("missing", "cache"),
@@ -959,8 +962,18 @@ fn every_decision_counts_under_its_rule_and_outcome() {
         rule("down", "fallback"),
     ];
     assert_eq!(counted, [1, 1, 1, 1, 1, 1]);
-    let nowhere = [rule("missing", "inline"), rule("gone", "cache"), rule("down", "fetched"), rule("default_rule1", "stale")];
+    let nowhere =
+        [rule("missing", "inline"), rule("gone", "cache"), rule("down", "fetched"), rule("default_rule1", "stale")];
     assert_eq!(nowhere, [0; 4], "no reply counts twice or under another outcome");
+    // The access log says where each page came from, and how long a fetch waited on took.
+    let logged: Vec<String> = (1..=6).map(|id| p.log(id, |s| s.filter_state.clone().unwrap())).collect();
+    let tail = |s: &str| s.split_once(" rule=").map(|(_, t)| t.split_once(' ').map_or("", |(_, t)| t).to_string());
+    let tails: Vec<String> = logged.iter().filter_map(|l| tail(l)).collect();
+    assert_eq!(
+        tails,
+        ["cache=miss fetch_ms=7", "cache=hit", "", "", "cache=miss fetch_ms=0", "cache=stale fetch_ms=0"]
+    );
+    assert!(logged[2].starts_with("original=403 served=403 outcome=passthrough rule="), "{}", logged[2]);
     let served: u64 = counted.iter().sum::<u64>() - rule("default_rule1", "passthrough");
     assert_eq!(served, p.host.counter("intercepted"));
     assert_eq!(
@@ -1040,6 +1053,8 @@ fn the_first_tick_prewarms_every_object_the_policy_can_serve() {
     assert_eq!(p.error(1, 502), Action::Continue, "the first error finds its page: no fetch on its path");
     p.body_chunks(1, &[1]);
     p.log(1, |s| assert_eq!(s.body_out, b"/502.html"));
+    let logged = p.log(1, |s| s.filter_state.clone().unwrap());
+    assert!(logged.ends_with(" cache=prewarmed"), "a copy fetched ahead, no fetch waited on: {logged}");
     p.tick();
     assert_eq!((p.host.counter("prewarmed"), p.host.counter("cache_hit")), (4, 1));
 }
@@ -1320,6 +1335,8 @@ fn a_request_waiting_on_a_failed_prewarm_gets_a_fetch_of_its_own() {
     p.answer(101, ok_answer("its own"));
     p.body_chunks(1, &[1]);
     p.log(1, |s| assert_eq!(s.body_out, b"its own"));
+    let logged = p.log(1, |s| s.filter_state.clone().unwrap());
+    assert!(logged.ends_with(" cache=miss fetch_ms=0"), "it waited on a fetch: {logged}");
     p.tick();
     let counts = ["prewarmed", "prewarm_failed", "fetched"].map(|c| p.host.counter(c));
     assert_eq!(counts, [0, 1, 1], "the second fetch is the request's, not a prewarm");
