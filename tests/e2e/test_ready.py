@@ -6,6 +6,7 @@ Prewarm and refresh run from the proxy-wasm root context, whose calls outlive re
 dynamic module's calls live within a request, so it fetches on a request's path and keeps
 stale copies (docs/native.md)."""
 
+import re
 import time
 
 import pytest
@@ -52,7 +53,8 @@ def test_the_first_error_after_start_is_served_with_no_fetch_on_its_path(start_e
     for path, status in (("/status/502?first", 502), ("/status/404?first", 404)):
         r = e.request(path)
         assert (r.status, r.body) == (status, f"page {status}".encode())
-        assert outcome(e, path)[0] == "cache"
+        served, line = outcome(e, path)
+        assert served == "cache" and " cache=prewarmed" in line and "fetch_ms=" not in line, line
     assert len(errors.requests) == fetched, "the error service saw every fetch before the errors came"
     assert all(r["headers"].get("x-request-id") is None for r in errors.requests), "no request's facts in a prewarm"
 
@@ -63,7 +65,8 @@ def test_prewarm_off_fetches_on_the_first_errors_path(start_envoy, errors):
     e = start_envoy(policy(PAGE_404, prewarm=False))
     assert e.counter("prewarmed", 0) == 0 and errors.requests == []
     assert e.request("/status/404?cold").body == b"page 404"
-    assert outcome(e, "/status/404?cold")[0] == "fetched"
+    served, line = outcome(e, "/status/404?cold")
+    assert served == "fetched" and re.search(r" cache=miss fetch_ms=\d+( |$)", line), line
 
 
 def warm(e, errors, paths):
@@ -93,7 +96,8 @@ def test_an_error_service_outage_keeps_every_rule_on_its_own_page(start_envoy, e
             assert (r.status, r.body) == (status, f"page {status}".encode()), (n, r)
         n += 1
         time.sleep(0.25)  # pacing: about 240 errors over the 30 s
-    assert outcome(e, f"/status/502?outage={n - 1}")[0] == "stale"
+    served, line = outcome(e, f"/status/502?outage={n - 1}")
+    assert served == "stale" and " cache=stale" in line, line
     assert e.counter("stale", 1) >= 1
     assert e.counter("fallback", 0) == 0
     errors.start_again()
