@@ -77,7 +77,7 @@ fn case(path: &str, v: &serde_json::Value, cfg: &Config) -> Result<Case> {
     }
     resp.finish()?;
     let mut e = o.opt_obj("expect")?.ok_or_else(|| ConfigError::new(o.field_path("expect"), "is required"))?;
-    let expect = Expect {
+    let mut expect = Expect {
         result: match e.opt_str("result")? {
             None => None,
             Some(r @ ("served" | "passthrough" | "untouched")) => Some(r.to_string()),
@@ -93,9 +93,13 @@ fn case(path: &str, v: &serde_json::Value, cfg: &Config) -> Result<Case> {
         object: e.opt_str("object")?.map(str::to_string),
         content_type: e.opt_str("contentType")?.map(str::to_string),
     };
-    if let Some(rule) = &expect.rule {
-        if !rule_ids(cfg).contains(rule.as_str()) {
-            return Err(ConfigError::new(e.field_path("rule"), format!("\"{rule}\" is not a rule of the policy")));
+    // A rule is named by its JSON path or by the name its counters go by.
+    if let Some(rule) = &mut expect.rule {
+        match cfg.rules().find(|r| r.id == *rule || r.stat == *rule) {
+            Some(r) => *rule = r.id.clone(),
+            None => {
+                return Err(ConfigError::new(e.field_path("rule"), format!("\"{rule}\" is not a rule of the policy")))
+            }
         }
     }
     e.finish()?;
@@ -265,6 +269,19 @@ mod tests {
         }
         assert_eq!(mismatches(&ran[3].0.expect, &ran[3].1), ["result: expected untouched, got served"]);
         assert_eq!(ran[0].0.name, "cases[0]", "an unnamed case is called by its place");
+    }
+
+    #[test]
+    fn a_rule_may_be_expected_by_the_name_its_counters_go_by() {
+        let ran = run(json!({"cases": [
+            {"response": {"status": 403}, "expect": {"rule": "default_rule2"}},
+            {"response": {"status": 404}, "expect": {"rule": "default_rule2"}}]}));
+        assert_eq!(ran[0].0.expect.rule.as_deref(), Some("defaultCustomErrorResponsePolicy.errorResponseRules[2]"));
+        assert_eq!(mismatches(&ran[0].0.expect, &ran[0].1), Vec::<String>::new());
+        assert_eq!(
+            mismatches(&ran[1].0.expect, &ran[1].1),
+            ["rule: expected defaultCustomErrorResponsePolicy.errorResponseRules[2], got defaultCustomErrorResponsePolicy.errorResponseRules[0]"]
+        );
     }
 
     #[test]

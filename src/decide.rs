@@ -132,7 +132,9 @@ impl fmt::Display for Line<'_, '_> {
             Step::UnknownPolicy { of, name } => {
                 write!(f, "the {} metadata names policy \"{name}\", which policies does not have: skipped", whose(*of))
             }
-            Step::Decides { policy, rule } => write!(f, "{} has a rule for {status}: {}", policy.id, rule.id),
+            Step::Decides { policy, rule } => {
+                write!(f, "{} has a rule for {status}: {} (counted as \"{}\")", policy.id, rule.id, rule.stat)
+            }
             Step::Defers { policy } => {
                 write!(f, "{} has no rule for {status}: deferring to the level above", policy.id)
             }

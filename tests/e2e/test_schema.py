@@ -66,6 +66,8 @@ BAD = {
     "empty hosts": {"hostRules": [{"hosts": [], "pathMatcher": "m"}], "pathMatchers": [{"name": "m"}]},
     "route timeout zero": {"routeTimeoutsMs": {"checkout": 0}},
     "route timeout as text": {"routeTimeoutsMs": {"*": "1s"}},
+    "rule name with a dot": R(name="a.b"),
+    "rule name too long": R(name="x" * 65),
 }
 
 
