@@ -45,7 +45,10 @@ Try:
   curl -i -H 'host: api.localhost'  localhost:10000/status/503         # api: inline JSON error
   curl -i -H 'host: api.localhost'  localhost:10000/checkout           # route rule by Envoy route name
   curl -s localhost:9901/stats | grep custom_error_pages               # counters
-Access log lines (original status, rule, outcome) are printed below. Ctrl-C to stop.
+  curl -s localhost:9901/stats/prometheus | grep custom_error_pages    # the same, per rule and outcome as labels
+Counters: http://127.0.0.1:9901/stats/prometheus (Prometheus format, rule and outcome as labels);
+a Grafana dashboard for them: envoy/grafana/custom-error-pages.json (docs/observability.md).
+Access log lines (original status, rule, outcome, cache state) are printed below. Ctrl-C to stop.
 
 TXT
 wait
