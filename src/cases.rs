@@ -57,6 +57,20 @@ pub fn parse(text: &[u8], cfg: &Config) -> Result<Vec<Case>> {
     cases.iter().map(|(path, v)| case(path, v, cfg)).collect()
 }
 
+/// An object of header names to values: `(lower-case name, value)` pairs.
+fn string_map(o: &mut Obj<'_>, field: &str) -> Result<Vec<(String, String)>> {
+    let mut pairs = Vec::new();
+    if let Some(mut h) = o.opt_obj(field)? {
+        for k in h.keys() {
+            let p = h.field_path(&k);
+            let v = h.get(&k).map(|v| as_str(v, &p)).transpose()?.unwrap_or_default();
+            pairs.push((k.to_ascii_lowercase(), v.to_string()));
+        }
+        h.finish()?;
+    }
+    Ok(pairs)
+}
+
 fn case(path: &str, v: &serde_json::Value, cfg: &Config) -> Result<Case> {
     let mut o = as_obj(v, path)?;
     let name = o.opt_str("name")?.unwrap_or(path).to_string();
@@ -68,6 +82,7 @@ fn case(path: &str, v: &serde_json::Value, cfg: &Config) -> Result<Case> {
     let status =
         resp.opt_uint("status", 100, 599)?.ok_or_else(|| ConfigError::new(resp.field_path("status"), "is required"))?;
     let mut request = request;
+    request.response_headers = string_map(&mut resp, "headers")?;
     match resp.opt_str("source")? {
         None | Some("upstream") => {}
         Some("proxy") => request.made_by_proxy = true,
@@ -116,14 +131,7 @@ fn request(mut r: Obj<'_>, cfg: &Config) -> Result<StaticRequest> {
     };
     // The method matters to Envoy (HEAD gets no body), not to the decision.
     r.opt_str("method")?;
-    if let Some(mut h) = r.opt_obj("headers")? {
-        for k in h.keys() {
-            let p = h.field_path(&k);
-            let v = h.get(&k).map(|v| as_str(v, &p)).transpose()?.unwrap_or_default();
-            req.headers.push((k.to_ascii_lowercase(), v.to_string()));
-        }
-        h.finish()?;
-    }
+    req.headers = string_map(&mut r, "headers")?;
     if let Some(p) = r.opt_str("routePolicy")? {
         req.route_metadata.push((cfg.metadata_namespace.clone(), POLICY_KEY.into(), p.to_string()));
     }

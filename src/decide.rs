@@ -10,6 +10,7 @@
 //! `Observer`, which the filter leaves empty (`()`, compiled away) and `explain` writes out.
 
 use crate::config::{Config, PathMatcher, Policy, PolicyId, Routing, Rule, RuleKind, Serve, POLICY_KEY};
+use crate::matching::codes::{rank, Source};
 use crate::matching::routes::{first_route, RouteRule};
 use crate::request::{Metadata, RequestView};
 use std::fmt;
@@ -65,6 +66,11 @@ pub enum Step<'c, 'a> {
     Decides {
         policy: &'c Policy,
         rule: &'c Rule,
+    },
+    /// A rule for the code whose `responseHeaderMatches[index]` fails: it does not count.
+    ResponseMismatch {
+        rule: &'c Rule,
+        index: usize,
     },
     Defers {
         policy: &'c Policy,
@@ -135,6 +141,14 @@ impl fmt::Display for Line<'_, '_> {
             Step::Decides { policy, rule } => {
                 write!(f, "{} has a rule for {status}: {} (counted as \"{}\")", policy.id, rule.id, rule.stat)
             }
+            Step::ResponseMismatch { rule, index } => {
+                let name = rule.response_matches.get(*index).map_or("", |h| h.name.as_str());
+                write!(
+                    f,
+                    "{}: responseHeaderMatches[{index}] ({name}) does not hold for this response: the rule does not count",
+                    rule.id
+                )
+            }
             Step::Defers { policy } => {
                 write!(f, "{} has no rule for {status}: deferring to the level above", policy.id)
             }
@@ -169,17 +183,17 @@ impl Config {
         // Named policies are looked up only for codes one of them covers.
         let named = !self.named.is_empty() && self.named_codes.contains(status);
         let route_named = if named { self.named_policy(Metadata::Route, req, status, obs) } else { None };
-        if let Some(d) = self.level(route_named, status, made_by_proxy, obs) {
+        if let Some(d) = self.level(route_named, status, made_by_proxy, req, obs) {
             return d;
         }
         let matcher = self.matcher_for(req, status, obs);
         let rule_level = matcher.and_then(|m| self.rule_level(m, status, made_by_proxy, req, obs));
-        if let Some(d) = self.level(rule_level, status, made_by_proxy, obs) {
+        if let Some(d) = self.level(rule_level, status, made_by_proxy, req, obs) {
             return d;
         }
         let host_named = if named { self.named_policy(Metadata::VirtualHost, req, status, obs) } else { None };
         for policy in [host_named, matcher.and_then(|m| m.default_policy), self.proxy_policy] {
-            if let Some(d) = self.level(policy, status, made_by_proxy, obs) {
+            if let Some(d) = self.level(policy, status, made_by_proxy, req, obs) {
                 return d;
             }
         }
@@ -194,10 +208,11 @@ impl Config {
         policy: Option<PolicyId>,
         status: u16,
         made_by_proxy: bool,
+        req: &mut dyn RequestView,
         obs: &mut impl Observer,
     ) -> Option<Decision<'_>> {
         let policy = self.policy(policy?)?;
-        match policy.table.lookup(status, made_by_proxy).and_then(|i| policy.rules.get(i)) {
+        match rule_for(policy, status, made_by_proxy, req, obs) {
             Some(rule) => {
                 obs.step(status, Step::Decides { policy, rule });
                 Some(match &rule.kind {
@@ -290,6 +305,37 @@ impl Config {
         }
         matched
     }
+}
+
+/// The rule of `policy` that decides `status`: the code table's pick, unless it has
+/// response matches; then the rules for the code in rank order (`codes::rank`), the first
+/// whose response matches all hold. Response headers are read only for a policy that has
+/// such a rule for the code.
+fn rule_for<'c>(
+    policy: &'c Policy,
+    status: u16,
+    made_by_proxy: bool,
+    req: &mut dyn RequestView,
+    obs: &mut impl Observer,
+) -> Option<&'c Rule> {
+    let first = policy.table.lookup(status, made_by_proxy).and_then(|i| policy.rules.get(i))?;
+    if first.response_matches.is_empty() {
+        return Some(first);
+    }
+    let side = if made_by_proxy { Source::Proxy } else { Source::Upstream };
+    let mut ranked: Vec<(u16, u8, usize)> = (policy.rules.iter().enumerate())
+        .filter(|(_, r)| r.source.overlaps(side))
+        .filter_map(|(i, r)| rank(&r.specs, r.source, status, i))
+        .collect();
+    ranked.sort_unstable();
+    for rule in ranked.into_iter().filter_map(|(_, _, i)| policy.rules.get(i)) {
+        let failing = rule.response_matches.iter().position(|h| !h.holds(req.response_header(&h.name).as_deref()));
+        match failing {
+            None => return Some(rule),
+            Some(index) => obs.step(status, Step::ResponseMismatch { rule, index }),
+        }
+    }
+    None
 }
 
 #[cfg(test)]

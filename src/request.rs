@@ -16,6 +16,9 @@ pub trait RequestView {
     /// A string in the route's or the virtual host's metadata,
     /// `filter_metadata.<namespace>.<key>` (`xds.route_metadata`, `xds.virtual_host_metadata`).
     fn metadata(&mut self, of: Metadata, namespace: &str, key: &str) -> Option<String>;
+    /// A header of the response being decided on (the upstream's, or Envoy's own reply's), by
+    /// lower-case name; several values joined with ",".
+    fn response_header(&mut self, name: &str) -> Option<String>;
 }
 
 /// Whose metadata: the route Envoy chose, or its virtual host.
@@ -96,6 +99,19 @@ pub struct StaticRequest {
     pub route_metadata: Vec<(String, String, String)>,
     /// The same for the virtual host.
     pub virtual_host_metadata: Vec<(String, String, String)>,
+    /// The response's headers.
+    pub response_headers: Vec<(String, String)>,
+}
+
+/// Several values of one header, as one value joined with ",".
+fn joined(headers: &[(String, String)], name: &str) -> Option<String> {
+    let values: Vec<&str> =
+        headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect();
+    if values.is_empty() {
+        None
+    } else {
+        Some(values.join(","))
+    }
 }
 
 impl RequestView for StaticRequest {
@@ -106,13 +122,10 @@ impl RequestView for StaticRequest {
         self.path.clone()
     }
     fn header(&mut self, name: &str) -> Option<String> {
-        let values: Vec<&str> =
-            self.headers.iter().filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str()).collect();
-        if values.is_empty() {
-            None
-        } else {
-            Some(values.join(","))
-        }
+        joined(&self.headers, name)
+    }
+    fn response_header(&mut self, name: &str) -> Option<String> {
+        joined(&self.response_headers, name)
     }
     fn route_name(&mut self) -> Option<String> {
         self.route_name.clone()

@@ -339,6 +339,7 @@ struct CountingRequest {
     inner: StaticRequest,
     route_name_reads: usize,
     metadata_reads: usize,
+    response_header_reads: usize,
 }
 
 impl custom_error_pages::request::RequestView for CountingRequest {
@@ -361,6 +362,10 @@ impl custom_error_pages::request::RequestView for CountingRequest {
     fn metadata(&mut self, of: Metadata, namespace: &str, key: &str) -> Option<String> {
         self.metadata_reads += 1;
         self.inner.metadata(of, namespace, key)
+    }
+    fn response_header(&mut self, name: &str) -> Option<String> {
+        self.response_header_reads += 1;
+        self.inner.response_header(name)
     }
 }
 
@@ -386,6 +391,7 @@ fn decide_counting(policy: &serde_json::Value, status: u16, path: &str) -> (Stri
         inner: StaticRequest { route_name: Some("checkout".into()), ..req("h", path) },
         route_name_reads: 0,
         metadata_reads: 0,
+        response_header_reads: 0,
     };
     let what = match cfg.decide(status, &mut r) {
         Decision::Serve(_, serve) => serve.default.path.clone().unwrap_or_default(),
@@ -521,6 +527,7 @@ fn metadata_is_read_only_when_a_named_policy_covers_the_code() {
             inner: with_metadata("/", Some("checkout"), None),
             route_name_reads: 0,
             metadata_reads: 0,
+            response_header_reads: 0,
         };
         cfg.decide(status, &mut r);
         r.metadata_reads
@@ -864,4 +871,112 @@ fn a_rule_name_is_refused_where_it_cannot_name_a_counter() {
     {
         load(with_names(a, b).to_string().as_bytes()).unwrap();
     }
+}
+
+// Matching the response: `responseHeaderMatches` on error response rules.
+
+fn responding(headers: &[(&str, &str)]) -> StaticRequest {
+    StaticRequest {
+        response_headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        ..req("h", "/api/x")
+    }
+}
+
+/// An API's own problem+json errors pass; an HTML stack trace on the same code gets the page.
+#[test]
+fn a_rule_counts_for_its_code_only_when_its_response_matches_hold() {
+    let p = json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+        {"matchResponseCodes": ["404"], "passthrough": true,
+         "responseHeaderMatches": [{"headerName": "Content-Type", "prefixMatch": "application/problem+json"}]},
+        {"matchResponseCodes": ["404"], "body": "page"}]}});
+    let passthrough = "passthrough defaultCustomErrorResponsePolicy.errorResponseRules[0]";
+    assert_eq!(
+        decide(&p, 404, &mut responding(&[("content-type", "application/problem+json; charset=utf-8")])),
+        passthrough
+    );
+    assert_eq!(decide(&p, 404, &mut responding(&[("content-type", "text/html")])), "proxy page");
+    assert_eq!(decide(&p, 404, &mut responding(&[])), "proxy page", "no content-type: the condition fails");
+}
+
+/// Only empty bodies: a 502 with `content-length: 0` is replaced, one with a body is not.
+#[test]
+fn when_no_rule_holds_the_level_defers_and_the_fall_through_goes_on() {
+    let p = json!({
+        "defaultCustomErrorResponsePolicy": {"errorResponseRules": [{"matchResponseCodes": ["5xx"], "body": "proxy"}]},
+        "hostRules": [{"hosts": ["h"], "pathMatcher": "m"}],
+        "pathMatchers": [{"name": "m", "defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+            {"matchResponseCodes": ["502"], "body": "empty",
+             "responseHeaderMatches": [{"headerName": "content-length", "exactMatch": "0"}]}]}}]});
+    assert_eq!(decide(&p, 502, &mut responding(&[("content-length", "0")])), "host empty");
+    assert_eq!(decide(&p, 502, &mut responding(&[("content-length", "12")])), "proxy proxy");
+    let alone = json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+        {"matchResponseCodes": ["502"], "body": "empty",
+         "responseHeaderMatches": [{"headerName": "content-length", "exactMatch": "0"}]}]}});
+    assert_eq!(decide(&alone, 502, &mut responding(&[("content-length", "12")])), "none");
+    assert_eq!(decide(&alone, 502, &mut responding(&[("content-length", "0")])), "proxy empty");
+}
+
+/// Exact codes still beat ranges, whatever the order; among rules of one rank, the list's
+/// order; every condition of a rule must hold (and `invertMatch` turns one around).
+#[test]
+fn response_matches_keep_the_code_precedence() {
+    let p = json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+        {"matchResponseCodes": ["4xx"], "body": "class-json",
+         "responseHeaderMatches": [{"headerName": "content-type", "exactMatch": "application/json"}]},
+        {"matchResponseCodes": ["404"], "body": "exact-json",
+         "responseHeaderMatches": [{"headerName": "content-type", "exactMatch": "application/json"},
+                                   {"headerName": "x-debug", "presentMatch": true, "invertMatch": true}]},
+        {"matchResponseCodes": ["404"], "body": "exact-any"},
+        {"matchResponseCodes": ["4xx"], "body": "class-any"}]}});
+    let json_type = [("content-type", "application/json")];
+    assert_eq!(decide(&p, 404, &mut responding(&json_type)), "proxy exact-json");
+    assert_eq!(
+        decide(&p, 404, &mut responding(&[("content-type", "application/json"), ("x-debug", "1")])),
+        "proxy exact-any"
+    );
+    assert_eq!(decide(&p, 404, &mut responding(&[])), "proxy exact-any");
+    assert_eq!(decide(&p, 410, &mut responding(&json_type)), "proxy class-json");
+    assert_eq!(decide(&p, 410, &mut responding(&[])), "proxy class-any");
+}
+
+/// Response headers are read only where a rule for the code has response matches.
+#[test]
+fn response_headers_are_read_only_where_a_rule_for_the_code_has_conditions() {
+    let p = json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+        {"matchResponseCodes": ["404"], "body": "a", "responseHeaderMatches": [{"headerName": "x", "presentMatch": true}]},
+        {"matchResponseCodes": ["5xx"], "body": "b"}]}});
+    let cfg = load(p.to_string().as_bytes()).unwrap();
+    let mut r =
+        CountingRequest { inner: responding(&[]), route_name_reads: 0, metadata_reads: 0, response_header_reads: 0 };
+    assert!(matches!(cfg.decide(503, &mut r), Decision::Serve(..)));
+    assert_eq!(r.response_header_reads, 0);
+    assert!(matches!(cfg.decide(404, &mut r), Decision::None));
+    assert_eq!(r.response_header_reads, 1);
+}
+
+#[test]
+fn a_rule_sharing_a_code_is_refused_unless_the_earlier_one_has_response_matches() {
+    let rules = |first: serde_json::Value| json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [first, {"matchResponseCodes": ["404"], "body": "b"}]}});
+    let e = err(rules(json!({"matchResponseCodes": ["404"], "body": "a"})));
+    assert!(e.starts_with("defaultCustomErrorResponsePolicy.errorResponseRules[1].matchResponseCodes[0]: "), "{e}");
+    assert!(e.contains("responseHeaderMatches"), "{e}");
+    // The twin: the earlier rule has conditions, so the later one is reached when they fail.
+    let conditional = json!({"matchResponseCodes": ["404"], "body": "a",
+                             "responseHeaderMatches": [{"headerName": "x", "exactMatch": "1"}]});
+    load(rules(conditional).to_string().as_bytes()).unwrap();
+    // A conditional rule after an unconditional one for the code could never be reached.
+    let e = err(json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+        {"matchResponseCodes": ["404"], "body": "a"},
+        {"matchResponseCodes": ["404"], "body": "b", "responseHeaderMatches": [{"headerName": "x", "presentMatch": true}]}]}}));
+    assert!(e.starts_with("defaultCustomErrorResponsePolicy.errorResponseRules[1].matchResponseCodes[0]"), "{e}");
+    // Each condition is checked as a request header match is.
+    let bad = |m: serde_json::Value| {
+        err(rules(json!({"matchResponseCodes": ["404"], "body": "a", "responseHeaderMatches": [m]})))
+    };
+    let at = "defaultCustomErrorResponsePolicy.errorResponseRules[0].responseHeaderMatches[0]";
+    assert!(bad(json!({"headerName": "bad name", "exactMatch": "x"})).starts_with(&format!("{at}.headerName: ")));
+    assert!(bad(json!({"headerName": "x", "regexMatch": "("})).starts_with(&format!("{at}.regexMatch: ")));
+    assert!(bad(json!({"headerName": "x", "exactMath": "1"})).starts_with(&format!("{at}: needs one of exactMatch")));
+    assert!(bad(json!({"headerName": "x", "exactMatch": "1", "colour": "red"}))
+        .starts_with(&format!("{at}.colour: unknown field")));
 }

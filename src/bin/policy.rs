@@ -2,7 +2,7 @@
 //!
 //!   policy check FILE
 //!   policy explain FILE --host H --path P --status N [--header k:v]... [--route NAME]
-//!                       [--source proxy|upstream] [--method M]
+//!                       [--source proxy|upstream] [--method M] [--response-header k:v]...
 //!                       [--route-policy NAME] [--vhost-policy NAME]
 //!                       [--route-metadata NS.KEY=VALUE]... [--vhost-metadata NS.KEY=VALUE]...
 //!   policy import-gcp URLMAP.json --service BACKEND=cluster ...
@@ -16,7 +16,7 @@ use std::process::ExitCode;
 const USAGE: &str = "usage:
   policy check FILE
   policy explain FILE --host H --path P --status N [--header name:value]... [--route NAME]
-                      [--source proxy|upstream] [--method M]
+                      [--source proxy|upstream] [--method M] [--response-header name:value]...
                       [--route-policy NAME] [--vhost-policy NAME]
                       [--route-metadata NS.KEY=VALUE]... [--vhost-metadata NS.KEY=VALUE]...
   policy import-gcp URLMAP.json --service BACKEND=CLUSTER [--service ...]
@@ -88,9 +88,10 @@ fn explain(args: &[String]) -> Result<(), String> {
             "host" => req.authority = v,
             "path" => req.path = v,
             "status" => status = Some(v.parse::<u16>().map_err(|_| format!("--status {v}: not a status code"))?),
-            "header" => {
-                let (name, value) = v.split_once(':').ok_or_else(|| format!("--header {v}: expected name:value"))?;
-                req.headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
+            "header" | "response-header" => {
+                let (name, value) = v.split_once(':').ok_or_else(|| format!("--{k} {v}: expected name:value"))?;
+                let to = if k == "header" { &mut req.headers } else { &mut req.response_headers };
+                to.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
             }
             "route" => req.route_name = Some(v),
             "source" => req.made_by_proxy = v == "proxy",

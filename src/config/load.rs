@@ -319,7 +319,9 @@ impl Loader {
         // rules below add error services, never policies).
         let policy = PolicyId(self.policies.len());
         let mut rules = Vec::new();
-        let mut seen: Vec<(CodeSpec, Source, String)> = Vec::new();
+        // Each code spec so far, its source, its rule's path, and whether that rule has
+        // response matches (a later rule for the same code is then reached when they fail).
+        let mut seen: Vec<(CodeSpec, Source, String, bool)> = Vec::new();
         let list = o.opt_array("errorResponseRules")?;
         if list.len() > MAX_RULES {
             return Err(ConfigError::new(
@@ -330,13 +332,18 @@ impl Loader {
         for (i, (rp, rv)) in list.into_iter().enumerate() {
             let rule = self.rule(as_obj(rv, &rp)?, RuleAt { policy, index: i }, scope.level, service)?;
             for (i, spec) in rule.specs.iter().enumerate() {
-                if let Some((_, _, prev)) = seen.iter().find(|(s, src, _)| s == spec && src.overlaps(rule.source)) {
+                let shadowed = |(s, src, _, conditional): &&(CodeSpec, Source, String, bool)| {
+                    s == spec && src.overlaps(rule.source) && !conditional
+                };
+                if let Some((_, _, prev, _)) = seen.iter().find(shadowed) {
                     return Err(ConfigError::new(
                         format!("{rp}.matchResponseCodes[{i}]"),
-                        format!("this code or range is already matched by {prev} in the same policy"),
+                        format!(
+                            "this code or range is already matched by {prev} in the same policy (two rules may share a code only when the earlier one has responseHeaderMatches)"
+                        ),
                     ));
                 }
-                seen.push((*spec, rule.source, rp.clone()));
+                seen.push((*spec, rule.source, rp.clone(), !rule.response_matches.is_empty()));
                 for c in spec.lo..=spec.hi {
                     self.codes.insert(c);
                 }
@@ -360,6 +367,7 @@ impl Loader {
         };
         let ordinal = self.rule_count;
         self.rule_count += 1;
+        let response_matches = header_conds(&mut o, "responseHeaderMatches")?;
         let (specs, source) = codes_and_source(&mut o)?;
         if source != Source::Any {
             for spec in &specs {
@@ -441,7 +449,7 @@ impl Loader {
             RuleKind::Serve(Box::new(Serve { override_code, default, variants, headers, template, service, location }))
         };
         o.finish()?;
-        Ok(Rule { id, stat, ordinal, at, level, specs, source, kind })
+        Ok(Rule { id, stat, ordinal, at, level, specs, source, response_matches, kind })
     }
 }
 
@@ -578,18 +586,7 @@ fn match_rule(mut o: Obj<'_>) -> Result<MatchRule> {
     } else {
         PathCond::Any
     };
-    let mut headers = Vec::new();
-    for (hp, hv) in o.opt_array("headerMatches")? {
-        let mut h = as_obj(hv, &hp)?;
-        let name = h.req_str("headerName")?;
-        if !is_token(name) {
-            return Err(ConfigError::new(h.field_path("headerName"), format!("\"{name}\" is not a header name")));
-        }
-        let invert = h.opt_bool("invertMatch")?.unwrap_or(false);
-        let cond = str_cond(&mut h, true)?;
-        h.finish()?;
-        headers.push(HeaderCond { name: name.to_ascii_lowercase(), cond, invert });
-    }
+    let headers = header_conds(&mut o, "headerMatches")?;
     let mut query = Vec::new();
     for (qp, qv) in o.opt_array("queryParameterMatches")? {
         let mut q = as_obj(qv, &qp)?;
@@ -619,6 +616,24 @@ fn match_rule(mut o: Obj<'_>) -> Result<MatchRule> {
     let route_name = o.opt_str("routeName")?.map(str::to_string);
     o.finish()?;
     Ok(MatchRule { path, ignore_case, headers, query, route_name, metadata })
+}
+
+/// `headerMatches` of a match rule, `responseHeaderMatches` of an error response rule: one
+/// shape (Google Cloud's), names lower-cased as Envoy hands headers over.
+fn header_conds(o: &mut Obj<'_>, field: &str) -> Result<Vec<HeaderCond>> {
+    let mut conds = Vec::new();
+    for (hp, hv) in o.opt_array(field)? {
+        let mut h = as_obj(hv, &hp)?;
+        let name = h.req_str("headerName")?;
+        if !is_token(name) {
+            return Err(ConfigError::new(h.field_path("headerName"), format!("\"{name}\" is not a header name")));
+        }
+        let invert = h.opt_bool("invertMatch")?.unwrap_or(false);
+        let cond = str_cond(&mut h, true)?;
+        h.finish()?;
+        conds.push(HeaderCond { name: name.to_ascii_lowercase(), cond, invert });
+    }
+    Ok(conds)
 }
 
 /// `hostRules` into the host index; also which path matchers some host rule names.

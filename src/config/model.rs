@@ -4,7 +4,7 @@
 pub use crate::ids::{MatcherId, PolicyId, RuleAt, ServiceId};
 use crate::matching::codes::{CodeSet, CodeSpec, CodeTable, Source};
 use crate::matching::hosts::HostIndex;
-use crate::matching::routes::{PathRules, RouteRule};
+use crate::matching::routes::{HeaderCond, PathRules, RouteRule};
 
 pub const DEFAULT_TIMEOUT_MS: u64 = 1000;
 /// The largest value in `routeTimeoutsMs` (one hour; Envoy's own route timeouts are usually seconds).
@@ -126,6 +126,9 @@ pub struct Rule {
     pub level: Level,
     pub specs: Vec<CodeSpec>,
     pub source: Source,
+    /// `responseHeaderMatches`: conditions on the original response's headers, all of
+    /// which must hold for the rule to count for the code.
+    pub response_matches: Vec<HeaderCond>,
     pub kind: RuleKind,
 }
 

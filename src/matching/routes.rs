@@ -131,6 +131,13 @@ pub struct HeaderCond {
     pub invert: bool,
 }
 
+impl HeaderCond {
+    /// Whether the condition holds for the header's value (`None`: the header is absent).
+    pub fn holds(&self, value: Option<&str>) -> bool {
+        self.cond.holds(value) != self.invert
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct QueryCond {
     pub name: String,
@@ -180,8 +187,7 @@ impl MatchRule {
             }
         }
         for h in &self.headers {
-            let value = req.header(&h.name);
-            if h.cond.holds(value.as_deref()) == h.invert {
+            if !h.holds(req.header(&h.name).as_deref()) {
                 return false;
             }
         }

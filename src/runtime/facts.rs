@@ -142,6 +142,10 @@ impl<H: Host> RequestView for Facts<H> {
         self.request.joined(name)
     }
 
+    fn response_header(&mut self, name: &str) -> Option<String> {
+        self.response.joined(name)
+    }
+
     fn route_name(&mut self) -> Option<String> {
         self.host.route_name().filter(|s| !s.is_empty())
     }
