@@ -291,3 +291,52 @@ fn test_a_bad_cases_file_is_refused_with_the_field() {
     assert!(!ok);
     assert!(err.contains("cases[0].expect.stauts: unknown field"), "{err}");
 }
+
+#[test]
+fn explain_shows_which_rules_response_matches_failed_and_why() {
+    let f = temp(
+        "response-matches.json",
+        r#"{"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+            {"name": "api-own", "matchResponseCodes": ["404"], "passthrough": true,
+             "responseHeaderMatches": [{"headerName": "content-type", "prefixMatch": "application/problem+json"}]},
+            {"matchResponseCodes": ["404"], "body": "page"}]}}"#,
+    );
+    let args = ["explain", &f, "--host", "h", "--path", "/", "--status", "404"];
+    let (ok, out, _) = policy(&[&args[..], &["--response-header", "content-type: text/html"]].concat());
+    assert!(ok);
+    assert!(
+        out.contains("defaultCustomErrorResponsePolicy.errorResponseRules[0]: responseHeaderMatches[0] (content-type) does not hold for this response: the rule does not count"),
+        "{out}"
+    );
+    assert!(out.contains("result: served by defaultCustomErrorResponsePolicy.errorResponseRules[1]"), "{out}");
+    // The twin: the API's own error passes, and nothing failed on the way.
+    let (_, out, _) = policy(&[&args[..], &["--response-header", "Content-Type: application/problem+json"]].concat());
+    assert!(!out.contains("does not hold"), "{out}");
+    assert!(out.contains("(counted as \"api-own\")") && out.contains("passthrough"), "{out}");
+}
+
+#[test]
+fn a_policy_test_case_gives_the_responses_headers() {
+    let p = temp(
+        "empty-bodies.json",
+        r#"{"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+            {"name": "empty-502", "matchResponseCodes": ["502"], "body": "page",
+             "responseHeaderMatches": [{"headerName": "content-length", "exactMatch": "0"}]}]}}"#,
+    );
+    let cases = temp(
+        "empty-bodies.cases.json",
+        r#"{"cases": [
+            {"name": "empty", "response": {"status": 502, "headers": {"Content-Length": "0"}}, "expect": {"result": "served", "rule": "empty-502"}},
+            {"name": "with a body", "response": {"status": 502, "headers": {"content-length": "12"}}, "expect": {"result": "untouched"}}]}"#,
+    );
+    let (ok, out, err) = policy(&["test", &p, &cases]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("2 passed, 0 failed"), "{out}");
+    // The twin: a wrong expectation fails on the response's headers.
+    let wrong = temp(
+        "empty-bodies-wrong.cases.json",
+        r#"{"cases": [{"name": "with a body", "response": {"status": 502, "headers": {"content-length": "12"}}, "expect": {"result": "served"}}]}"#,
+    );
+    let (ok, out, _) = policy(&["test", &p, &wrong]);
+    assert!(!ok && out.contains("result: expected served, got untouched"), "{out}");
+}

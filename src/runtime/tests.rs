@@ -1371,3 +1371,22 @@ fn an_object_a_request_fetched_is_kept_fresh_too() {
     assert_eq!((p.calls(), p.call(101).from), (2, ROOT), "refreshed from the worker's own context");
     assert!(p.call(101).headers.iter().all(|(n, _)| *n != "x-request-id"), "without the first request's facts");
 }
+
+#[test]
+fn a_rule_with_response_matches_reads_the_original_responses_headers() {
+    let mut p = Proxy::new(rules(json!([
+        {"matchResponseCodes": ["404"], "passthrough": true,
+         "responseHeaderMatches": [{"headerName": "content-type", "prefixMatch": "application/problem+json"}]},
+        {"matchResponseCodes": ["404"], "body": "page"}])));
+    p.request(1, "GET", "/");
+    assert_eq!(p.respond(1, 404, &[("content-type", "application/problem+json")], false), Action::Continue);
+    p.body_chunks(1, &[5]);
+    p.log(1, |s| {
+        assert!(s.set_headers.is_none() && s.body_out.is_empty(), "left alone");
+        assert!(s.filter_state.as_deref().unwrap().contains("outcome=passthrough"));
+    });
+    p.request(2, "GET", "/");
+    assert_eq!(p.respond(2, 404, &[("content-type", "text/html")], false), Action::Continue);
+    p.body_chunks(2, &[5]);
+    p.log(2, |s| assert_eq!(s.body_out, b"page"));
+}

@@ -68,7 +68,29 @@ BAD = {
     "route timeout as text": {"routeTimeoutsMs": {"*": "1s"}},
     "rule name with a dot": R(name="a.b"),
     "rule name too long": R(name="x" * 65),
+    "response match without kind": R(responseHeaderMatches=[{"headerName": "content-type"}]),
 }
+
+
+# The extensions' shapes, each accepted by both.
+GOOD = {
+    "named rule": R(name="not-found_1"),
+    "response header matches": {"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+        {"matchResponseCodes": ["404"], "passthrough": True,
+         "responseHeaderMatches": [{"headerName": "content-type", "prefixMatch": "application/problem+json"}]},
+        {"matchResponseCodes": ["404"], "body": "x",
+         "responseHeaderMatches": [{"headerName": "x-debug", "presentMatch": True, "invertMatch": True}]},
+        {"matchResponseCodes": ["404"], "body": ""}]}},
+    "redirect": R(overrideResponseCode=302, headers={"location": "/login?next={{url}}"}),
+}
+
+
+@pytest.mark.parametrize("name", list(GOOD))
+def test_schema_and_loader_agree_on_good_policies(name, tmp_path):
+    policy = GOOD[name]
+    assert [e.message for e in VALIDATOR.iter_errors(policy)] == []
+    ok, err = loader_accepts(policy, tmp_path)
+    assert ok, err
 
 
 @pytest.mark.parametrize("name", list(BAD))
