@@ -5,7 +5,7 @@
 use crate::config::reader::{as_obj, as_str, Obj};
 use crate::config::{Config, ConfigError, POLICY_KEY};
 use crate::decide::Decision;
-use crate::request::StaticRequest;
+use crate::request::{RequestView, StaticRequest};
 use crate::{error_service, negotiate, reply};
 use std::collections::BTreeSet;
 
@@ -21,6 +21,8 @@ pub struct Expect {
     /// inline body.
     pub object: Option<String>,
     pub content_type: Option<String>,
+    /// The language chosen from the rule's `languages` (`Accept-Language`).
+    pub language: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -39,6 +41,7 @@ pub struct Decided {
     pub status: u16,
     pub object: Option<String>,
     pub content_type: Option<String>,
+    pub language: Option<String>,
     pub trace: Vec<String>,
 }
 
@@ -107,6 +110,7 @@ fn case(path: &str, v: &serde_json::Value, cfg: &Config) -> Result<Case> {
         status: e.opt_uint("status", 100, 599)?.map(|n| n as u16),
         object: e.opt_str("object")?.map(str::to_string),
         content_type: e.opt_str("contentType")?.map(str::to_string),
+        language: e.opt_str("language")?.map(str::to_string),
     };
     // A rule is named by its JSON path or by the name its counters go by.
     if let Some(rule) = &mut expect.rule {
@@ -179,10 +183,12 @@ pub fn decide(cfg: &Config, case: &Case) -> Decided {
             Decided { result: "passthrough".into(), rule: Some(rule.id.clone()), status, trace, ..Decided::default() }
         }
         Decision::Serve(rule, serve) => {
-            let accept = req.headers.iter().find(|(k, _)| k == "accept").map(|(_, v)| v.as_str());
-            let variant = negotiate::choose(serve, accept);
+            let accept = req.header("accept");
+            let variant = negotiate::choose(serve, accept.as_deref());
+            let language =
+                serve.languages.get(negotiate::language(&serve.languages, req.header("accept-language").as_deref()));
             let object = match &variant.path {
-                Some(p) => error_service::object_path(p, status),
+                Some(p) => error_service::object_path(p, status, language.map_or("", String::as_str)),
                 None => "inline".into(),
             };
             Decided {
@@ -191,6 +197,7 @@ pub fn decide(cfg: &Config, case: &Case) -> Decided {
                 status: reply::served_status(serve, status),
                 object: Some(object),
                 content_type: Some(variant.content_type.clone()),
+                language: language.cloned(),
                 trace,
             }
         }
@@ -213,6 +220,7 @@ pub fn mismatches(expect: &Expect, got: &Decided) -> Vec<String> {
     check("status", expect.status.map(|s| s.to_string()), served.then(|| got.status.to_string()));
     check("object", expect.object.clone(), got.object.clone());
     check("contentType", expect.content_type.clone(), got.content_type.clone());
+    check("language", expect.language.clone(), got.language.clone());
     out
 }
 

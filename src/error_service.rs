@@ -7,14 +7,18 @@ use crate::http::{is_media_type, valid_header_value};
 use std::borrow::Cow;
 
 /// The error object's path on the error service, `{status}` (or its other name
-/// `{originalStatus}`) replaced by the original code.
-pub fn object_path(template: &str, original_status: u16) -> String {
+/// `{originalStatus}`) replaced by the original code, `{lang}` by the language chosen.
+pub fn object_path(template: &str, original_status: u16, lang: &str) -> String {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(at) = rest.find('{') {
         out.push_str(&rest[..at]);
         let after = &rest[at..];
-        match ["{status}", "{originalStatus}"].iter().find(|p| after.starts_with(**p)) {
+        match ["{status}", "{originalStatus}", "{lang}"].iter().find(|p| after.starts_with(**p)) {
+            Some(&"{lang}") => {
+                out.push_str(lang);
+                rest = &after["{lang}".len()..];
+            }
             Some(p) => {
                 crate::push_decimal(&mut out, original_status.into());
                 rest = &after[p.len()..];
@@ -32,6 +36,11 @@ pub fn object_path(template: &str, original_status: u16) -> String {
 /// Whether a path template names the code (so it stands for one object per code).
 pub fn per_code(template: &str) -> bool {
     template.contains("{status}") || template.contains("{originalStatus}")
+}
+
+/// Whether a path names one object per language (`{lang}`).
+pub fn per_lang(template: &str) -> bool {
+    template.contains("{lang}")
 }
 
 /// A fetch's headers: names are the filter's own, or a service's `requestHeaders`.
@@ -188,11 +197,13 @@ mod tests {
 
     #[test]
     fn path_substitution() {
-        assert_eq!(object_path("/shop/{status}.html", 404), "/shop/404.html");
-        assert_eq!(object_path("/a.html", 404), "/a.html");
-        assert_eq!(object_path("/{status}/{status}.{x}", 503), "/503/503.{x}");
-        assert_eq!(object_path("/e/{originalStatus}-{status}.html", 502), "/e/502-502.html", "two names, one code");
+        assert_eq!(object_path("/shop/{status}.html", 404, ""), "/shop/404.html");
+        assert_eq!(object_path("/a.html", 404, "de"), "/a.html");
+        assert_eq!(object_path("/{status}/{status}.{x}", 503, ""), "/503/503.{x}");
+        assert_eq!(object_path("/e/{originalStatus}-{status}.html", 502, ""), "/e/502-502.html", "two names, one code");
+        assert_eq!(object_path("/{lang}/e/{status}.{lang}.html", 404, "de-CH"), "/de-CH/e/404.de-CH.html");
         assert!(per_code("/e/{originalStatus}.html") && per_code("/e/{status}.html") && !per_code("/e/x.html"));
+        assert!(per_lang("/{lang}/x") && !per_lang("/x/{status}"));
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! Content negotiation: pick the error object's variant from the request's `Accept`
-//! (q-values, `type/*`, `*/*`), as browsers get HTML and API clients JSON.
+//! (q-values, `type/*`, `*/*`), as browsers get HTML and API clients JSON; and its language
+//! from `Accept-Language` (q-values, RFC 4647 lookup).
 
 use crate::config::{Serve, Variant};
 
@@ -91,6 +92,51 @@ pub fn choose<'s>(serve: &'s Serve, accept: Option<&str>) -> &'s Variant {
     best
 }
 
+/// The language to serve, as an index into a rule's `languages` (BCP 47 tags, the first
+/// the default): RFC 4647 "lookup". The client's ranges in q order (highest first, ties in
+/// their order), each tried whole and then shortened a subtag at a time (`de-CH-1996`,
+/// `de-CH`, `de`; a single-letter subtag goes with the one after it), the first that names
+/// a language of the rule wins. `*`, ranges with q=0 and anything unparsable are skipped:
+/// when nothing matches, the default, since a page in some language beats none.
+pub fn language(languages: &[String], accept_language: Option<&str>) -> usize {
+    let Some(header) = accept_language.filter(|_| languages.len() > 1) else {
+        return 0;
+    };
+    let mut ranges: Vec<(u16, usize, &str)> = header
+        .split(',')
+        .enumerate()
+        .filter_map(|(i, item)| {
+            let mut parts = item.split(';');
+            let tag = parts.next()?.trim();
+            let mut q = 1000;
+            for p in parts {
+                if let Some((k, v)) = p.split_once('=') {
+                    if k.trim().eq_ignore_ascii_case("q") {
+                        q = parse_q(v.trim());
+                    }
+                }
+            }
+            (q > 0 && tag != "*" && !tag.is_empty()).then_some((q, i, tag))
+        })
+        .collect();
+    ranges.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    for (_, _, range) in ranges {
+        let mut candidate = range;
+        loop {
+            if let Some(i) = languages.iter().position(|l| l.eq_ignore_ascii_case(candidate)) {
+                return i;
+            }
+            let Some(cut) = candidate.rfind('-') else { break };
+            candidate = &candidate[..cut];
+            // A singleton (`x` in `de-x-priv`) never ends a lookup candidate.
+            if let Some(cut) = candidate.rfind('-').filter(|c| candidate.len() - c == 2) {
+                candidate = &candidate[..cut];
+            }
+        }
+    }
+    0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +152,7 @@ mod tests {
             template: false,
             service: Some(ServiceId(0)),
             location: None,
+            languages: vec![],
         }
     }
 
@@ -167,5 +214,33 @@ mod tests {
     fn most_specific_range_sets_quality() {
         // json refused explicitly even though */* would accept it
         assert_eq!(pick(Some("application/json;q=0, */*;q=0.1, text/plain;q=0.05")), "/e.html");
+    }
+
+    fn lang(available: &[&str], header: Option<&str>) -> &'static str {
+        let langs: Vec<String> = available.iter().map(|s| s.to_string()).collect();
+        let i = language(&langs, header);
+        ["first", "second", "third", "fourth"][i]
+    }
+
+    #[test]
+    fn a_language_is_looked_up_from_the_most_wanted_range_down() {
+        let site = ["en", "de", "fr-CA"];
+        assert_eq!(lang(&site, Some("de-CH,de;q=0.9,en;q=0.5")), "second", "de-CH finds de");
+        assert_eq!(lang(&site, Some("en")), "first");
+        assert_eq!(
+            lang(&site, Some("fr;q=0.9, de;q=0.8")),
+            "second",
+            "fr does not find fr-CA (lookup shortens the range only)"
+        );
+        assert_eq!(lang(&site, Some("fr-CA-x-private")), "third", "the singleton goes with its subtag");
+        assert_eq!(lang(&site, Some("EN-gb;q=0.2, DE;q=0.3")), "second", "q order, case-insensitive");
+        assert_eq!(lang(&site, Some("de;q=0.5, en;q=0.5")), "second", "ties: the client's order");
+        assert_eq!(lang(&site, Some("de;q=0, en;q=0.1")), "first", "q=0 is not wanted");
+        assert_eq!(lang(&site, Some("*")), "first");
+        assert_eq!(lang(&site, Some("ja, zh-Hant-TW")), "first", "nothing matches: the default");
+        assert_eq!(lang(&site, None), "first");
+        assert_eq!(lang(&site, Some("")), "first");
+        assert_eq!(lang(&site, Some(";;,,de;q=abc,q=1")), "first", "unparsable q is 0");
+        assert_eq!(lang(&["de"], Some("fr")), "first");
     }
 }

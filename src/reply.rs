@@ -50,13 +50,13 @@ pub fn preserved(name: &str) -> bool {
         || name.starts_with("access-control-")
 }
 
-/// `vary` with `Accept` merged in (once, case-insensitively; `*` already covers it).
-fn vary_with_accept(vary: Option<Cow<'_, str>>) -> Cow<'_, str> {
+/// `vary` with `header` merged in (once, case-insensitively; `*` already covers it).
+fn vary_with<'a>(vary: Option<Cow<'a, str>>, header: &'static str) -> Cow<'a, str> {
     match vary {
-        None => Cow::Borrowed("Accept"),
-        Some(v) if v.split(',').map(str::trim).any(|t| t == "*" || t.eq_ignore_ascii_case("accept")) => v,
-        Some(v) if v.trim().is_empty() => Cow::Borrowed("Accept"),
-        Some(v) => Cow::Owned(format!("{v}, Accept")),
+        None => Cow::Borrowed(header),
+        Some(v) if v.split(',').map(str::trim).any(|t| t == "*" || t.eq_ignore_ascii_case(header)) => v,
+        Some(v) if v.trim().is_empty() => Cow::Borrowed(header),
+        Some(v) => Cow::Owned(format!("{v}, {header}")),
     }
 }
 
@@ -204,7 +204,11 @@ pub fn headers<'a>(
     // A rule with variants chose the representation from `Accept`, whichever it served
     // (the fallback included): caches must not hand it to a client that asks for another.
     if !serve.variants.is_empty() {
-        vary = Some(vary_with_accept(vary));
+        vary = Some(vary_with(vary, "Accept"));
+    }
+    // The same for a language chosen from `Accept-Language`.
+    if serve.languages.len() > 1 {
+        vary = Some(vary_with(vary, "Accept-Language"));
     }
     if let Some(v) = vary {
         out.push(("vary".into(), v));
@@ -226,6 +230,7 @@ mod tests {
             template: false,
             service: Some(ServiceId(0)),
             location: None,
+            languages: vec![],
         }
     }
 

@@ -2,7 +2,7 @@
 //! that a request path such as `/<script>` comes back as text, never as markup.
 
 pub const VARIABLES: &[&str] =
-    &["status", "originalStatus", "requestId", "host", "path", "method", "source", "codeDetails", "url"];
+    &["status", "originalStatus", "requestId", "host", "path", "method", "source", "codeDetails", "url", "lang"];
 
 /// How a value must be escaped to stay data inside an object of a content type.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +38,8 @@ pub struct Vars<'a> {
     pub code_details: &'a str,
     /// `https` or `http`, for `{{url}}`.
     pub scheme: &'a str,
+    /// The language chosen from the rule's `languages` (empty without them).
+    pub lang: &'a str,
 }
 
 impl Vars<'_> {
@@ -51,6 +53,7 @@ impl Vars<'_> {
             "method" => self.method.to_string(),
             "source" => self.source.to_string(),
             "codeDetails" => self.code_details.to_string(),
+            "lang" => self.lang.to_string(),
             "url" => {
                 format!("{}://{}{}", if self.scheme.is_empty() { "http" } else { self.scheme }, self.host, self.path)
             }
@@ -60,6 +63,20 @@ impl Vars<'_> {
 }
 
 /// Refuses unknown variables at load (a typo would otherwise reach users verbatim).
+/// Whether `text` uses the variable `name` (`{{name}}`, spaces allowed inside the braces).
+pub fn uses(text: &str, name: &str) -> bool {
+    let mut rest = text;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let Some(end) = after.find("}}") else { return false };
+        if after[..end].trim() == name {
+            return true;
+        }
+        rest = &after[end + 2..];
+    }
+    false
+}
+
 pub fn validate(text: &str) -> Result<(), String> {
     let mut rest = text;
     while let Some(start) = rest.find("{{") {
@@ -194,13 +211,15 @@ mod tests {
             source: "proxy",
             code_details: "x",
             scheme: "https",
+            lang: "de-CH",
         }
     }
 
     #[test]
     fn renders_known_variables() {
-        let out = render("{{status}} {{ originalStatus }} {{requestId}} {{path}}", &vars("/a"), Escape::Text);
-        assert_eq!(out, "503 502 r-1 /a");
+        let out = render("{{status}} {{ originalStatus }} {{requestId}} {{path}} {{lang}}", &vars("/a"), Escape::Text);
+        assert_eq!(out, "503 502 r-1 /a de-CH");
+        assert!(uses("x {{ lang }} y", "lang") && !uses("{{language}} {{lang", "lang"));
     }
 
     #[test]
@@ -268,7 +287,7 @@ mod tests {
         assert!(validate("no vars").is_ok());
         assert_eq!(
             validate("{{stauts}}").unwrap_err(),
-            "unknown template variable \"{{stauts}}\" (known: status, originalStatus, requestId, host, path, method, source, codeDetails, url)"
+            "unknown template variable \"{{stauts}}\" (known: status, originalStatus, requestId, host, path, method, source, codeDetails, url, lang)"
         );
     }
 }

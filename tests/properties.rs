@@ -99,6 +99,7 @@ fn request_input_never_appears_unescaped_in_html_or_json() {
             source: "upstream",
             code_details: "via_upstream",
             scheme: "https",
+            lang: "de",
         };
         let html = render("<p>{{path}}|{{host}}|{{requestId}}|{{method}}</p>", &vars, Escape::Html);
         let inner = &html["<p>".len()..html.len() - "</p>".len()];
@@ -136,7 +137,7 @@ fn error_service_call_is_built_from_configuration_and_status_only() {
     };
     for _ in 0..5_000 {
         let status = rng.next() as u16;
-        let path = object_path("/errors/{status}.html", status);
+        let path = object_path("/errors/{status}.html", status, "");
         assert_eq!(path, format!("/errors/{status}.html"));
         let (uri, host, id) = (rng.hostile(), rng.hostile(), rng.hostile());
         let facts = CallFacts {
@@ -186,6 +187,7 @@ fn cache_key_cannot_be_chosen_by_request_headers() {
         template: false,
         service: Some(ServiceId(0)),
         location: None,
+        languages: vec![],
     };
     let allowed: Vec<String> = ["text/html; charset=utf-8", "application/json", "text/plain"]
         .iter()
@@ -395,4 +397,39 @@ fn pathological_regexes_run_in_linear_time() {
         ..Default::default()
     };
     assert!(matches!(cfg.decide(404, &mut req), custom_error_pages::decide::Decision::None));
+}
+
+/// Whatever a client sends as `Accept-Language`, the language chosen is one of the rule's,
+/// and so is every object path and cache key it leads to: a client cannot name an object.
+#[test]
+fn the_language_is_always_one_of_the_rules_whatever_the_client_sends() {
+    let mut rng = Rng(11);
+    let languages: Vec<String> = ["en", "de", "de-CH", "fr", "zh-Hant-TW"].iter().map(|s| s.to_string()).collect();
+    const RANGES: &[&str] = &[
+        "de",
+        "DE-ch",
+        "fr-CA",
+        "*",
+        "en-GB",
+        "zh-Hant",
+        "x-priv",
+        "i-klingon",
+        ";q=0.5",
+        ";q=0",
+        ";q=1.5",
+        ",",
+        "-",
+        "--",
+        "q=",
+        "..",
+        "de;q=0.9",
+    ];
+    for _ in 0..5_000 {
+        let header: String =
+            (0..rng.below(7)).map(|_| format!("{}{}", rng.pick(RANGES), rng.hostile())).collect::<Vec<_>>().join(",");
+        let i = negotiate::language(&languages, Some(&header));
+        assert!(i < languages.len(), "{header:?}");
+        let path = object_path("/{lang}/{status}.html", 404, &languages[i]);
+        assert!(languages.iter().any(|l| path == format!("/{l}/404.html")), "{header:?} -> {path}");
+    }
 }

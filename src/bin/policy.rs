@@ -10,7 +10,8 @@
 
 use custom_error_pages::config::{self, Config, POLICY_KEY};
 use custom_error_pages::decide::Decision;
-use custom_error_pages::{cases, error_service, gcp, negotiate, reply, request::StaticRequest};
+use custom_error_pages::request::{RequestView, StaticRequest};
+use custom_error_pages::{cases, error_service, gcp, negotiate, reply};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
@@ -120,8 +121,11 @@ fn explain(args: &[String]) -> Result<(), String> {
             println!("result: {status} passes through untouched (passthrough rule {})", rule.id)
         }
         Decision::Serve(rule, serve) => {
-            let accept = req.headers.iter().find(|(k, _)| k == "accept").map(|(_, v)| v.as_str());
-            let variant = negotiate::choose(serve, accept);
+            let accept = req.header("accept");
+            let variant = negotiate::choose(serve, accept.as_deref());
+            let accept_language = req.header("accept-language");
+            let language = serve.languages.get(negotiate::language(&serve.languages, accept_language.as_deref()));
+            let lang = language.map_or("", String::as_str);
             let served = reply::served_status(serve, status);
             println!("result: served by {} (level: {})", rule.id, rule.level.as_str());
             println!(
@@ -133,11 +137,19 @@ fn explain(args: &[String]) -> Result<(), String> {
             } else {
                 println!("  variant: {}", variant.content_type);
             }
+            if let Some(lang) = language {
+                let from = match &accept_language {
+                    Some(a) if serve.languages.len() > 1 => format!("from accept-language \"{a}\""),
+                    _ if serve.languages.len() > 1 => "no accept-language: the default".to_string(),
+                    _ => "the rule's only language".to_string(),
+                };
+                println!("  language: {lang} ({from}; of {})", serve.languages.join(", "));
+            }
             match (&variant.path, cfg.service(serve.service)) {
                 (Some(p), Some(svc)) => {
                     println!(
                         "  object: GET {} from cluster \"{}\" (authority {}, timeout {} ms, cached up to {} s)",
-                        error_service::object_path(p, status),
+                        error_service::object_path(p, status, lang),
                         svc.cluster,
                         svc.authority,
                         svc.timeout_ms,

@@ -3,6 +3,7 @@
 use super::error::{ConfigError, Result};
 use super::model::*;
 use super::reader::{as_obj, as_str, Obj};
+use crate::error_service;
 use crate::http::{is_media_type, is_token, valid_header_value};
 use crate::matching::codes::{CodeSet, CodeSpec, CodeTable, Source, MAX_CODE, MAX_RULES, MIN_CODE};
 use crate::matching::hosts::{HostIndex, HostPattern};
@@ -432,10 +433,15 @@ impl Loader {
         }
         o.opt_str("description")?;
         let kind = if passthrough {
-            if default.path.is_some() || default.body.is_some() || !variants.is_empty() || override_code.is_some() {
+            if default.path.is_some()
+                || default.body.is_some()
+                || !variants.is_empty()
+                || override_code.is_some()
+                || o.get("languages").is_some()
+            {
                 return Err(ConfigError::new(
                     o.field_path("passthrough"),
-                    "a passthrough rule leaves the response as it is: it cannot also have path, body, variants or overrideResponseCode",
+                    "a passthrough rule leaves the response as it is: it cannot also have path, body, variants, languages or overrideResponseCode",
                 ));
             }
             RuleKind::Passthrough
@@ -446,11 +452,77 @@ impl Loader {
                     "a rule needs a path (fetched from the error service), a body, or \"passthrough\": true",
                 ));
             }
-            RuleKind::Serve(Box::new(Serve { override_code, default, variants, headers, template, service, location }))
+            let languages = languages(&mut o, &default, &variants, location.as_deref(), template)?;
+            RuleKind::Serve(Box::new(Serve {
+                override_code,
+                default,
+                variants,
+                headers,
+                template,
+                service,
+                location,
+                languages,
+            }))
         };
         o.finish()?;
         Ok(Rule { id, stat, ordinal, at, level, specs, source, response_matches, kind })
     }
+}
+
+/// The most languages one rule may list (each is an object to prewarm per code and variant).
+const MAX_LANGUAGES: usize = 64;
+
+/// A BCP 47 language tag as RFC 4647 matches them: alphanumeric subtags of 1 to 8
+/// characters joined by `-`, the first alphabetic (`en`, `de-CH`, `zh-Hant-TW`).
+fn is_language_tag(tag: &str) -> bool {
+    let mut subtags = tag.split('-');
+    let first_ok =
+        subtags.next().is_some_and(|s| (1..=8).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphabetic()));
+    first_ok && subtags.all(|s| (1..=8).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric()))
+}
+
+/// A rule's `languages`, checked against where `{lang}` and `{{lang}}` are used: a path with
+/// `{lang}` needs them, and a list nothing uses would change nothing.
+fn languages(
+    o: &mut Obj<'_>,
+    default: &Variant,
+    variants: &[Variant],
+    location: Option<&str>,
+    template: bool,
+) -> Result<Vec<String>> {
+    let list = o.opt_array("languages")?;
+    let paths: Vec<&str> = std::iter::once(default).chain(variants).filter_map(|v| v.path.as_deref()).collect();
+    let bodies = std::iter::once(default).chain(variants).filter_map(|v| v.body.as_deref()).chain(location);
+    let by_path = paths.iter().any(|p| error_service::per_lang(p));
+    if list.is_empty() {
+        if by_path {
+            return Err(ConfigError::new(o.field_path("languages"), "a path with {lang} needs the rule's languages"));
+        }
+        return Ok(Vec::new());
+    }
+    if list.len() > MAX_LANGUAGES {
+        return Err(ConfigError::new(o.field_path("languages"), format!("at most {MAX_LANGUAGES} languages")));
+    }
+    let mut tags: Vec<String> = Vec::with_capacity(list.len());
+    for (p, v) in list {
+        let tag = as_str(v, &p)?;
+        if !is_language_tag(tag) {
+            return Err(ConfigError::new(&p, format!("\"{tag}\" is not a language tag such as \"en\" or \"de-CH\"")));
+        }
+        if tags.iter().any(|t| t.eq_ignore_ascii_case(tag)) {
+            return Err(ConfigError::new(&p, format!("\"{tag}\" is listed twice")));
+        }
+        tags.push(tag.to_string());
+    }
+    // A fetched object may use `{{lang}}` too when the rule renders fetched objects.
+    let by_template = template || bodies.into_iter().any(|b| template::uses(b, "lang"));
+    if !by_path && !by_template {
+        return Err(ConfigError::new(
+            o.field_path("languages"),
+            "no path has {lang}, no inline body or location uses {{lang}} and the rule renders no fetched object: the language would change nothing",
+        ));
+    }
+    Ok(tags)
 }
 
 /// The longest rule `name`: it is part of a counter's name.
@@ -790,11 +862,13 @@ fn check_object_path(p: &str, path: &str) -> Result<()> {
     if !p.bytes().all(|b| b.is_ascii_graphic()) || p.contains('#') {
         return Err(ConfigError::new(path, format!("\"{p}\" must be printable ASCII without spaces or \"#\"")));
     }
-    let without = p.replace("{status}", "").replace("{originalStatus}", "");
+    let without = p.replace("{status}", "").replace("{originalStatus}", "").replace("{lang}", "");
     if without.contains(['{', '}']) {
         return Err(ConfigError::new(
             path,
-            format!("\"{p}\": the only placeholders are {{status}} and {{originalStatus}} (both the original code)"),
+            format!(
+                "\"{p}\": the only placeholders are {{status}} and {{originalStatus}} (both the original code) and {{lang}} (the language chosen)"
+            ),
         ));
     }
     Ok(())

@@ -95,6 +95,9 @@ pub struct Serve {
     pub service: Option<ServiceId>,
     /// A redirect's `location` (its `headers.location`, templated), with a 3xx override.
     pub location: Option<String>,
+    /// `languages`: BCP 47 tags as configured, the first the default; `{lang}` in a path
+    /// and `{{lang}}` in a template stand for the one `Accept-Language` chooses.
+    pub languages: Vec<String>,
 }
 
 impl Serve {

@@ -327,23 +327,27 @@ fn in_envoys_place<H: Host>(
     let accept = held.facts.header("accept");
     let variant = negotiate::choose(serve, accept.as_deref());
     held.facts.served = reply::served_status(serve, status);
-    let object = held_copy(worker, serve, variant, status);
+    let language = held.facts.language(serve);
+    let object = held_copy(worker, serve, variant, language, status);
     held.rule = rule.at;
     held.variant = serve.variants.iter().position(|v| std::ptr::eq(v, variant));
+    held.language = language;
     held.headers_only = true;
     held.cause = Some(details);
     Some(finish(host, worker, id, held, object, true))
 }
 
-/// The object for `serve`'s `variant` (`status` fills the path) if the cache holds it:
-/// fresh, else a stale copy.
+/// The object for `serve`'s `variant` in its `language` (`status` fills the path) if the
+/// cache holds it: fresh, else a stale copy.
 pub(super) fn held_copy<H: Host>(
     worker: &Worker<H>,
     serve: &Serve,
     variant: &Variant,
+    language: usize,
     status: u16,
 ) -> Option<(Rc<Object>, Outcome)> {
-    let path = error_service::object_path(variant.path.as_deref()?, status);
+    let path =
+        error_service::object_path(variant.path.as_deref()?, status, super::stream::language_tag(serve, language));
     let key = cache::key(serve.service?, &path, &variant.content_type);
     let mut cache = worker.cache.borrow_mut();
     if let Some(object) = cache.get(&key, worker.clock.get()) {

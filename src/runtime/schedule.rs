@@ -200,13 +200,18 @@ fn objects(config: &Config) -> Vec<(String, Ask)> {
             // are, asked for as its first code.
             codes.extend(rule.specs.first().map(|s| s.lo));
         }
+        // A path without `{lang}` is one object whatever the language.
+        let all_languages: Vec<&str> = serve.languages.iter().map(String::as_str).collect();
         for variant in std::iter::once(&serve.default).chain(&serve.variants) {
             let Some(template) = &variant.path else { continue };
             let per_code = error_service::per_code(template);
+            let languages = if error_service::per_lang(template) { &all_languages[..] } else { &[""][..] };
             for &code in codes.iter().take(if per_code { usize::MAX } else { 1 }) {
-                let path = error_service::object_path(template, code);
-                let ask = Ask::new(svc, service, &path, variant, code, None);
-                out.push((cache::key(service, &path, &variant.content_type), ask));
+                for lang in languages {
+                    let path = error_service::object_path(template, code, lang);
+                    let ask = Ask::new(svc, service, &path, variant, code, None);
+                    out.push((cache::key(service, &path, &variant.content_type), ask));
+                }
             }
         }
     }

@@ -53,6 +53,8 @@ pub(super) type Slot<H> = Rc<RefCell<Option<Phase<H>>>>;
 pub(super) struct Pending<H: Host> {
     pub rule: RuleAt,
     pub variant: Option<usize>,
+    /// The language chosen, in the rule's `languages` (0 without any).
+    pub language: usize,
     pub facts: Facts<H>,
     /// Answer with a local reply: the upstream response ended with its headers (no body
     /// to carry the object), or the filter answers in Envoy's place.
@@ -128,10 +130,12 @@ impl<H: Host> Stream<H> {
         let variant = negotiate::choose(serve, accept.as_deref());
         facts.served = reply::served_status(serve, status);
         let variant_index = serve.variants.iter().position(|v| std::ptr::eq(v, variant));
-        let lookup = self.cached_or_fetch(serve, variant, &mut facts);
+        let language = facts.language(serve);
+        let lookup = self.cached_or_fetch(serve, variant, language, &mut facts);
         let mut pending = Box::new(Pending {
             rule: rule.at,
             variant: variant_index,
+            language,
             facts,
             headers_only: end_of_stream,
             cause: None,
@@ -195,6 +199,7 @@ impl<H: Host> Stream<H> {
         &self,
         serve: &Serve,
         variant: &Variant,
+        language: usize,
         facts: &mut Facts<H>,
     ) -> Result<Option<(Rc<Object>, Outcome)>, Miss> {
         let config = self.worker.config.clone();
@@ -203,7 +208,7 @@ impl<H: Host> Stream<H> {
         let Some((service, svc)) = serve.service.and_then(|i| config.service(Some(i)).map(|s| (i, s))) else {
             return Ok(None);
         };
-        let path = error_service::object_path(path_template, facts.status);
+        let path = error_service::object_path(path_template, facts.status, language_tag(serve, language));
         let key = cache::key(service, &path, &variant.content_type);
         let now = self.worker.clock.get();
         if let Some(object) = self.worker.cache.borrow_mut().get(&key, now) {
@@ -261,6 +266,11 @@ pub(super) fn rule_serve(config: &Config, at: RuleAt) -> Option<(&Rule, &Serve)>
     })
 }
 
+/// The tag of the language chosen (`""` for a rule without languages).
+pub(super) fn language_tag(serve: &Serve, index: usize) -> &str {
+    serve.languages.get(index).map_or("", String::as_str)
+}
+
 fn variant_of(serve: &Serve, index: Option<usize>) -> &Variant {
     index.and_then(|i| serve.variants.get(i)).unwrap_or(&serve.default)
 }
@@ -291,7 +301,10 @@ pub(super) fn finish<H: Host>(
     let variant = variant_of(serve, pending.variant);
     let needed = reply::needs_vars(serve, variant, object.as_ref().map(|(o, _)| &**o));
     let ahead = object.as_ref().is_some_and(|(o, _)| o.ahead);
-    let reply = reply::build(serve, variant, object, &pending.facts.vars_for(needed));
+    let mut vars = pending.facts.vars_for(needed);
+    vars.lang = language_tag(serve, pending.language);
+    let reply = reply::build(serve, variant, object, &vars);
+    drop(vars);
     match reply.outcome {
         Outcome::Cache | Outcome::Fetched => {} // counted where they happen
         Outcome::Inline => worker.metrics.inline.bump(),
