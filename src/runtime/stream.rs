@@ -304,7 +304,6 @@ pub(super) fn finish<H: Host>(
     let mut vars = pending.facts.vars_for(needed);
     vars.lang = language_tag(serve, pending.language);
     let reply = reply::build(serve, variant, object, &vars);
-    drop(vars);
     match reply.outcome {
         Outcome::Cache | Outcome::Fetched => {} // counted where they happen
         Outcome::Inline => worker.metrics.inline.bump(),
