@@ -340,3 +340,31 @@ fn a_policy_test_case_gives_the_responses_headers() {
     let (ok, out, _) = policy(&["test", &p, &wrong]);
     assert!(!ok && out.contains("result: expected served, got untouched"), "{out}");
 }
+
+#[test]
+fn explain_and_policy_tests_show_the_language_accept_language_chooses() {
+    let f = temp(
+        "languages.json",
+        r#"{"errorService": "error_pages", "defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+            {"matchResponseCodes": ["404"], "path": "/{lang}/404.html", "languages": ["en", "de", "fr"]}]}}"#,
+    );
+    let explain = |extra: &[&str]| {
+        let args = [&["explain", f.as_str(), "--host", "h", "--path", "/", "--status", "404"][..], extra].concat();
+        policy(&args).1
+    };
+    let out = explain(&["--header", "accept-language: de-CH,de;q=0.9,en;q=0.5"]);
+    assert!(out.contains("  language: de (from accept-language \"de-CH,de;q=0.9,en;q=0.5\"; of en, de, fr)"), "{out}");
+    assert!(out.contains("object: GET /de/404.html"), "{out}");
+    let out = explain(&[]);
+    assert!(out.contains("language: en (no accept-language: the default") && out.contains("GET /en/404.html"), "{out}");
+    let cases = temp(
+        "languages.cases.json",
+        r#"{"cases": [
+            {"request": {"headers": {"Accept-Language": "fr-CA, en;q=0.5"}}, "response": {"status": 404},
+             "expect": {"language": "fr", "object": "/fr/404.html"}},
+            {"request": {"headers": {"accept-language": "ja"}}, "response": {"status": 404}, "expect": {"language": "de"}}]}"#,
+    );
+    let (ok, out, _) = policy(&["test", &f, &cases]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("1 passed, 1 failed") && out.contains("language: expected de, got en"), "{out}");
+}

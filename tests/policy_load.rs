@@ -980,3 +980,61 @@ fn a_rule_sharing_a_code_is_refused_unless_the_earlier_one_has_response_matches(
     assert!(bad(json!({"headerName": "x", "exactMatch": "1", "colour": "red"}))
         .starts_with(&format!("{at}.colour: unknown field")));
 }
+
+// Languages: `languages`, `{lang}` in paths, `{{lang}}` in templates.
+
+#[test]
+fn languages_are_refused_where_they_cannot_work() {
+    let rule = |extra: serde_json::Value| {
+        let mut r = json!({"matchResponseCodes": ["404"], "path": "/{lang}/404.html"});
+        for (k, v) in extra.as_object().unwrap() {
+            r[k] = v.clone();
+        }
+        json!({"errorService": svc(), "defaultCustomErrorResponsePolicy": {"errorResponseRules": [r]}})
+    };
+    let at = "defaultCustomErrorResponsePolicy.errorResponseRules[0]";
+    let e = err(rule(json!({})));
+    assert_eq!(e, format!("{at}.languages: a path with {{lang}} needs the rule's languages"));
+    for (bad, why) in [
+        (json!(["en", "e n"]), "is not a language tag"),
+        (json!(["en", "1de"]), "is not a language tag"),
+        (json!(["en", "de-toolongsubtag"]), "is not a language tag"),
+        (json!(["en", ""]), "is not a language tag"),
+        (json!(["en", "EN"]), "is listed twice"),
+    ] {
+        let e = err(rule(json!({"languages": bad})));
+        assert!(e.starts_with(&format!("{at}.languages[1]: ")) && e.contains(why), "{e}");
+    }
+    let e = err(rule(json!({"languages": "en"})));
+    assert!(e.starts_with(&format!("{at}.languages: ")), "{e}");
+    // A list nothing uses would change nothing.
+    let e = err(rule(json!({"path": "/404.html", "languages": ["en", "de"]})));
+    assert!(e.starts_with(&format!("{at}.languages: no path has {{lang}}")), "{e}");
+    let e = err(json!({"defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+        {"matchResponseCodes": ["404"], "passthrough": true, "languages": ["en", "de"]}]}}));
+    assert!(e.starts_with(&format!("{at}.passthrough: ")), "{e}");
+    // Their twins load: a path, a variant's path, an inline body or a rendered object using it.
+    for good in [
+        rule(json!({"languages": ["en", "de-CH", "zh-Hant-TW"]})),
+        rule(
+            json!({"path": "/404.html", "languages": ["en"], "variants": [{"contentType": "application/json", "path": "/{lang}.json"}]}),
+        ),
+        rule(json!({"path": null, "body": "<html lang=\"{{ lang }}\">", "languages": ["en", "de"]})),
+        rule(json!({"path": "/404.html", "template": true, "languages": ["en", "de"]})),
+    ] {
+        let cfg = load(good.to_string().as_bytes()).unwrap_or_else(|e| panic!("{good}: {e}"));
+        assert!(!cfg.policies[0].rules.is_empty());
+    }
+}
+
+#[test]
+fn a_languages_tag_keeps_its_spelling_in_the_path() {
+    let p = json!({"errorService": svc(), "defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+        {"matchResponseCodes": ["404"], "path": "/{lang}/404.html", "languages": ["en", "de-CH"]}]}});
+    let cfg = load(p.to_string().as_bytes()).unwrap();
+    let mut r = StaticRequest { headers: vec![("accept-language".into(), "DE-ch".into())], ..req("h", "/") };
+    match cfg.decide(404, &mut r) {
+        Decision::Serve(_, serve) => assert_eq!(serve.languages, ["en", "de-CH"]),
+        other => panic!("{other:?}"),
+    }
+}

@@ -248,6 +248,17 @@ mod tests {
     }
 
     #[test]
+    fn lang_paths_expand_over_the_rules_languages_and_others_do_not() {
+        let c = config(
+            json!([{"matchResponseCodes": ["404", "5xx"], "path": "/{lang}/{status}.html", "languages": ["en", "de"],
+                    "variants": [{"contentType": "application/json", "path": "/e.json"}]}]),
+            &[503],
+        );
+        let s = Schedule::plan(&c, 100);
+        assert_eq!(paths(&s), ["/de/404.html", "/de/503.html", "/e.json", "/en/404.html", "/en/503.html"]);
+    }
+
+    #[test]
     fn a_path_without_status_is_one_object_asked_for_as_the_rules_first_code() {
         let c = config(json!([{"matchResponseCodes": ["460-470"], "path": "/e/range.html"}]), &[404]);
         let s = Schedule::plan(&c, 100);

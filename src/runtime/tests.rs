@@ -1390,3 +1390,34 @@ fn a_rule_with_response_matches_reads_the_original_responses_headers() {
     p.body_chunks(2, &[5]);
     p.log(2, |s| assert_eq!(s.body_out, b"page"));
 }
+
+#[test]
+fn the_language_accept_language_chooses_names_the_object_and_varies_the_reply() {
+    let mut p = Proxy::new(rules(json!([
+        {"matchResponseCodes": ["404"], "path": "/{lang}/404.html", "languages": ["en", "de"]},
+        {"matchResponseCodes": ["500"], "body": "<html lang=\"{{lang}}\">", "languages": ["en", "fr"]}])));
+    p.host.state().streams.entry(1).or_default().request =
+        vec![("accept-language".into(), "de-CH,de;q=0.9,en;q=0.5".into())];
+    p.request(1, "GET", "/");
+    assert_eq!(p.respond(1, 404, &[], false), Action::Pause);
+    assert!(p.call(100).headers.iter().any(|(k, v)| k == ":path" && v == "/de/404.html"));
+    p.answer(100, ok_answer("Seite fehlt"));
+    p.body_chunks(1, &[1]);
+    p.log(1, |s| {
+        assert_eq!(s.body_out, "Seite fehlt".as_bytes());
+        assert_eq!(s.header("vary"), Some("Accept-Language"));
+    });
+    // An English-only client: the English object, its own fetch (another cache key).
+    p.host.state().streams.entry(2).or_default().request = vec![("accept-language".into(), "en-US".into())];
+    p.request(2, "GET", "/");
+    assert_eq!(p.respond(2, 404, &[], false), Action::Pause);
+    assert!(p.call(101).headers.iter().any(|(k, v)| k == ":path" && v == "/en/404.html"));
+    // No Accept-Language: the default, English, now cached.
+    assert_eq!(p.error(3, 404), Action::Pause, "waits on the English fetch in flight");
+    // `{{lang}}` in an inline body.
+    p.host.state().streams.entry(4).or_default().request = vec![("accept-language".into(), "fr".into())];
+    p.request(4, "GET", "/");
+    assert_eq!(p.respond(4, 500, &[], false), Action::Continue);
+    p.body_chunks(4, &[1]);
+    p.log(4, |s| assert_eq!(s.body_out, b"<html lang=\"fr\">"));
+}
