@@ -24,6 +24,8 @@ POLICY = {
         {"matchResponseCodes": ["502"], "path": "/errors/cached.html", "overrideResponseCode": 200,
          "headers": {"cache-control": "public, max-age=5", "vary": "Origin"}},
         {"matchResponseCodes": ["410"], "path": "/errors/410.html"},
+        {"matchResponseCodes": ["403"], "path": "/errors/{lang}/403.html", "languages": ["en", "de"],
+         "variants": [{"contentType": "application/json", "path": "/errors/403.json"}]},
     ]},
 }
 YEAR = [("cache-control", "public, max-age=3600")]
@@ -93,6 +95,9 @@ def cached(start_envoy, errors, tmp_path, request):
     errors.pages["/errors/maintenance.html"] = {"body": "<h1>back soon</h1>"}
     errors.pages["/errors/cached.html"] = {"body": "<h1>cached</h1>", "headers": YEAR}
     errors.pages["/errors/410.html"] = {"body": "<h1>gone</h1>"}
+    errors.pages["/errors/en/403.html"] = {"body": "<h1>forbidden</h1>", "headers": YEAR}
+    errors.pages["/errors/de/403.html"] = {"body": "<h1>verboten</h1>", "headers": YEAR}
+    errors.pages["/errors/403.json"] = {"body": '{"error":"forbidden"}', "ct": "application/json", "headers": YEAR}
     envoy = start_envoy(POLICY)
     d = tmp_path / "nginx"
     d.mkdir()
@@ -120,6 +125,29 @@ def test_each_kind_of_client_gets_its_own_representation(cached):
     plain = envoy.request("/status/410", headers=browser, port=nginx.port)
     assert plain.body == b"<h1>gone</h1>" and plain.header("vary") is None, plain
     assert envoy.request("/status/410", headers=api, port=nginx.port).header("x-cache") == "HIT"
+
+
+def test_each_language_gets_its_own_page_and_the_cache_keeps_them_apart(cached):
+    envoy, nginx = cached
+    browser = "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8"
+    german = {"accept": browser, "accept-language": "de-CH,de;q=0.9,en;q=0.5"}
+    english = {"accept": browser, "accept-language": "en-US"}
+    first = envoy.request("/status/403", headers=german, port=nginx.port)
+    assert (first.status, first.body) == (403, b"<h1>verboten</h1>"), first
+    assert first.header("vary") == "Accept, Accept-Language" and first.header("x-cache") == "MISS"
+    again = envoy.request("/status/403", headers=german, port=nginx.port)
+    assert (again.body, again.header("x-cache")) == (b"<h1>verboten</h1>", "HIT")
+    # An English-only client never gets the German copy the cache holds.
+    en = envoy.request("/status/403", headers=english, port=nginx.port)
+    assert (en.status, en.body, en.header("x-cache")) == (403, b"<h1>forbidden</h1>", "MISS"), en
+    assert envoy.request("/status/403", headers=english, port=nginx.port).body == b"<h1>forbidden</h1>"
+    assert envoy.request("/status/403", headers=german, port=nginx.port).body == b"<h1>verboten</h1>"
+    # No Accept-Language: the first language, the default.
+    plain = envoy.request("/status/403", headers={"accept": browser})
+    assert plain.body == b"<h1>forbidden</h1>"
+    # The JSON variant has no {lang}: one object, and still the language's Vary.
+    api = envoy.request("/status/403", headers={"accept": "application/json", "accept-language": "de"})
+    assert (api.body, api.header("vary")) == (b'{"error":"forbidden"}', "Accept, Accept-Language")
 
 
 def test_head_of_a_negotiated_reply_says_vary(cached):

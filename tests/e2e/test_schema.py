@@ -69,6 +69,7 @@ BAD = {
     "rule name with a dot": R(name="a.b"),
     "rule name too long": R(name="x" * 65),
     "response match without kind": R(responseHeaderMatches=[{"headerName": "content-type"}]),
+    "bad language tag": dict(R(path="/{lang}/404.html", languages=["en", "de_CH"]), errorService="e"),
 }
 
 
@@ -82,6 +83,7 @@ GOOD = {
          "responseHeaderMatches": [{"headerName": "x-debug", "presentMatch": True, "invertMatch": True}]},
         {"matchResponseCodes": ["404"], "body": ""}]}},
     "redirect": R(overrideResponseCode=302, headers={"location": "/login?next={{url}}"}),
+    "languages": dict(R(path="/{lang}/404.html", languages=["en", "de-CH"]), errorService="e"),
 }
 
 
