@@ -12,6 +12,7 @@ pub mod cache;
 pub mod cases;
 pub mod config;
 pub mod decide;
+pub mod envoy_gateway;
 pub mod error_service;
 pub mod fallback;
 pub mod fasthash;

@@ -2,6 +2,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests stop on what they did not expect
 
+use serde_json::json;
 use std::process::Command;
 
 fn policy(args: &[&str]) -> (bool, String, String) {
@@ -367,4 +368,72 @@ fn explain_and_policy_tests_show_the_language_accept_language_chooses() {
     let (ok, out, _) = policy(&["test", &f, &cases]);
     assert!(!ok, "{out}");
     assert!(out.contains("1 passed, 1 failed") && out.contains("language: expected de, got en"), "{out}");
+}
+
+#[test]
+fn import_envoy_gateway_keeps_first_match_wins_and_says_what_it_needs() {
+    let btp = data("envoy-gateway-btp.json");
+    // The ConfigMap body and the redirect's host are outside the policy: asked for by name.
+    let (ok, _, err) = policy(&["import-envoy-gateway", &btp, "--service", "errors.example.com=error_pages"]);
+    assert!(!ok && err.contains("--configmap response-override-config=FILE"), "{err}");
+    let cm = temp("cm-body.json", r#"{"error":"internal"}"#);
+    let (ok, _, err) =
+        policy(&["import-envoy-gateway", &btp, "--configmap", &format!("response-override-config={cm}")]);
+    assert!(!ok && err.contains("--service errors.example.com=CLUSTER"), "{err}");
+    let (ok, out, err) = policy(&[
+        "import-envoy-gateway",
+        &btp,
+        "--service",
+        "errors.example.com=error_pages",
+        "--configmap",
+        &format!("response-override-config={cm}"),
+    ]);
+    assert!(ok, "{err}");
+    assert!(err.contains("attach the filter there") && err.contains("HTTPRoute \"backend\""), "{err}");
+    let imported: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rules = imported["defaultCustomErrorResponsePolicy"]["errorResponseRules"].as_array().unwrap();
+    let codes: Vec<&serde_json::Value> = rules.iter().map(|r| &r["matchResponseCodes"]).collect();
+    // 404 stays with the 4xx range before it (Envoy Gateway: first match wins): the third
+    // override keeps 500 only; 403 made by Envoy is already the range's.
+    assert_eq!(codes, [&json!(["404"]), &json!(["400-499"]), &json!(["500"]), &json!(["501-511"])], "{out}");
+    assert_eq!(rules[0]["body"], "{\"status\":{{status}},\"path\":\"{{path}}\"}");
+    assert_eq!(rules[2]["body"], r#"{"error":"internal"}"#);
+    assert_eq!(
+        (&rules[3]["path"], &rules[3]["source"], &rules[3]["errorService"]["cluster"]),
+        (&json!("/5xx.html"), &json!("upstream"), &json!("error_pages"))
+    );
+    // It decides as Envoy Gateway would: written to a file and explained.
+    let f = temp("imported-eg.json", &out);
+    let explain = |status: &str, extra: &[&str]| {
+        let args = [&["explain", f.as_str(), "--host", "h", "--path", "/", "--status", status][..], extra].concat();
+        policy(&args).1
+    };
+    assert!(explain("404", &["--response-header", "content-type:application/problem+json"])
+        .contains("errorResponseRules[0]"));
+    assert!(explain("404", &[]).contains("result: served by defaultCustomErrorResponsePolicy.errorResponseRules[1]"));
+    assert!(explain("500", &[]).contains("errorResponseRules[2]"));
+    assert!(
+        explain("503", &["--source", "proxy"]).contains("passes through"),
+        "a Backend-only override leaves Envoy's own 503"
+    );
+}
+
+#[test]
+fn import_envoy_gateway_refuses_what_is_not_a_response_override() {
+    let f = temp("not-btp.json", r#"{"kind": "HTTPRoute", "spec": {}}"#);
+    let (ok, _, err) = policy(&["import-envoy-gateway", &f]);
+    assert!(!ok && err.contains("expected a BackendTrafficPolicy"), "{err}");
+    let f = temp(
+        "bad-btp.json",
+        r#"{"kind": "BackendTrafficPolicy", "spec": {"responseOverride": [{"match": {"statusCodes": [{"value": 404}], "source": "Nowhere"}, "response": {}}]}}"#,
+    );
+    let (ok, _, err) = policy(&["import-envoy-gateway", &f]);
+    assert!(!ok && err.contains("spec.responseOverride[0].match.source"), "{err}");
+    // The twin: the same without the bad source imports as an empty reply.
+    let f = temp(
+        "good-btp.json",
+        r#"{"kind": "BackendTrafficPolicy", "spec": {"responseOverride": [{"match": {"statusCodes": [{"value": 404}]}, "response": {}}]}}"#,
+    );
+    let (ok, out, err) = policy(&["import-envoy-gateway", &f]);
+    assert!(ok && out.contains("\"body\": \"\""), "{out}{err}");
 }

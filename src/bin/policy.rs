@@ -6,12 +6,13 @@
 //!                       [--route-policy NAME] [--vhost-policy NAME]
 //!                       [--route-metadata NS.KEY=VALUE]... [--vhost-metadata NS.KEY=VALUE]...
 //!   policy import-gcp URLMAP.json --service BACKEND=cluster ...
+//!   policy import-envoy-gateway POLICY.json [--service HOST=cluster]... [--configmap NAME=FILE]...
 //!   policy test POLICY CASES [--coverage] [--fail-under PERCENT]
 
 use custom_error_pages::config::{self, Config, POLICY_KEY};
 use custom_error_pages::decide::Decision;
 use custom_error_pages::request::{RequestView, StaticRequest};
-use custom_error_pages::{cases, error_service, gcp, negotiate, reply};
+use custom_error_pages::{cases, envoy_gateway, error_service, gcp, negotiate, reply};
 use std::process::ExitCode;
 
 const USAGE: &str = "usage:
@@ -21,6 +22,7 @@ const USAGE: &str = "usage:
                       [--route-policy NAME] [--vhost-policy NAME]
                       [--route-metadata NS.KEY=VALUE]... [--vhost-metadata NS.KEY=VALUE]...
   policy import-gcp URLMAP.json --service BACKEND=CLUSTER [--service ...]
+  policy import-envoy-gateway BACKENDTRAFFICPOLICY.json [--service HOST=CLUSTER]... [--configmap NAME=FILE]...
   policy test POLICY CASES [--coverage] [--fail-under PERCENT]";
 
 fn main() -> ExitCode {
@@ -29,6 +31,7 @@ fn main() -> ExitCode {
         Some("check") => check(&args[1..]),
         Some("explain") => explain(&args[1..]),
         Some("import-gcp") => import(&args[1..]),
+        Some("import-envoy-gateway") => import_envoy_gateway(&args[1..]),
         Some("test") => test(&args[1..]),
         _ => Err(USAGE.to_string()),
     };
@@ -208,15 +211,38 @@ fn import(args: &[String]) -> Result<(), String> {
             other => return Err(format!("unknown option --{other}\n{USAGE}")),
         }
     }
-    let imported = gcp::import(&url_map, &services)?;
+    print_imported(gcp::import(&url_map, &services)?)
+}
+
+/// Notes on stderr, the policy on stdout, once it is sure to load in the filter.
+fn print_imported(imported: gcp::Imported) -> Result<(), String> {
     for n in &imported.notes {
         eprintln!("note: {n}");
     }
     let text = serde_json::to_string_pretty(&imported.policy).map_err(|e| e.to_string())?;
-    // What we print must load in the filter.
     config::load(text.as_bytes()).map_err(|e| format!("the imported policy does not load: {e}"))?;
     println!("{text}");
     Ok(())
+}
+
+fn import_envoy_gateway(args: &[String]) -> Result<(), String> {
+    let text = read(args.first())?;
+    let policy: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| format!("BackendTrafficPolicy: not valid JSON: {e}"))?;
+    let (mut services, mut config_maps) = (Vec::new(), Vec::new());
+    for (k, v) in flags(args.get(1..).unwrap_or(&[]))? {
+        let (name, value) = v.split_once('=').ok_or_else(|| format!("--{k} {v}: expected NAME=VALUE"))?;
+        match k.as_str() {
+            "service" => services.push((name.to_string(), value.to_string())),
+            "configmap" => {
+                let body =
+                    String::from_utf8(read(Some(&value.to_string()))?).map_err(|_| format!("{value}: not UTF-8"))?;
+                config_maps.push((name.to_string(), body));
+            }
+            other => return Err(format!("unknown option --{other}\n{USAGE}")),
+        }
+    }
+    print_imported(envoy_gateway::import(&policy, &services, &config_maps)?)
 }
 
 /// Every case through the engine; a failure prints the case, what differs and the engine's
