@@ -437,3 +437,16 @@ fn import_envoy_gateway_refuses_what_is_not_a_response_override() {
     let (ok, out, err) = policy(&["import-envoy-gateway", &f]);
     assert!(ok && out.contains("\"body\": \"\""), "{out}{err}");
 }
+
+/// The migration page's policies are real: each JSON block loads in the filter's engine.
+#[test]
+fn every_policy_on_the_migration_page_loads() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/migration.md")).unwrap();
+    let blocks: Vec<&str> = page.split("```json\n").skip(1).filter_map(|b| b.split("\n```").next()).collect();
+    assert_eq!(blocks.len(), 4, "one policy per peer");
+    for (i, block) in blocks.iter().enumerate() {
+        let f = temp(&format!("migration-{i}.json"), block);
+        let (ok, out, err) = policy(&["check", &f]);
+        assert!(ok, "block {i}: {out}{err}\n{block}");
+    }
+}
