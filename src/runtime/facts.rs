@@ -108,10 +108,10 @@ impl<H: Host> Facts<H> {
         self.code_details();
         // What the client used: a proxy in front says so in x-forwarded-proto.
         if self.scheme.is_none() {
-            let forwarded = remember(&mut None, &self.request, "x-forwarded-proto");
+            let forwarded = self.request.joined("x-forwarded-proto").unwrap_or_default();
             let first = forwarded.split(',').next().unwrap_or("").trim().to_ascii_lowercase();
             self.scheme = Some(if first.is_empty() {
-                remember(&mut None, &self.request, ":scheme").to_ascii_lowercase()
+                self.request.joined(":scheme").unwrap_or_default().to_ascii_lowercase()
             } else {
                 first
             });
