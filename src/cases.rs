@@ -178,9 +178,10 @@ pub fn decide(cfg: &Config, case: &Case) -> Decided {
     let status = case.status;
     let decision = cfg.decide_observed(status, &mut req, &mut trace);
     match decision {
-        Decision::None => Decided { result: "untouched".into(), status, trace, ..Decided::default() },
+        // The status is the served one: only a served response has one to check.
+        Decision::None => Decided { result: "untouched".into(), trace, ..Decided::default() },
         Decision::Passthrough(rule) => {
-            Decided { result: "passthrough".into(), rule: Some(rule.id.clone()), status, trace, ..Decided::default() }
+            Decided { result: "passthrough".into(), rule: Some(rule.id.clone()), trace, ..Decided::default() }
         }
         Decision::Serve(rule, serve) => {
             let accept = req.header("accept");
@@ -284,7 +285,32 @@ mod tests {
             assert_eq!(mismatches(&case.expect, got), Vec::<String>::new(), "{}", case.name);
         }
         assert_eq!(mismatches(&ran[3].0.expect, &ran[3].1), ["result: expected untouched, got served"]);
+        // Whatever the engine decided, a failure comes with its trace.
+        let wrong = run(json!({"cases": [
+            {"response": {"status": 403}, "expect": {"result": "served"}},
+            {"response": {"status": 418}, "expect": {"result": "served"}}]}));
+        for (case, got) in &wrong {
+            assert!(!mismatches(&case.expect, got).is_empty() && !got.trace.is_empty(), "{got:?}");
+        }
         assert_eq!(ran[0].0.name, "cases[0]", "an unnamed case is called by its place");
+    }
+
+    #[test]
+    fn a_case_without_a_request_asks_for_the_root_path() {
+        let cfg = crate::config::load(
+            json!({"hostRules": [{"hosts": ["*"], "pathMatcher": "m"}],
+                   "pathMatchers": [{"name": "m", "pathRules": [{"paths": ["/"], "customErrorResponsePolicy":
+                       {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "root"}]}}]}]})
+            .to_string()
+            .as_bytes(),
+        )
+        .unwrap();
+        let cases = parse(
+            json!({"cases": [{"response": {"status": 404}, "expect": {"result": "served"}}]}).to_string().as_bytes(),
+            &cfg,
+        )
+        .unwrap();
+        assert_eq!(mismatches(&cases[0].expect, &decide(&cfg, &cases[0])), Vec::<String>::new());
     }
 
     #[test]

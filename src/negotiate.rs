@@ -236,11 +236,13 @@ mod tests {
         assert_eq!(lang(&site, Some("EN-gb;q=0.2, DE;q=0.3")), "second", "q order, case-insensitive");
         assert_eq!(lang(&site, Some("de;q=0.5, en;q=0.5")), "second", "ties: the client's order");
         assert_eq!(lang(&site, Some("de;q=0, en;q=0.1")), "first", "q=0 is not wanted");
+        assert_eq!(lang(&site, Some("de;q=0")), "first", "not even as the only match");
         assert_eq!(lang(&site, Some("*")), "first");
         assert_eq!(lang(&site, Some("ja, zh-Hant-TW")), "first", "nothing matches: the default");
         assert_eq!(lang(&site, None), "first");
         assert_eq!(lang(&site, Some("")), "first");
         assert_eq!(lang(&site, Some(";;,,de;q=abc,q=1")), "first", "unparsable q is 0");
         assert_eq!(lang(&["de"], Some("fr")), "first");
+        assert_eq!(lang(&["en", "fr-CA-x"], Some("fr-CA-x-private")), "first", "a range never ends with a singleton");
     }
 }

@@ -220,6 +220,7 @@ mod tests {
         let out = render("{{status}} {{ originalStatus }} {{requestId}} {{path}} {{lang}}", &vars("/a"), Escape::Text);
         assert_eq!(out, "503 502 r-1 /a de-CH");
         assert!(uses("x {{ lang }} y", "lang") && !uses("{{language}} {{lang", "lang"));
+        assert!(uses("{{abcd}}{{lang}}", "lang") && uses("{{a}}{{lang}}", "lang"), "the next variable after another");
     }
 
     #[test]

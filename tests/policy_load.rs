@@ -1038,3 +1038,17 @@ fn a_languages_tag_keeps_its_spelling_in_the_path() {
         other => panic!("{other:?}"),
     }
 }
+
+#[test]
+fn a_rule_lists_at_most_sixty_four_languages_and_a_derived_name_keeps_dashes() {
+    let with = |n: usize| {
+        let langs: Vec<String> = (0..n).map(|i| format!("x{i}")).collect();
+        json!({"errorService": svc(), "defaultCustomErrorResponsePolicy": {"errorResponseRules": [
+            {"matchResponseCodes": ["404"], "path": "/{lang}.html", "languages": langs}]}})
+    };
+    load(with(64).to_string().as_bytes()).unwrap();
+    assert!(err(with(65)).ends_with("languages: at most 64 languages"));
+    let p = json!({"policies": {"api-v2": {"errorResponseRules": [{"matchResponseCodes": ["404"], "body": "x"}]}}});
+    let cfg = load(p.to_string().as_bytes()).unwrap();
+    assert_eq!(cfg.rules().map(|r| r.stat.as_str()).collect::<Vec<_>>(), ["policy_api-v2_rule0"]);
+}

@@ -1395,7 +1395,7 @@ fn a_rule_with_response_matches_reads_the_original_responses_headers() {
 fn the_language_accept_language_chooses_names_the_object_and_varies_the_reply() {
     let mut p = Proxy::new(rules(json!([
         {"matchResponseCodes": ["404"], "path": "/{lang}/404.html", "languages": ["en", "de"]},
-        {"matchResponseCodes": ["500"], "body": "<html lang=\"{{lang}}\">", "languages": ["en", "fr"]}])));
+        {"matchResponseCodes": ["500"], "body": "<html lang=\"{{lang}}\">", "languages": ["en", "de", "fr"]}])));
     p.host.state().streams.entry(1).or_default().request =
         vec![("accept-language".into(), "de-CH,de;q=0.9,en;q=0.5".into())];
     p.request(1, "GET", "/");
