@@ -1042,7 +1042,8 @@ fn a_languages_tag_keeps_its_spelling_in_the_path() {
 #[test]
 fn a_rule_lists_at_most_sixty_four_languages_and_a_derived_name_keeps_dashes() {
     let with = |n: usize| {
-        let langs: Vec<String> = (0..n).map(|i| format!("x{i}")).collect();
+        let langs: Vec<String> =
+            (0..n as u8).map(|i| format!("{}{}", (b'a' + i / 26) as char, (b'a' + i % 26) as char)).collect();
         json!({"errorService": svc(), "defaultCustomErrorResponsePolicy": {"errorResponseRules": [
             {"matchResponseCodes": ["404"], "path": "/{lang}.html", "languages": langs}]}})
     };
