@@ -396,6 +396,34 @@ mod tests {
     }
 
     #[test]
+    fn a_conditional_class_between_two_rules_for_its_code_keeps_its_turn() {
+        let when: Value = serde_json::from_str(WHEN_JSON).unwrap();
+        let rules = import_overrides(json!([
+            {"match": {"statusCodes": [{"value": 404}], "responseHeaders": when}, "response": {"body": {"inline": "a"}}},
+            {"match": {"statusCodes": [{"type": "Range", "range": {"start": 400, "end": 499}}], "responseHeaders": when},
+             "response": {"body": {"inline": "b"}}},
+            {"match": {"statusCodes": [{"value": 404}]}, "response": {"body": {"inline": "c"}}}]))
+        .unwrap();
+        // Tried for a 404 in Envoy Gateway's order (a, b, then c): as exact codes, all three.
+        let middle = rules[1]["matchResponseCodes"].as_array().unwrap();
+        assert_eq!((middle.len(), &middle[4]), (100, &json!("404")));
+    }
+
+    #[test]
+    fn response_headers_alone_cover_every_error_and_what_is_not_imported_is_said() {
+        let btp = json!({"kind": "BackendTrafficPolicy", "spec": {"responseOverride": [
+            {"match": {"statusCodes": [{"value": 503}]}, "redirect": {"hostname": "pages"}},
+            {"match": {"responseHeaders": [{"name": "x-empty", "value": "1"}]},
+             "response": {"body": {"inline": "x"}, "header": {"set": [{"name": "a", "value": "b"}]}}}]}});
+        let imported = import(&btp, &[("pages".into(), "error_pages".into())], &[]).unwrap();
+        let rules = imported.policy["defaultCustomErrorResponsePolicy"]["errorResponseRules"].clone();
+        assert_eq!(rules[0]["path"], json!("/"), "a redirect without a path asks for the root");
+        assert_eq!(rules[1]["matchResponseCodes"], json!(["400-502", "504-599"]), "every error the redirect leaves");
+        assert!(imported.notes.iter().any(|n| n == "spec.responseOverride[1].response.header: not imported, dropped"));
+        assert!(!imported.notes.iter().any(|n| n.contains(".body: not imported")), "{:?}", imported.notes);
+    }
+
+    #[test]
     fn an_earlier_unconditional_override_takes_its_codes_from_later_ones_per_source() {
         let rules = import_overrides(json!([
             {"match": {"statusCodes": [{"value": 503}], "source": "Backend"}, "response": {"body": {"inline": "backend"}}},
