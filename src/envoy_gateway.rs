@@ -123,6 +123,8 @@ fn override_of(
     Ok(Override { at: at.to_string(), codes, source, conditional, rule })
 }
 
+/// A `response`: its body (inline, or a ConfigMap's from `config_maps`), content type and
+/// status code as the rule's; no body is an empty reply.
 fn response(
     r: &Value,
     at: &str,
