@@ -5,6 +5,7 @@ the native test harness (tests/e2e/test_sample_config.py) and the docker-compose
 
 import http.client
 import json
+import re
 import sys
 import time
 from urllib.parse import urlsplit
@@ -80,7 +81,21 @@ def run(base, admin):
     if admin:
         check("counters: passthrough counted", counter(admin, "passthrough", 1) >= 1)
         check("counters: intercepted counted", counter(admin, "intercepted", 11) >= 11)
+        check("per-rule counters are Prometheus labels (the sample's stats_tags)", rule_counted(admin, "api-4xx", "passthrough"))
     return results
+
+
+def rule_counted(admin, rule, outcome):
+    """`/stats/prometheus` shows the rule's count for the outcome as labels, either build's
+    name (`custom_error_pages_decisions` or `envoy_dynamicmodulescustom_..._decisions`)."""
+    wanted = re.compile(r'custom_error_pages_decisions\{rule="%s",outcome="%s"\} ([0-9]+)' % (re.escape(rule), outcome))
+    deadline = time.monotonic() + 3
+    while True:
+        _, _, body = request(admin, "/stats/prometheus")
+        found = [int(m.group(1)) for m in wanted.finditer(body.decode())]
+        if (found and found[0] >= 1) or time.monotonic() > deadline:
+            return bool(found) and found[0] >= 1
+        time.sleep(0.05)
 
 
 def main():

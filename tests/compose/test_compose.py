@@ -19,7 +19,7 @@ def test_sample_tour(stack):
     for what, ok in results:
         print(f"{stack.build}: {'ok  ' if ok else 'FAIL'} {what}")
     assert [what for what, ok in results if not ok] == []
-    assert len(results) == 17
+    assert len(results) == 18
 
 
 def test_error_service_container_stopped(stack):

@@ -104,4 +104,4 @@ def test_sample_tour(sample):
     results = checks.run(f"http://127.0.0.1:{sample.port}", f"http://127.0.0.1:{sample.admin_port}")
     failed = [what for what, ok in results if not ok]
     assert failed == [], failed
-    assert len(results) == 17
+    assert len(results) == 18
