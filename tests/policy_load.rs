@@ -1005,6 +1005,7 @@ fn languages_are_refused_where_they_cannot_work() {
         let e = err(rule(json!({"languages": bad})));
         assert!(e.starts_with(&format!("{at}.languages[1]: ")) && e.contains(why), "{e}");
     }
+    assert_eq!(err(rule(json!({"languages": []}))), format!("{at}.languages: must list at least one language"));
     let e = err(rule(json!({"languages": "en"})));
     assert!(e.starts_with(&format!("{at}.languages: ")), "{e}");
     // A list nothing uses would change nothing.

@@ -490,7 +490,11 @@ fn languages(
     location: Option<&str>,
     template: bool,
 ) -> Result<Vec<String>> {
+    let given = o.get("languages").is_some();
     let list = o.opt_array("languages")?;
+    if given && list.is_empty() {
+        return Err(ConfigError::new(o.field_path("languages"), "must list at least one language"));
+    }
     let paths: Vec<&str> = std::iter::once(default).chain(variants).filter_map(|v| v.path.as_deref()).collect();
     let bodies = std::iter::once(default).chain(variants).filter_map(|v| v.body.as_deref()).chain(location);
     let by_path = paths.iter().any(|p| error_service::per_lang(p));

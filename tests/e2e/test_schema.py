@@ -70,6 +70,7 @@ BAD = {
     "rule name too long": R(name="x" * 65),
     "response match without kind": R(responseHeaderMatches=[{"headerName": "content-type"}]),
     "bad language tag": dict(R(path="/{lang}/404.html", languages=["en", "de_CH"]), errorService="e"),
+    "no languages": dict(R(path="/{lang}/404.html", languages=[]), errorService="e"),
 }
 
 
