@@ -105,16 +105,16 @@ def test_each_rule_counts_its_outcomes_and_they_add_up_to_the_filters_totals(sta
     assert set(failed) == REASONS and failed["status"] >= 1, failed
 
     # The access log: where each page came from, and how long the fetch waited on took.
-    first = e.wait_access_line("GET /status/404?n=0 ")
+    first = e.wait_access_line("GET /status/404?n=0 ", timeout=20)  # Envoy writes the file on a timer
     assert re.search(r" outcome=fetched rule=\S+ cache=miss fetch_ms=\d+$", first), first
     later = [e.wait_access_line(f"GET /status/404?n={i} ") for i in range(1, SENT[404])]
     hits = [line for line in later if line.endswith(" outcome=cache rule=defaultCustomErrorResponsePolicy"
                                                    ".errorResponseRules[0] cache=hit")]
     workers = int(e.concurrency)
     assert len(hits) >= SENT[404] - workers, later  # each worker fetches its own copy once
-    inline = e.wait_access_line("GET /status/410?n=0 ")
+    inline = e.wait_access_line("GET /status/410?n=0 ", timeout=20)
     assert "outcome=inline" in inline and "cache=" not in inline and "fetch_ms=" not in inline, inline
-    fallback = e.wait_access_line("GET /status/503?n=0 ")
+    fallback = e.wait_access_line("GET /status/503?n=0 ", timeout=20)
     assert re.search(r" outcome=fallback rule=\S+ cache=miss fetch_ms=\d+$", fallback), fallback
 
 
