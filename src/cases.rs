@@ -166,11 +166,6 @@ fn metadata(r: &mut Obj<'_>, field: &str) -> Result<Vec<(String, String, String)
     Ok(out)
 }
 
-/// Every rule's JSON path, in the policy's order.
-pub fn rule_ids(cfg: &Config) -> BTreeSet<&str> {
-    cfg.policies.iter().flat_map(|p| p.rules.iter().map(|r| r.id.as_str())).collect()
-}
-
 /// The engine's decision for a case: the same decision path as the filter in Envoy.
 pub fn decide(cfg: &Config, case: &Case) -> Decided {
     let mut req = case.request.clone();
@@ -186,8 +181,7 @@ pub fn decide(cfg: &Config, case: &Case) -> Decided {
         Decision::Serve(rule, serve) => {
             let accept = req.header("accept");
             let variant = negotiate::choose(serve, accept.as_deref());
-            let language =
-                serve.languages.get(negotiate::language(&serve.languages, req.header("accept-language").as_deref()));
+            let language = serve.languages.get(negotiate::language_for(serve, &mut req));
             let object = match &variant.path {
                 Some(p) => error_service::object_path(p, status, language.map_or("", String::as_str)),
                 None => "inline".into(),

@@ -3,6 +3,7 @@
 //! from `Accept-Language` (q-values, RFC 4647 lookup).
 
 use crate::config::{Serve, Variant};
+use crate::request::RequestView;
 
 struct Range<'a> {
     kind: &'a str,
@@ -135,6 +136,15 @@ pub fn language(languages: &[String], accept_language: Option<&str>) -> usize {
         }
     }
     0
+}
+
+/// The language `req` gets from `serve.languages` (0 without a choice to make:
+/// `Accept-Language` is read only for a rule with two languages or more).
+pub fn language_for(serve: &Serve, req: &mut dyn RequestView) -> usize {
+    if serve.languages.len() < 2 {
+        return 0;
+    }
+    language(&serve.languages, req.header("accept-language").as_deref())
 }
 
 #[cfg(test)]

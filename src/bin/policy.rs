@@ -127,7 +127,7 @@ fn explain(args: &[String]) -> Result<(), String> {
             let accept = req.header("accept");
             let variant = negotiate::choose(serve, accept.as_deref());
             let accept_language = req.header("accept-language");
-            let language = serve.languages.get(negotiate::language(&serve.languages, accept_language.as_deref()));
+            let language = serve.languages.get(negotiate::language_for(serve, &mut req));
             let lang = language.map_or("", String::as_str);
             let served = reply::served_status(serve, status);
             println!("result: served by {} (level: {})", rule.id, rule.level.as_str());

@@ -3,8 +3,6 @@
 //! the fields a decision asks for.
 
 use super::host::{HeaderMap, Host};
-use crate::config::Serve;
-use crate::negotiate;
 use crate::request::{Metadata, RequestView};
 use crate::template::Vars;
 use std::borrow::Cow;
@@ -129,17 +127,6 @@ impl<H: Host> Facts<H> {
             scheme: self.scheme.as_deref().unwrap_or(""),
             lang: "",
         }
-    }
-}
-
-impl<H: Host> Facts<H> {
-    /// The index of the language to serve in `serve.languages` (0 without a choice to make:
-    /// `Accept-Language` is read only for a rule with two languages or more).
-    pub fn language(&mut self, serve: &Serve) -> usize {
-        if serve.languages.len() < 2 {
-            return 0;
-        }
-        negotiate::language(&serve.languages, self.header("accept-language").as_deref())
     }
 }
 

@@ -327,7 +327,7 @@ fn in_envoys_place<H: Host>(
     let accept = held.facts.header("accept");
     let variant = negotiate::choose(serve, accept.as_deref());
     held.facts.served = reply::served_status(serve, status);
-    let language = held.facts.language(serve);
+    let language = negotiate::language_for(serve, &mut held.facts);
     let object = held_copy(worker, serve, variant, language, status);
     held.rule = rule.at;
     held.variant = serve.variants.iter().position(|v| std::ptr::eq(v, variant));

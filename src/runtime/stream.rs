@@ -130,7 +130,7 @@ impl<H: Host> Stream<H> {
         let variant = negotiate::choose(serve, accept.as_deref());
         facts.served = reply::served_status(serve, status);
         let variant_index = serve.variants.iter().position(|v| std::ptr::eq(v, variant));
-        let language = facts.language(serve);
+        let language = negotiate::language_for(serve, &mut facts);
         let lookup = self.cached_or_fetch(serve, variant, language, &mut facts);
         let mut pending = Box::new(Pending {
             rule: rule.at,
