@@ -128,7 +128,7 @@ pub enum LogLevel {
     Error = 4,
 }
 
-pub type FilterPtr = *mut c_void;
+type FilterPtr = *mut c_void;
 /// Headers copied out of Envoy: (name, value), in Envoy's order.
 pub type HeaderList = Vec<(Box<[u8]>, Box<[u8]>)>;
 /// A callout's answer, copied: headers and body.
@@ -243,28 +243,40 @@ pub fn define_counter(config: ConfigPtr, name: &str) -> Option<usize> {
     (r == METRICS_SUCCESS).then_some(id)
 }
 
-// Every function below takes a filter pointer that the adapter only passes while Envoy's
-// filter object is alive (between `on_http_filter_new` and `on_http_filter_destroy`, on
-// its worker thread), and never null.
+/// Envoy's filter object for one stream, as Envoy hands it to the hooks below: made only
+/// there (the field is private to this file), never null, and alive between
+/// `on_http_filter_new` and `on_http_filter_destroy`. The adapter keeps a copy only in its
+/// list of live filters, which the destroy hook empties; every function below takes one.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct EnvoyFilter(FilterPtr);
 
-pub fn increment_counter(filter: FilterPtr, id: usize, n: u64) -> bool {
+impl EnvoyFilter {
+    /// From a hook's argument; `None` for null.
+    fn of(ptr: FilterPtr) -> Option<EnvoyFilter> {
+        (!ptr.is_null()).then_some(EnvoyFilter(ptr))
+    }
+}
+
+// SAFETY (for every function below): `filter` is an `EnvoyFilter`, so alive (see above).
+
+pub fn increment_counter(filter: EnvoyFilter, id: usize, n: u64) -> bool {
     // SAFETY: see above.
     unsafe {
-        envoy_dynamic_module_callback_http_filter_increment_counter(filter, id, std::ptr::null(), 0, n)
+        envoy_dynamic_module_callback_http_filter_increment_counter(filter.0, id, std::ptr::null(), 0, n)
             == METRICS_SUCCESS
     }
 }
 
 /// Every header of a map, copied (names are lower-case, as Envoy keeps them).
-pub fn headers(filter: FilterPtr, of: HeaderType) -> HeaderList {
+pub fn headers(filter: EnvoyFilter, of: HeaderType) -> HeaderList {
     // SAFETY: see above; the array has the size Envoy reported.
     unsafe {
-        let n = envoy_dynamic_module_callback_http_get_headers_size(filter, of as u32);
+        let n = envoy_dynamic_module_callback_http_get_headers_size(filter.0, of as u32);
         if n == 0 {
             return Vec::new();
         }
         let mut raw = vec![EnvoyHeader::EMPTY; n];
-        if !envoy_dynamic_module_callback_http_get_headers(filter, of as u32, raw.as_mut_ptr()) {
+        if !envoy_dynamic_module_callback_http_get_headers(filter.0, of as u32, raw.as_mut_ptr()) {
             return Vec::new();
         }
         raw.iter().map(|h| (Box::from(h.key()), Box::from(h.value()))).collect()
@@ -272,25 +284,30 @@ pub fn headers(filter: FilterPtr, of: HeaderType) -> HeaderList {
 }
 
 /// Sets `key` to one value (replacing any), or removes it with `None`.
-pub fn set_header(filter: FilterPtr, of: HeaderType, key: &[u8], value: Option<&[u8]>) -> bool {
+pub fn set_header(filter: EnvoyFilter, of: HeaderType, key: &[u8], value: Option<&[u8]>) -> bool {
     let value = value.map_or(ModuleBuffer::NULL, ModuleBuffer::of);
     // SAFETY: see above; buffers valid for the call.
-    unsafe { envoy_dynamic_module_callback_http_set_header(filter, of as u32, ModuleBuffer::of(key), value) }
+    unsafe { envoy_dynamic_module_callback_http_set_header(filter.0, of as u32, ModuleBuffer::of(key), value) }
 }
 
-pub fn add_header(filter: FilterPtr, of: HeaderType, key: &[u8], value: &[u8]) -> bool {
+pub fn add_header(filter: EnvoyFilter, of: HeaderType, key: &[u8], value: &[u8]) -> bool {
     // SAFETY: see above; buffers valid for the call.
     unsafe {
-        envoy_dynamic_module_callback_http_add_header(filter, of as u32, ModuleBuffer::of(key), ModuleBuffer::of(value))
+        envoy_dynamic_module_callback_http_add_header(
+            filter.0,
+            of as u32,
+            ModuleBuffer::of(key),
+            ModuleBuffer::of(value),
+        )
     }
 }
 
-pub fn send_response(filter: FilterPtr, status: u16, headers: &[(&[u8], &[u8])], body: &[u8], details: &str) {
+pub fn send_response(filter: EnvoyFilter, status: u16, headers: &[(&[u8], &[u8])], body: &[u8], details: &str) {
     let raw: Vec<ModuleHeader> = headers.iter().map(|(k, v)| ModuleHeader::of(k, v)).collect();
     // SAFETY: see above; every buffer lives until the call returns.
     unsafe {
         envoy_dynamic_module_callback_http_send_response(
-            filter,
+            filter.0,
             status.into(),
             raw.as_ptr(),
             raw.len(),
@@ -301,20 +318,21 @@ pub fn send_response(filter: FilterPtr, status: u16, headers: &[(&[u8], &[u8])],
 }
 
 /// The size of the response body chunk the current `response_body` hook received.
-pub fn received_response_body_size(filter: FilterPtr) -> usize {
+pub fn received_response_body_size(filter: EnvoyFilter) -> usize {
     // SAFETY: see above.
-    unsafe { envoy_dynamic_module_callback_http_get_body_size(filter, RECEIVED_RESPONSE_BODY) }
+    unsafe { envoy_dynamic_module_callback_http_get_body_size(filter.0, RECEIVED_RESPONSE_BODY) }
 }
 
 /// Drops `size` bytes of the received chunk and puts `body` in their place.
-pub fn replace_received_response_body(filter: FilterPtr, size: usize, body: &[u8]) -> bool {
+pub fn replace_received_response_body(filter: EnvoyFilter, size: usize, body: &[u8]) -> bool {
     // SAFETY: see above.
     unsafe {
-        let drained = size == 0 || envoy_dynamic_module_callback_http_drain_body(filter, RECEIVED_RESPONSE_BODY, size);
+        let drained =
+            size == 0 || envoy_dynamic_module_callback_http_drain_body(filter.0, RECEIVED_RESPONSE_BODY, size);
         drained
             && (body.is_empty()
                 || envoy_dynamic_module_callback_http_append_body(
-                    filter,
+                    filter.0,
                     RECEIVED_RESPONSE_BODY,
                     ModuleBuffer::of(body),
                 ))
@@ -323,21 +341,21 @@ pub fn replace_received_response_body(filter: FilterPtr, size: usize, body: &[u8
 
 /// From the response trailers hook: `body` goes out before the trailers (Envoy adds it as
 /// the filter's own body data, `addEncodedData`, when nothing is held).
-pub fn add_response_body(filter: FilterPtr, body: &[u8]) -> bool {
+pub fn add_response_body(filter: EnvoyFilter, body: &[u8]) -> bool {
     // SAFETY: see above.
     body.is_empty()
         || unsafe {
-            envoy_dynamic_module_callback_http_append_body(filter, BUFFERED_RESPONSE_BODY, ModuleBuffer::of(body))
+            envoy_dynamic_module_callback_http_append_body(filter.0, BUFFERED_RESPONSE_BODY, ModuleBuffer::of(body))
         }
 }
 
 /// A string in the chosen route's `filter_metadata.<ns>.<key>`.
-pub fn route_metadata_string(filter: FilterPtr, ns: &str, key: &str) -> Option<String> {
+pub fn route_metadata_string(filter: EnvoyFilter, ns: &str, key: &str) -> Option<String> {
     let mut out = EnvoyBuffer::EMPTY;
     // SAFETY: see above; the result is copied before the hook returns.
     let ok = unsafe {
         envoy_dynamic_module_callback_http_get_metadata_string(
-            filter,
+            filter.0,
             METADATA_SOURCE_ROUTE,
             ModuleBuffer::of(ns.as_bytes()),
             ModuleBuffer::of(key.as_bytes()),
@@ -347,33 +365,33 @@ pub fn route_metadata_string(filter: FilterPtr, ns: &str, key: &str) -> Option<S
     ok.then(|| String::from_utf8_lossy(out.bytes()).into_owned())
 }
 
-pub fn set_filter_state(filter: FilterPtr, key: &str, value: &str) -> bool {
+pub fn set_filter_state(filter: EnvoyFilter, key: &str, value: &str) -> bool {
     // SAFETY: see above.
     unsafe {
         envoy_dynamic_module_callback_http_set_filter_state_bytes(
-            filter,
+            filter.0,
             ModuleBuffer::of(key.as_bytes()),
             ModuleBuffer::of(value.as_bytes()),
         )
     }
 }
 
-pub fn attribute_string(filter: FilterPtr, id: u32) -> Option<String> {
+pub fn attribute_string(filter: EnvoyFilter, id: u32) -> Option<String> {
     let mut out = EnvoyBuffer::EMPTY;
     // SAFETY: see above; the result is copied before the hook returns.
-    let ok = unsafe { envoy_dynamic_module_callback_http_filter_get_attribute_string(filter, id, &mut out) };
+    let ok = unsafe { envoy_dynamic_module_callback_http_filter_get_attribute_string(filter.0, id, &mut out) };
     ok.then(|| String::from_utf8_lossy(out.bytes()).into_owned())
 }
 
 /// Starts a callout; its answer arrives in `envoy_dynamic_module_on_http_filter_http_callout_done`
 /// of the same filter with the id returned here.
-pub fn http_callout(filter: FilterPtr, cluster: &str, headers: &[(&str, &str)], timeout_ms: u64) -> Option<u64> {
+pub fn http_callout(filter: EnvoyFilter, cluster: &str, headers: &[(&str, &str)], timeout_ms: u64) -> Option<u64> {
     let raw: Vec<ModuleHeader> = headers.iter().map(|(k, v)| ModuleHeader::of(k.as_bytes(), v.as_bytes())).collect();
     let mut id = 0u64;
     // SAFETY: see above; every buffer lives until the call returns.
     let r = unsafe {
         envoy_dynamic_module_callback_http_filter_http_callout(
-            filter,
+            filter.0,
             &mut id,
             ModuleBuffer::of(cluster.as_bytes()),
             raw.as_ptr(),
@@ -385,17 +403,17 @@ pub fn http_callout(filter: FilterPtr, cluster: &str, headers: &[(&str, &str)], 
     (r == CALLOUT_INIT_SUCCESS).then_some(id)
 }
 
-pub fn continue_encoding(filter: FilterPtr) {
+pub fn continue_encoding(filter: EnvoyFilter) {
     // SAFETY: see above.
-    unsafe { envoy_dynamic_module_callback_http_filter_continue_encoding(filter) }
+    unsafe { envoy_dynamic_module_callback_http_filter_continue_encoding(filter.0) }
 }
 
 /// A scheduler for `filter`: an event committed to it, from any thread, runs the filter's
 /// `on_http_filter_scheduled` hook on its worker thread (not at all once the filter is
 /// gone: Envoy holds the filter weakly). Commit it, then delete it, with `commit_once`.
-pub fn scheduler(filter: FilterPtr) -> Option<Scheduler> {
+pub fn scheduler(filter: EnvoyFilter) -> Option<Scheduler> {
     // SAFETY: see above.
-    let raw = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(filter) };
+    let raw = unsafe { envoy_dynamic_module_callback_http_filter_scheduler_new(filter.0) };
     (!raw.is_null()).then_some(Scheduler(raw as usize))
 }
 
@@ -465,11 +483,11 @@ pub unsafe fn drop_raw<T>(ptr: *const c_void) {
 
 /// The module's per-route configuration object for the filter's route (route, else
 /// virtual host, else route configuration level), if there is one.
-pub fn with_route_config<T, R>(filter: FilterPtr, f: impl FnOnce(&T) -> R) -> Option<R> {
+pub fn with_route_config<T, R>(filter: EnvoyFilter, f: impl FnOnce(&T) -> R) -> Option<R> {
     // SAFETY: see above; every per-route object this module makes is a `T`
     // (`envoy_dynamic_module_on_http_filter_per_route_config_new` below), alive while the
     // route that holds it is in use by this stream.
-    let config = unsafe { envoy_dynamic_module_callback_get_most_specific_route_config(filter) };
+    let config = unsafe { envoy_dynamic_module_callback_get_most_specific_route_config(filter.0) };
     unsafe { object::<T>(config) }.map(f)
 }
 
@@ -526,18 +544,24 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_per_route_config_destroy(c
 pub extern "C" fn envoy_dynamic_module_on_http_filter_new(config: *const c_void, filter: FilterPtr) -> *const c_void {
     // SAFETY: a config made by `config_new`, alive while Envoy makes filters from it.
     guard(null(), || match unsafe { object::<ModuleConfig>(config) } {
-        Some(config) => into_raw(Filter::new(config, filter)),
+        Some(config) => EnvoyFilter::of(filter).map_or(null(), |filter| into_raw(Filter::new(config, filter))),
         None => null(),
     })
 }
 
-/// Runs `f` on the filter object of a hook, answering `default` for a null one.
-fn on_filter<T: Copy>(module: *const c_void, default: T, f: impl FnOnce(&mut Filter) -> T) -> T {
+/// Runs `f` on the filter object of a hook, with Envoy's filter, answering `default` for
+/// a null one.
+fn on_filter<T: Copy>(
+    envoy: FilterPtr,
+    module: *const c_void,
+    default: T,
+    f: impl FnOnce(&mut Filter, EnvoyFilter) -> T,
+) -> T {
     // SAFETY: made by `filter_new`; Envoy runs one hook of a filter at a time on its
-    // worker thread, and the adapter never re-enters a filter's own hook (see host::Enter).
-    guard(default, || match unsafe { object_mut::<Filter>(module) } {
-        Some(filter) => f(filter),
-        None => default,
+    // worker thread, and the adapter never re-enters a filter's own hook (see host::Hook).
+    guard(default, || match (unsafe { object_mut::<Filter>(module) }, EnvoyFilter::of(envoy)) {
+        (Some(filter), Some(envoy)) => f(filter, envoy),
+        _ => default,
     })
 }
 
@@ -547,7 +571,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_request_headers(
     module: *const c_void,
     _end_of_stream: bool,
 ) -> u32 {
-    on_filter(module, 0, |f| f.on_request_headers(envoy))
+    on_filter(envoy, module, 0, |f, envoy| f.on_request_headers(envoy))
 }
 
 #[no_mangle]
@@ -566,7 +590,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_headers(
     module: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    on_filter(module, 0, |f| f.on_response_headers(envoy, end_of_stream))
+    on_filter(envoy, module, 0, |f, envoy| f.on_response_headers(envoy, end_of_stream))
 }
 
 #[no_mangle]
@@ -575,7 +599,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_body(
     module: *const c_void,
     end_of_stream: bool,
 ) -> u32 {
-    on_filter(module, 0, |f| f.on_response_body(envoy, end_of_stream))
+    on_filter(envoy, module, 0, |f, envoy| f.on_response_body(envoy, end_of_stream))
 }
 
 #[no_mangle]
@@ -583,12 +607,12 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_response_trailers(
     envoy: FilterPtr,
     module: *const c_void,
 ) -> u32 {
-    on_filter(module, 0, |f| f.on_response_trailers(envoy))
+    on_filter(envoy, module, 0, |f, envoy| f.on_response_trailers(envoy))
 }
 
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_stream_complete(envoy: FilterPtr, module: *const c_void) {
-    on_filter(module, (), |f| f.on_stream_complete(envoy))
+    on_filter(envoy, module, (), |f, envoy| f.on_stream_complete(envoy))
 }
 
 #[no_mangle]
@@ -612,13 +636,13 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
     // SAFETY: the hook's own arguments, read during the hook. A failed callout (reset,
     // too large) comes without headers: the runtime counts it as unreachable.
     let answer = guard(Default::default(), || unsafe { callout_answer(headers, headers_size, body, body_size) });
-    on_filter(module, (), |f| f.on_callout_done(envoy, callout_id, answer))
+    on_filter(envoy, module, (), |f, envoy| f.on_callout_done(envoy, callout_id, answer))
 }
 
 /// An event committed to a filter's scheduler (`timer.rs`): its Envoy deadline.
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(envoy: FilterPtr, module: *const c_void, _: u64) {
-    on_filter(module, (), |f| f.on_deadline(envoy))
+    on_filter(envoy, module, (), |f, envoy| f.on_deadline(envoy))
 }
 
 // Hooks Envoy requires but this filter has no use for.

@@ -25,8 +25,8 @@ mod timer;
 
 use crate::config::Config;
 use crate::runtime::{self, Stream, Worker};
-use abi::{ConfigPtr, FilterPtr};
-use host::{Defined, Enter, Native};
+use abi::{ConfigPtr, EnvoyFilter};
+use host::{Defined, Hook, Native};
 use log::{error, info};
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -130,7 +130,7 @@ impl ModuleConfig {
                 counters: self.counters.clone(),
                 metadata_namespace: self.metadata_namespace.clone(),
             }));
-            let worker = Rc::new(Worker::new(&host, self.config.clone()));
+            let worker = Rc::new(Worker::new(host.clone(), self.config.clone()));
             workers.push((self.generation, worker.clone(), host.clone()));
             Some((worker, host))
         })
@@ -184,86 +184,87 @@ pub struct Filter {
     id: u32,
     /// None when this thread could not build its worker (cannot happen after validation):
     /// the stream passes through.
-    stream: Option<Stream<Native>>,
+    stream: Option<(Stream<Native>, Native)>,
 }
 
 impl Filter {
-    fn new(config: &ModuleConfig, envoy: FilterPtr) -> Filter {
+    fn new(config: &ModuleConfig, envoy: EnvoyFilter) -> Filter {
         let id = host::register(envoy);
-        Filter { id, stream: config.worker().map(|(worker, host)| Stream::new(id, host, worker)) }
+        Filter { id, stream: config.worker().map(|(worker, host)| (Stream::new(id, worker), host)) }
     }
 
-    fn on_request_headers(&mut self, envoy: FilterPtr) -> u32 {
-        let _enter = Enter::new(envoy);
-        if let Some(stream) = &mut self.stream {
-            host::started(envoy, stream.now_ms());
-            stream.on_request_headers();
+    /// Runs `f` with this stream's runtime state and its context for Envoy's filter
+    /// `envoy`; what the runtime deferred runs once the outermost hook ends.
+    fn hook<T>(&mut self, envoy: EnvoyFilter, default: T, f: impl FnOnce(&mut Stream<Native>, &host::Ctx) -> T) -> T {
+        let _hook = Hook::enter();
+        match &mut self.stream {
+            Some((stream, host)) => {
+                let ctx = host.entered(self.id, envoy);
+                f(stream, &ctx)
+            }
+            None => default,
         }
+    }
+
+    fn on_request_headers(&mut self, envoy: EnvoyFilter) -> u32 {
+        let id = self.id;
+        self.hook(envoy, (), |stream, ctx| {
+            host::started(id, stream.now_ms());
+            stream.on_request_headers(ctx);
+        });
         0 // Continue
     }
 
-    fn on_response_headers(&mut self, envoy: FilterPtr, end_of_stream: bool) -> u32 {
-        let _enter = Enter::new(envoy);
-        let Some(stream) = &mut self.stream else { return 0 };
-        stream.tick_if_due();
-        match stream.on_response_headers(end_of_stream) {
-            runtime::Action::Continue => 0,
-            // Not StopIteration: Envoy would still pass body chunks on (a data callback
-            // answering Continue resumes everything). StopAllIterationAndWatermark holds
-            // the body in Envoy, with flow control, as a paused proxy-wasm filter does.
-            runtime::Action::Pause => {
-                if let Some(at) = stream.deadline() {
-                    match abi::scheduler(envoy) {
-                        Some(scheduler) => timer::fire_at(at, scheduler),
-                        None => {
-                            log::warn!("custom-error-pages: no scheduler: Envoy's deadline is checked on requests only")
+    fn on_response_headers(&mut self, envoy: EnvoyFilter, end_of_stream: bool) -> u32 {
+        self.hook(envoy, 0, |stream, ctx| {
+            stream.tick_if_due(ctx);
+            match stream.on_response_headers(ctx, end_of_stream) {
+                runtime::Action::Continue => 0,
+                // Not StopIteration: Envoy would still pass body chunks on (a data callback
+                // answering Continue resumes everything). StopAllIterationAndWatermark holds
+                // the body in Envoy, with flow control, as a paused proxy-wasm filter does.
+                runtime::Action::Pause => {
+                    if let Some(at) = stream.deadline() {
+                        match abi::scheduler(envoy) {
+                            Some(scheduler) => timer::fire_at(at, scheduler),
+                            None => log::warn!(
+                                "custom-error-pages: no scheduler: Envoy's deadline is checked on requests only"
+                            ),
                         }
                     }
+                    4
                 }
-                4
             }
-        }
+        })
     }
 
     /// The deadline `on_response_headers` set for this request has come.
-    fn on_deadline(&mut self, envoy: FilterPtr) {
-        let _enter = Enter::new(envoy);
-        if let Some(stream) = &mut self.stream {
-            stream.on_deadline();
-        }
+    fn on_deadline(&mut self, envoy: EnvoyFilter) {
+        self.hook(envoy, (), |stream, _| stream.on_deadline());
     }
 
-    fn on_response_body(&mut self, envoy: FilterPtr, end_of_stream: bool) -> u32 {
-        let _enter = Enter::new(envoy);
-        if let Some(stream) = &mut self.stream {
-            stream.on_response_body(abi::received_response_body_size(envoy), end_of_stream);
-        }
+    fn on_response_body(&mut self, envoy: EnvoyFilter, end_of_stream: bool) -> u32 {
+        self.hook(envoy, (), |stream, ctx| {
+            stream.on_response_body(ctx, abi::received_response_body_size(envoy), end_of_stream);
+        });
         0 // Continue
     }
 
-    fn on_response_trailers(&mut self, envoy: FilterPtr) -> u32 {
-        let _enter = Enter::new(envoy);
-        if let Some(stream) = &mut self.stream {
-            stream.on_response_trailers();
-        }
+    fn on_response_trailers(&mut self, envoy: EnvoyFilter) -> u32 {
+        self.hook(envoy, (), |stream, ctx| {
+            stream.on_response_trailers(ctx);
+        });
         0 // Continue
     }
 
-    fn on_stream_complete(&mut self, envoy: FilterPtr) {
-        let _enter = Enter::new(envoy);
-        if let Some(stream) = &self.stream {
-            stream.flush_counters();
-        }
+    fn on_stream_complete(&mut self, envoy: EnvoyFilter) {
+        self.hook(envoy, (), |stream, ctx| stream.flush_counters(ctx));
     }
 
-    fn on_callout_done(&mut self, envoy: FilterPtr, callout_id: u64, answer: abi::Answer) {
-        let _enter = Enter::new(envoy);
-        if let Some(stream) = &mut self.stream {
-            let size = answer.1.len();
-            host::set_answer(answer);
-            stream.on_call_response(callout_id as u32, size);
-            host::set_answer(Default::default());
-        }
+    fn on_callout_done(&mut self, envoy: EnvoyFilter, callout_id: u64, answer: abi::Answer) {
+        let (headers, body) = answer;
+        let mut answer = runtime::Answer { headers, body: Some(body) };
+        self.hook(envoy, (), |stream, ctx| stream.on_call_response(ctx, callout_id as u32, &mut answer));
     }
 }
 
@@ -272,9 +273,9 @@ impl Drop for Filter {
     /// again by a request waiting on it now, rather than on a tick.
     fn drop(&mut self) {
         host::unregister(self.id);
-        if let Some(stream) = self.stream.take() {
-            // No filter is current: the runtime acts only on the live streams it switches to.
-            let _enter = Enter::new(std::ptr::null_mut());
+        if let Some((stream, _)) = self.stream.take() {
+            // The runtime acts only on the live streams it looks up by id.
+            let _hook = Hook::enter();
             stream.on_destroyed();
         }
     }

@@ -6,9 +6,10 @@
 //! `dispatch_http_call` goes through the SDK, because its dispatcher must register the
 //! token to route the answer to the right context.
 
-use crate::runtime::{HeaderMap, Headers, Host, Metadata};
+use crate::runtime::{CallAnswer, Context, HeaderMap, Headers, Host, Metadata};
 use proxy_wasm::hostcalls;
 use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType};
+use std::cell::Cell;
 use std::ptr::null_mut;
 use std::time::Duration;
 
@@ -128,127 +129,61 @@ impl HeaderMap for RawMap {
     }
 }
 
-/// The proxy-wasm host (Envoy's wasm runtime). Stateless: every call acts on the
-/// effective context the host keeps.
+/// The proxy-wasm host (Envoy's wasm runtime), as a worker (one VM) sees it.
 #[derive(Clone, Copy)]
 pub struct Wasm;
 
+thread_local! {
+    /// The context the host's calls act on now. Proxy-wasm keeps an ambient "effective
+    /// context": Envoy sets it to the context whose callback it runs, and
+    /// `proxy_set_effective_context` switches it. This adapter alone knows of it: a
+    /// `Ctx` switches to its own context before a call when another is effective.
+    static EFFECTIVE: Cell<u32> = const { Cell::new(0) };
+}
+
+/// One proxy-wasm context (an HTTP stream, or the root). Made by a callback for its own
+/// context (`Ctx::entered`), or by `Wasm::context` for another one that is still alive.
+#[derive(Clone, Copy)]
+pub struct Ctx {
+    id: u32,
+}
+
+impl Ctx {
+    /// The context of the callback Envoy runs now (Envoy made it the effective one).
+    pub fn entered(id: u32) -> Ctx {
+        EFFECTIVE.with(|e| e.set(id));
+        Ctx { id }
+    }
+
+    /// Makes this context the effective one for the next host call; false: it is gone.
+    fn act(&self) -> bool {
+        if EFFECTIVE.with(Cell::get) == self.id {
+            return true;
+        }
+        // SAFETY: no pointers.
+        let ok = unsafe { proxy_set_effective_context(self.id) } == OK;
+        if ok {
+            EFFECTIVE.with(|e| e.set(self.id));
+        }
+        ok
+    }
+
+    /// At the end of this context's callback: its own context is the effective one again,
+    /// as Envoy left it (the runtime may have acted on other requests).
+    pub fn leave(&self) {
+        self.act();
+    }
+}
+
 impl Host for Wasm {
     type Map = RawMap;
+    type Context = Ctx;
 
-    fn request_headers(&self) -> RawMap {
-        RawMap(raw_map(MapType::HttpRequestHeaders))
-    }
-
-    /// One host call gives both `:status` and, on the error path, the headers a
-    /// replacement keeps (reading `:status` alone first would cost an extra host call, and
-    /// a VM re-entry to allocate, on every intercepted error).
-    fn response_headers(&self) -> RawMap {
-        RawMap(raw_map(MapType::HttpResponseHeaders))
-    }
-
-    fn set_response_headers(&self, headers: &Headers<'_>) -> bool {
-        let data = serialize_headers(headers, true);
-        // SAFETY: data outlives the call.
-        unsafe { proxy_set_header_map_pairs(MapType::HttpResponseHeaders as u32, data.as_ptr(), data.len()) == OK }
-    }
-
-    /// Replaces the current response body chunk (`size` bytes from 0) with `body`.
-    fn replace_response_body(&self, size: usize, body: &[u8]) -> bool {
-        // SAFETY: body outlives the call.
-        unsafe { proxy_set_buffer_bytes(BufferType::HttpResponseBody as u32, 0, size, body.as_ptr(), body.len()) == OK }
-    }
-
-    fn holds_emptied_chunks(&self) -> bool {
-        true
-    }
-
-    fn body_before_trailers(&self, body: &[u8]) -> bool {
-        // The body Envoy holds for the filter (emptied chunk by chunk, see
-        // `holds_emptied_chunks`): proxy-wasm's only body a trailers callback can write.
-        self.replace_response_body(0, body)
-    }
-
-    fn send_response(&self, status: u16, headers: &Headers<'_>, body: &[u8]) -> bool {
-        let data = serialize_headers(headers, false);
-        let details = "custom_error_page";
-        // SAFETY: all buffers outlive the call.
-        unsafe {
-            proxy_send_local_response(
-                status as u32,
-                details.as_ptr(),
-                details.len(),
-                body.as_ptr(),
-                body.len(),
-                data.as_ptr(),
-                data.len(),
-                -1,
-            ) == OK
-        }
-    }
-
-    fn resume_response(&self) -> bool {
-        // SAFETY: no pointers.
-        unsafe { proxy_continue_stream(proxy_wasm::types::StreamType::HttpResponse as u32) == OK }
-    }
-
-    fn dispatch(&self, cluster: &str, headers: &crate::error_service::CallHeaders, timeout_ms: u64) -> Option<u32> {
-        let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_ref(), v.as_str())).collect();
-        hostcalls::dispatch_http_call(cluster, hs, None, vec![], Duration::from_millis(timeout_ms)).ok()
-    }
-
-    fn call_response_headers(&self) -> Vec<(String, Vec<u8>)> {
-        map_entries(&raw_map(MapType::HttpCallResponseHeaders))
-            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec()))
-            .collect()
-    }
-
-    fn call_response_body(&self, size: usize) -> Option<Vec<u8>> {
-        buffer(BufferType::HttpCallResponseBody, size)
-    }
-
-    fn set_effective_context(&self, id: u32) -> bool {
-        // SAFETY: no pointers.
-        unsafe { proxy_set_effective_context(id) == OK }
-    }
-
-    fn response_code_details(&self) -> Option<String> {
-        property(&["response", "code_details"])
-    }
-
-    fn route_name(&self) -> Option<String> {
-        property(&["xds", "route_name"])
-    }
-
-    /// `xds.route_metadata.filter_metadata.<ns>.<key>` answers the string itself (Envoy
-    /// 1.36-1.40), readable in the response phase.
-    fn metadata(&self, of: Metadata, namespace: &str, key: &str) -> Option<String> {
-        let whose = match of {
-            Metadata::Route => "route_metadata",
-            Metadata::VirtualHost => "virtual_host_metadata",
-        };
-        property(&["xds", whose, "filter_metadata", namespace, key])
-    }
-
-    /// Filter state `wasm.<name>`, readable by the access log as
-    /// `%FILTER_STATE(wasm.<name>:PLAIN)%`.
-    fn set_filter_state(&self, name: &str, value: &str) -> bool {
-        // SAFETY: both buffers outlive the call.
-        unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) == OK }
-    }
-
-    /// `request.time`, which Envoy serialises as the nanoseconds since the epoch (an
-    /// int64, little-endian); readable in the response phase.
-    fn request_start_ms(&self) -> Option<u64> {
-        let bytes: [u8; 8] = property_bytes(&["request", "time"])?.try_into().ok()?;
-        u64::try_from(i64::from_le_bytes(bytes)).ok().map(|ns| ns / 1_000_000)
-    }
-
-    /// Envoy hides the request headers (and with them the router's
-    /// `x-envoy-expected-rq-timeout-ms`) from proxy-wasm after the request phase: the
-    /// policy's `routeTimeoutsMs` says it instead.
-    fn proxy_timeout_ms(&self) -> Option<u64> {
-        None
+    fn context(&self, id: u32) -> Option<Ctx> {
+        let ctx = Ctx { id };
+        // Forced, not `act`: whether the context is still alive is the question.
+        EFFECTIVE.with(|e| e.set(u32::MAX));
+        ctx.act().then_some(ctx)
     }
 
     /// A call made in the root context's own callback (its tick) belongs to the root,
@@ -273,10 +208,159 @@ impl Host for Wasm {
         let status = unsafe { proxy_define_metric(MetricType::Counter as u32, name.as_ptr(), name.len(), &mut id) };
         (status == OK).then_some(id)
     }
+}
 
+impl Context for Ctx {
+    type Map = RawMap;
+
+    fn id(&self) -> u32 {
+        self.id
+    }
+
+    fn request_headers(&self) -> RawMap {
+        RawMap(if self.act() { raw_map(MapType::HttpRequestHeaders) } else { Vec::new() })
+    }
+
+    /// One host call gives both `:status` and, on the error path, the headers a
+    /// replacement keeps (reading `:status` alone first would cost an extra host call, and
+    /// a VM re-entry to allocate, on every intercepted error).
+    fn response_headers(&self) -> RawMap {
+        RawMap(if self.act() { raw_map(MapType::HttpResponseHeaders) } else { Vec::new() })
+    }
+
+    fn set_response_headers(&self, headers: &Headers<'_>) -> bool {
+        let data = serialize_headers(headers, true);
+        // SAFETY: data outlives the call.
+        self.act()
+            && unsafe {
+                proxy_set_header_map_pairs(MapType::HttpResponseHeaders as u32, data.as_ptr(), data.len()) == OK
+            }
+    }
+
+    /// Replaces the current response body chunk (`size` bytes from 0) with `body`.
+    fn replace_response_body(&self, size: usize, body: &[u8]) -> bool {
+        // SAFETY: body outlives the call.
+        self.act()
+            && unsafe {
+                proxy_set_buffer_bytes(BufferType::HttpResponseBody as u32, 0, size, body.as_ptr(), body.len()) == OK
+            }
+    }
+
+    fn holds_emptied_chunks(&self) -> bool {
+        true
+    }
+
+    fn body_before_trailers(&self, body: &[u8]) -> bool {
+        // The body Envoy holds for the filter (emptied chunk by chunk, see
+        // `holds_emptied_chunks`): proxy-wasm's only body a trailers callback can write.
+        self.replace_response_body(0, body)
+    }
+
+    fn send_response(&self, status: u16, headers: &Headers<'_>, body: &[u8]) -> bool {
+        let data = serialize_headers(headers, false);
+        let details = "custom_error_page";
+        // SAFETY: all buffers outlive the call.
+        self.act()
+            && unsafe {
+                proxy_send_local_response(
+                    status as u32,
+                    details.as_ptr(),
+                    details.len(),
+                    body.as_ptr(),
+                    body.len(),
+                    data.as_ptr(),
+                    data.len(),
+                    -1,
+                ) == OK
+            }
+    }
+
+    fn resume_response(&self) -> bool {
+        // SAFETY: no pointers.
+        self.act() && unsafe { proxy_continue_stream(proxy_wasm::types::StreamType::HttpResponse as u32) == OK }
+    }
+
+    fn dispatch(&self, cluster: &str, headers: &crate::error_service::CallHeaders, timeout_ms: u64) -> Option<u32> {
+        if !self.act() {
+            return None;
+        }
+        let hs: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (k.as_ref(), v.as_str())).collect();
+        hostcalls::dispatch_http_call(cluster, hs, None, vec![], Duration::from_millis(timeout_ms)).ok()
+    }
+
+    /// Counters are the VM's, whatever the effective context.
     fn add_to_counter(&self, id: u32, n: u64) -> bool {
         // SAFETY: no pointers.
         unsafe { proxy_increment_metric(id, n.min(i64::MAX as u64) as i64) == OK }
+    }
+
+    fn response_code_details(&self) -> Option<String> {
+        self.act().then(|| property(&["response", "code_details"])).flatten()
+    }
+
+    fn route_name(&self) -> Option<String> {
+        self.act().then(|| property(&["xds", "route_name"])).flatten()
+    }
+
+    /// `xds.route_metadata.filter_metadata.<ns>.<key>` answers the string itself (Envoy
+    /// 1.36-1.40), readable in the response phase.
+    fn metadata(&self, of: Metadata, namespace: &str, key: &str) -> Option<String> {
+        let whose = match of {
+            Metadata::Route => "route_metadata",
+            Metadata::VirtualHost => "virtual_host_metadata",
+        };
+        self.act().then(|| property(&["xds", whose, "filter_metadata", namespace, key])).flatten()
+    }
+
+    /// Filter state `wasm.<name>`, readable by the access log as
+    /// `%FILTER_STATE(wasm.<name>:PLAIN)%`.
+    fn set_filter_state(&self, name: &str, value: &str) -> bool {
+        // SAFETY: both buffers outlive the call.
+        self.act() && unsafe { proxy_set_property(name.as_ptr(), name.len(), value.as_ptr(), value.len()) == OK }
+    }
+
+    /// `request.time`, which Envoy serialises as the nanoseconds since the epoch (an
+    /// int64, little-endian); readable in the response phase.
+    fn request_start_ms(&self) -> Option<u64> {
+        if !self.act() {
+            return None;
+        }
+        let bytes: [u8; 8] = property_bytes(&["request", "time"])?.try_into().ok()?;
+        u64::try_from(i64::from_le_bytes(bytes)).ok().map(|ns| ns / 1_000_000)
+    }
+
+    /// Envoy hides the request headers (and with them the router's
+    /// `x-envoy-expected-rq-timeout-ms`) from proxy-wasm after the request phase: the
+    /// policy's `routeTimeoutsMs` says it instead.
+    fn proxy_timeout_ms(&self) -> Option<u64> {
+        None
+    }
+}
+
+/// The error service's answer, read from the host during the call's callback: the
+/// headers at once, the body only if the runtime asks for it.
+pub struct CallResponse {
+    /// The context whose callback delivers it: Envoy keeps the answer on that context.
+    pub to: Ctx,
+    pub body_size: usize,
+}
+
+impl CallAnswer for CallResponse {
+    fn headers(&mut self) -> Vec<(String, Vec<u8>)> {
+        if !self.to.act() {
+            return Vec::new();
+        }
+        map_entries(&raw_map(MapType::HttpCallResponseHeaders))
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), v.to_vec()))
+            .collect()
+    }
+
+    fn body_size(&self) -> usize {
+        self.body_size
+    }
+
+    fn body(&mut self) -> Option<Vec<u8>> {
+        self.to.act().then(|| buffer(BufferType::HttpCallResponseBody, self.body_size)).flatten()
     }
 }
 

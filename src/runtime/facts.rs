@@ -2,7 +2,7 @@
 //! request passed (Envoy hides them afterwards), parsed only on the error path and only
 //! the fields a decision asks for.
 
-use super::host::{HeaderMap, Host};
+use super::host::{Context, HeaderMap};
 use crate::request::{Metadata, RequestView};
 use crate::template::Vars;
 use std::borrow::Cow;
@@ -12,12 +12,11 @@ fn remember(slot: &mut Option<String>, map: &impl HeaderMap, name: &str) -> Stri
 }
 
 /// Request facts, read on first use and kept. Only the error path reads them.
-pub(crate) struct Facts<H: Host> {
-    host: H,
-    request: H::Map,
+pub(crate) struct Facts<M: HeaderMap> {
+    request: M,
     /// The original response headers as the proxy handed them over (read once, with
     /// `:status`), for the gRPC check and for the headers a replacement keeps.
-    response: H::Map,
+    response: M,
     pub status: u16,
     pub served: u16,
     authority: Option<String>,
@@ -28,10 +27,9 @@ pub(crate) struct Facts<H: Host> {
     scheme: Option<String>,
 }
 
-impl<H: Host> Facts<H> {
-    pub fn new(host: H, status: u16, request: H::Map, response: H::Map) -> Facts<H> {
+impl<M: HeaderMap> Facts<M> {
+    pub fn new(status: u16, request: M, response: M) -> Facts<M> {
         Facts {
-            host,
             request,
             response,
             status,
@@ -53,8 +51,26 @@ impl<H: Host> Facts<H> {
         remember(&mut self.request_id, &self.request, "x-request-id")
     }
 
-    fn code_details(&mut self) -> String {
-        self.code_details.get_or_insert_with(|| self.host.response_code_details().unwrap_or_default()).clone()
+    /// These facts as a decision reads them: what is not captured (the route, its
+    /// metadata, Envoy's code details) is asked of `ctx`, the request's own context.
+    pub fn seen<'a, C: Context>(&'a mut self, ctx: &'a C) -> Seen<'a, M, C> {
+        Seen { facts: self, ctx }
+    }
+
+    fn code_details(&mut self, ctx: &impl Context) -> String {
+        self.code_details.get_or_insert_with(|| ctx.response_code_details().unwrap_or_default()).clone()
+    }
+
+    pub fn authority(&mut self) -> String {
+        remember(&mut self.authority, &self.request, ":authority")
+    }
+
+    pub fn path(&mut self) -> String {
+        remember(&mut self.path, &self.request, ":path")
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.request.joined(name)
     }
 
     /// Replaces Envoy's code details as the decision sees them (the filter answering in
@@ -88,9 +104,9 @@ impl<H: Host> Facts<H> {
     }
 
     /// Template variables; reads the request facts only when the reply renders a template.
-    pub fn vars_for(&mut self, needed: bool) -> Vars<'_> {
+    pub fn vars_for(&mut self, needed: bool, ctx: &impl Context) -> Vars<'_> {
         if needed {
-            self.vars()
+            self.vars(ctx)
         } else {
             // Nothing is rendered: only the built-in page reads the statuses (the original
             // one where it is not served as a success).
@@ -98,12 +114,12 @@ impl<H: Host> Facts<H> {
         }
     }
 
-    fn vars(&mut self) -> Vars<'_> {
+    fn vars(&mut self, ctx: &impl Context) -> Vars<'_> {
         self.authority();
         self.path();
         self.method();
         self.request_id();
-        self.code_details();
+        self.code_details(ctx);
         // What the client used: a proxy in front says so in x-forwarded-proto.
         if self.scheme.is_none() {
             let forwarded = self.request.joined("x-forwarded-proto").unwrap_or_default();
@@ -114,7 +130,7 @@ impl<H: Host> Facts<H> {
                 first
             });
         }
-        let source = if self.made_by_proxy() { "proxy" } else { "upstream" };
+        let source = if self.code_details(ctx) != VIA_UPSTREAM { "proxy" } else { "upstream" };
         Vars {
             status: self.served,
             original_status: self.status,
@@ -130,35 +146,44 @@ impl<H: Host> Facts<H> {
     }
 }
 
-impl<H: Host> RequestView for Facts<H> {
+/// What Envoy's code details say of a response a backend sent.
+const VIA_UPSTREAM: &str = "via_upstream";
+
+/// Request facts as a decision reads them (`Facts::seen`).
+pub(crate) struct Seen<'a, M: HeaderMap, C: Context> {
+    facts: &'a mut Facts<M>,
+    ctx: &'a C,
+}
+
+impl<M: HeaderMap, C: Context> RequestView for Seen<'_, M, C> {
     fn authority(&mut self) -> String {
-        remember(&mut self.authority, &self.request, ":authority")
+        self.facts.authority()
     }
 
     fn path(&mut self) -> String {
-        remember(&mut self.path, &self.request, ":path")
+        self.facts.path()
     }
 
     fn header(&mut self, name: &str) -> Option<String> {
-        self.request.joined(name)
+        self.facts.header(name)
     }
 
     fn response_header(&mut self, name: &str) -> Option<String> {
-        self.response.joined(name)
+        self.facts.response.joined(name)
     }
 
     fn route_name(&mut self) -> Option<String> {
-        self.host.route_name().filter(|s| !s.is_empty())
+        self.ctx.route_name().filter(|s| !s.is_empty())
     }
 
     fn metadata(&mut self, of: Metadata, namespace: &str, key: &str) -> Option<String> {
-        self.host.metadata(of, namespace, key).filter(|s| !s.is_empty())
+        self.ctx.metadata(of, namespace, key).filter(|s| !s.is_empty())
     }
 
     /// Envoy marks responses that came from a backend with code details `via_upstream`;
     /// everything else (no healthy upstream, connect failure, timeout, reset, no route,
     /// a filter's local reply) the proxy made itself.
     fn made_by_proxy(&mut self) -> bool {
-        self.code_details() != "via_upstream"
+        self.facts.code_details(self.ctx) != VIA_UPSTREAM
     }
 }

@@ -1,10 +1,9 @@
 //! A fake proxy for the runtime's tests: keeps each stream's headers, records what the
 //! filter did to it (headers set, body chunks, local reply, resumption, access-log value),
-//! the calls it dispatched, and which streams are still alive. Like Envoy, calls act on
-//! the effective stream: the one whose callback runs (`enter`) or the one the filter
-//! switched to.
+//! the calls it dispatched, and which streams are still alive. Each call acts on the
+//! context it is made through (`Fake::ctx` for a hook's own, `Host::context` by id).
 
-use super::host::{HeaderMap, Headers, Host, Metadata};
+use super::host::{Context, HeaderMap, Headers, Host, Metadata};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
@@ -18,8 +17,13 @@ impl HeaderMap for Map {
     }
 }
 
-/// A call's answer as the proxy gives it: headers, and the body (none when it has none).
+/// A call's answer as the tests write it: headers, and the body (none when it has none).
 pub type Answer = (Vec<(String, Vec<u8>)>, Option<Vec<u8>>);
+
+/// The answer as the adapter hands it to the runtime.
+pub fn delivered(answer: Answer) -> super::host::Answer {
+    super::host::Answer { headers: answer.0, body: answer.1 }
+}
 /// A local reply: status, headers, body.
 pub type LocalReply = (u16, Vec<(String, String)>, Vec<u8>);
 
@@ -67,15 +71,11 @@ pub struct Call {
 
 #[derive(Default)]
 pub struct State {
-    pub current: u32,
     pub alive: BTreeSet<u32>,
     pub streams: BTreeMap<u32, StreamLog>,
     pub calls: Vec<Call>,
     pub refuse_dispatch: bool,
     pub refuse_headers: bool,
-    /// The answer being delivered to `on_call_response`: headers, and the body (none when
-    /// the proxy has none to give).
-    pub answer: Answer,
     pub now_ms: u64,
     /// Envoy's timeout for the request, as the proxy would tell it.
     pub proxy_timeout_ms: Option<u64>,
@@ -96,18 +96,9 @@ impl Fake {
         self.0.borrow_mut()
     }
 
-    /// Envoy runs a callback of stream `id`: calls act on it.
-    pub fn enter(&self, id: u32) {
-        self.state().current = id;
-    }
-
-    fn with_current<T>(&self, f: impl FnOnce(&mut StreamLog) -> T) -> Option<T> {
-        let mut s = self.state();
-        let id = s.current;
-        if !s.alive.contains(&id) {
-            return None;
-        }
-        s.streams.get_mut(&id).map(f)
+    /// The context Envoy hands to a hook of stream `id` (or of the root, 0).
+    pub fn ctx(&self, id: u32) -> FakeCtx {
+        FakeCtx { fake: self.clone(), id }
     }
 
     pub fn counter(&self, name: &str) -> u64 {
@@ -117,6 +108,56 @@ impl Fake {
 
 impl Host for Fake {
     type Map = Map;
+    type Context = FakeCtx;
+
+    /// Envoy answers NotFound for a gone context; the root (0) is always there.
+    fn context(&self, id: u32) -> Option<FakeCtx> {
+        (id == 0 || self.0.borrow().alive.contains(&id)).then(|| self.ctx(id))
+    }
+
+    fn detached_calls(&self) -> bool {
+        self.0.borrow().detached_calls
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.0.borrow().now_ms
+    }
+
+    fn define_counter(&self, name: &str) -> Option<u32> {
+        let mut s = self.state();
+        s.counters.push((name.to_string(), 0));
+        Some(s.counters.len() as u32 - 1)
+    }
+}
+
+/// One context of the fake proxy.
+#[derive(Clone)]
+pub struct FakeCtx {
+    fake: Fake,
+    id: u32,
+}
+
+impl FakeCtx {
+    fn state(&self) -> std::cell::RefMut<'_, State> {
+        self.fake.state()
+    }
+
+    /// Runs `f` on this stream's log, as Envoy acts on a live stream only.
+    fn with_current<T>(&self, f: impl FnOnce(&mut StreamLog) -> T) -> Option<T> {
+        let mut s = self.state();
+        if !s.alive.contains(&self.id) {
+            return None;
+        }
+        s.streams.get_mut(&self.id).map(f)
+    }
+}
+
+impl Context for FakeCtx {
+    type Map = Map;
+
+    fn id(&self) -> u32 {
+        self.id
+    }
 
     fn request_headers(&self) -> Map {
         Map(self.with_current(|s| s.request.clone()).unwrap_or_default())
@@ -127,7 +168,7 @@ impl Host for Fake {
     }
 
     fn set_response_headers(&self, headers: &Headers<'_>) -> bool {
-        if self.0.borrow().refuse_headers {
+        if self.state().refuse_headers {
             return false;
         }
         self.with_current(|s| s.set_headers = Some(owned(headers))).is_some()
@@ -142,7 +183,7 @@ impl Host for Fake {
     }
 
     fn holds_emptied_chunks(&self) -> bool {
-        self.0.borrow().holds_emptied_chunks
+        self.state().holds_emptied_chunks
     }
 
     fn body_before_trailers(&self, body: &[u8]) -> bool {
@@ -168,27 +209,20 @@ impl Host for Fake {
             return None;
         }
         let token = 100 + s.calls.len() as u32;
-        let from = s.current;
-        s.calls.push(Call { token, from, cluster: cluster.to_string(), headers: headers.to_vec() });
+        s.calls.push(Call { token, from: self.id, cluster: cluster.to_string(), headers: headers.to_vec() });
         Some(token)
     }
 
-    fn call_response_headers(&self) -> Vec<(String, Vec<u8>)> {
-        self.0.borrow().answer.0.clone()
-    }
-
-    fn call_response_body(&self, _size: usize) -> Option<Vec<u8>> {
-        self.0.borrow().answer.1.clone()
-    }
-
-    fn set_effective_context(&self, id: u32) -> bool {
+    fn add_to_counter(&self, id: u32, n: u64) -> bool {
         let mut s = self.state();
-        // Envoy answers NotFound for a gone context and leaves the effective one as it was.
-        if id != 0 && !s.alive.contains(&id) {
-            return false;
+        s.counter_adds += 1;
+        match s.counters.get_mut(id as usize) {
+            Some((_, v)) => {
+                *v += n;
+                true
+            }
+            None => false,
         }
-        s.current = id;
-        true
     }
 
     fn response_code_details(&self) -> Option<String> {
@@ -216,32 +250,6 @@ impl Host for Fake {
     }
 
     fn proxy_timeout_ms(&self) -> Option<u64> {
-        self.0.borrow().proxy_timeout_ms
-    }
-
-    fn detached_calls(&self) -> bool {
-        self.0.borrow().detached_calls
-    }
-
-    fn now_ms(&self) -> u64 {
-        self.0.borrow().now_ms
-    }
-
-    fn define_counter(&self, name: &str) -> Option<u32> {
-        let mut s = self.state();
-        s.counters.push((name.to_string(), 0));
-        Some(s.counters.len() as u32 - 1)
-    }
-
-    fn add_to_counter(&self, id: u32, n: u64) -> bool {
-        let mut s = self.state();
-        s.counter_adds += 1;
-        match s.counters.get_mut(id as usize) {
-            Some((_, v)) => {
-                *v += n;
-                true
-            }
-            None => false,
-        }
+        self.state().proxy_timeout_ms
     }
 }

@@ -5,7 +5,7 @@
 //! the increments to Envoy's counters, keeping two host calls per intercepted error off the
 //! request path; the price is that `/stats` lags by up to one tick.
 
-use super::host::Host;
+use super::host::{Context, Host};
 use crate::config::{Config, Rule};
 use crate::error_service::FetchFailure;
 use crate::reply::Outcome;
@@ -25,10 +25,10 @@ impl Counter {
         self.pending.set(self.pending.get() + 1);
     }
 
-    fn flush(&self, host: &impl Host) {
+    fn flush(&self, via: &impl Context) {
         let n = self.pending.replace(0);
         if let (Some(id), true) = (self.id, n > 0) {
-            if !host.add_to_counter(id, n) {
+            if !via.add_to_counter(id, n) {
                 // Kept for the next tick rather than lost.
                 self.pending.set(self.pending.get() + n);
             }
@@ -183,7 +183,7 @@ impl Metrics {
     }
 
     /// Called on the root context's tick.
-    pub fn flush(&self, host: &impl Host) {
+    pub fn flush(&self, via: &impl Context) {
         for c in [
             &self.intercepted,
             &self.cache_hit,
@@ -199,10 +199,10 @@ impl Metrics {
             &self.refreshed,
             &self.refresh_failed,
         ] {
-            c.flush(host);
+            c.flush(via);
         }
         for c in self.fetch_failed.iter().chain(self.by_rule.iter().flatten()) {
-            c.flush(host);
+            c.flush(via);
         }
     }
 }

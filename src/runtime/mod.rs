@@ -1,9 +1,15 @@
-//! One request's life in the filter, over a `Host` trait: the proxy-wasm adapter
-//! (`src/proxy_wasm/`), the dynamic-module adapter (`src/dynamic_module/`) and the tests'
-//! fake host implement it. Host-free, so it compiles and is unit-tested on the host.
+//! One request's life in the filter, over the `Host` and `Context` traits: the proxy-wasm
+//! adapter (`src/proxy_wasm/`), the dynamic-module adapter (`src/dynamic_module/`) and the
+//! tests' fake host implement them. Host-free, so it compiles and is unit-tested on the
+//! host. Layers, each importing only those below it: `held`/`facts` (data) <- `flight` <-
+//! `worker` (state; returns what to do) <- `finish` (one reply) <- `complete` (applies the
+//! worker's results by stream id) <- `stream` (one request's hooks).
 
+mod complete;
 mod facts;
+mod finish;
 mod flight;
+mod held;
 pub mod host;
 mod metrics;
 mod schedule;
@@ -15,7 +21,8 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
-pub use host::{HeaderMap, Headers, Host, Metadata};
+pub use complete::{on_root_call_response, on_tick};
+pub use host::{Answer, CallAnswer, Context, HeaderMap, Headers, Host, Metadata};
 pub use metrics::counter_names;
 pub use stream::Stream;
 pub use worker::{Worker, TICK_MS};

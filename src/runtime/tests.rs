@@ -2,7 +2,7 @@
 //! Envoy's order, make the filter do. The end-to-end suite proves the same against the
 //! real Envoy; these pin down the orderings that are hard to provoke there.
 
-use super::fake::{Answer, Fake, StreamLog};
+use super::fake::{delivered, Answer, Fake, StreamLog};
 use super::{Action, Stream, Worker};
 use crate::config;
 use serde_json::json;
@@ -36,7 +36,7 @@ impl Proxy {
         let host = Fake::default();
         host.state().now_ms = 1_000_000;
         let cfg = config::load(policy.to_string().as_bytes()).unwrap();
-        let worker = Rc::new(Worker::new(&host, std::sync::Arc::new(cfg)));
+        let worker = Rc::new(Worker::new(host.clone(), std::sync::Arc::new(cfg)));
         Proxy { host, worker, streams: BTreeMap::new() }
     }
 
@@ -53,9 +53,8 @@ impl Proxy {
                 .chain(extra)
                 .collect();
         }
-        let mut stream = Stream::new(id, self.host.clone(), self.worker.clone());
-        self.host.enter(id);
-        stream.on_request_headers();
+        let mut stream = Stream::new(id, self.worker.clone());
+        stream.on_request_headers(&self.host.ctx(id));
         self.streams.insert(id, stream);
     }
 
@@ -68,8 +67,7 @@ impl Proxy {
             log.response.extend(headers.iter().map(|(k, v)| (k.to_string(), v.to_string())));
             log.code_details = "via_upstream".into();
         }
-        self.host.enter(id);
-        self.streams.get_mut(&id).unwrap().on_response_headers(end_of_stream)
+        self.streams.get_mut(&id).unwrap().on_response_headers(&self.host.ctx(id), end_of_stream)
     }
 
     /// A `GET /` whose response is `status` with a body to come.
@@ -79,19 +77,16 @@ impl Proxy {
     }
 
     fn body(&mut self, id: u32, size: usize, end_of_stream: bool) -> Action {
-        self.host.enter(id);
-        self.streams.get_mut(&id).unwrap().on_response_body(size, end_of_stream)
+        self.streams.get_mut(&id).unwrap().on_response_body(&self.host.ctx(id), size, end_of_stream)
     }
 
     /// The error service's answer to the call with `token` reaches the stream that made it.
     fn answer(&mut self, token: u32, answer: Answer) {
         let from = self.call(token).from;
-        let size = answer.1.as_ref().map_or(0, Vec::len);
-        self.host.state().answer = answer;
-        self.host.enter(from);
+        let ctx = self.host.ctx(from);
         match self.streams.get_mut(&from) {
-            Some(stream) => stream.on_call_response(token, size),
-            None => self.worker.on_call_response(&self.host, token, size, from), // the root's
+            Some(stream) => stream.on_call_response(&ctx, token, &mut delivered(answer)),
+            None => super::on_root_call_response(&self.worker, &ctx, token, &mut delivered(answer)), // the root's
         }
     }
 
@@ -112,8 +107,7 @@ impl Proxy {
     }
 
     fn tick(&mut self) {
-        self.host.enter(ROOT);
-        self.worker.on_tick(&self.host, ROOT);
+        super::on_tick(&self.worker, &self.host.ctx(ROOT));
     }
 
     fn log<T>(&self, id: u32, f: impl FnOnce(&StreamLog) -> T) -> T {
@@ -185,8 +179,7 @@ fn a_body_in_many_chunks_is_dropped_and_the_page_rides_the_last() {
 
 impl Proxy {
     fn trailers(&mut self, id: u32) -> Action {
-        self.host.enter(id);
-        self.streams.get_mut(&id).unwrap().on_response_trailers()
+        self.streams.get_mut(&id).unwrap().on_response_trailers(&self.host.ctx(id))
     }
 }
 
@@ -602,7 +595,6 @@ fn a_build_with_a_timer_is_told_the_deadline_of_a_held_request_and_answers_when_
     let stream = p.streams.get_mut(&1).unwrap();
     assert_eq!((stream.deadline(), stream.now_ms()), (Some(T0 + 850), T0), "held: the adapter sets its timer");
     p.at(T0 + 850);
-    p.host.enter(1);
     p.streams.get_mut(&1).unwrap().on_deadline();
     p.log(1, |s| assert_eq!(s.local_reply.as_ref().map(|r| r.0), Some(504)));
     assert_eq!(p.streams[&1].deadline(), None, "answered: nothing more to time");
@@ -697,9 +689,7 @@ fn every_fetch_failure_falls_back_and_is_counted_and_never_cached() {
 fn an_answer_to_another_token_is_ignored() {
     let mut p = Proxy::new(page_rule());
     p.error(1, 500);
-    p.host.state().answer = ok_answer("x");
-    p.host.enter(1);
-    p.streams.get_mut(&1).unwrap().on_call_response(999, 1);
+    p.streams.get_mut(&1).unwrap().on_call_response(&p.host.ctx(1), 999, &mut delivered(ok_answer("x")));
     p.log(1, |s| assert_eq!(s.resumed, 0));
     p.answer(100, ok_answer("mine"));
     p.log(1, |s| assert_eq!(s.resumed, 1));
@@ -845,8 +835,7 @@ fn the_origin_of_a_response_comes_from_envoys_code_details() {
             log.response = vec![(":status".into(), "503".into())];
             log.code_details = details.into();
         }
-        p.host.enter(1);
-        p.streams.get_mut(&1).unwrap().on_response_headers(false);
+        p.streams.get_mut(&1).unwrap().on_response_headers(&p.host.ctx(1), false);
         p.body_chunks(1, &[1]);
         p.log(1, |s| assert_eq!(String::from_utf8_lossy(&s.body_out), want, "{details}"));
     }
@@ -860,7 +849,7 @@ fn idle_counters_cost_no_host_call_and_a_new_policy_flushes_the_old_counts() {
     p.error(1, 200);
     p.request(2, "GET", "/");
     p.respond(2, 404, &[], false); // a miss: intercepted, fetching
-    p.worker.flush_counters(&p.host);
+    p.worker.flush_counters(&p.host.ctx(ROOT));
     assert_eq!(p.host.counter("intercepted"), 1, "flushed without waiting for a tick");
     assert_eq!(p.host.0.borrow().counter_adds, 1);
 }
@@ -870,17 +859,16 @@ fn a_build_without_a_timer_ticks_from_requests_once_a_tick_is_due() {
     let mut p = Proxy::new(page_rule());
     p.request(1, "GET", "/");
     p.respond(1, 404, &[], false); // intercepted: one count pending
-    p.host.enter(1);
-    p.worker.tick_if_due(&p.host, 1);
+    let ctx = p.host.ctx(1);
+    super::complete::tick_if_due(&p.worker, &ctx);
     assert_eq!(p.host.counter("intercepted"), 0, "no tick is due yet: nothing added");
     p.host.state().now_ms += u64::from(super::TICK_MS) - 1;
-    p.worker.tick_if_due(&p.host, 1);
+    super::complete::tick_if_due(&p.worker, &ctx);
     assert_eq!(p.host.counter("intercepted"), 0, "one millisecond short of a tick");
     p.host.state().now_ms += 1;
-    p.worker.tick_if_due(&p.host, 1);
+    super::complete::tick_if_due(&p.worker, &ctx);
     assert_eq!(p.host.counter("intercepted"), 1, "due: the tick's work ran");
-    assert_eq!(p.host.0.borrow().current, 1, "and the request's stream is the effective one again");
-    p.worker.tick_if_due(&p.host, 1);
+    super::complete::tick_if_due(&p.worker, &ctx);
     assert_eq!(p.host.0.borrow().counter_adds, 1, "the clock moved: not due again");
 }
 
@@ -895,13 +883,12 @@ fn a_build_without_a_tick_runs_the_workers_work_from_its_streams() {
     p.streams.remove(&1).unwrap().on_destroyed();
     assert_eq!(p.call(101).from, 2);
     // Counts reach the proxy when a stream completes...
-    p.streams[&2].flush_counters();
+    p.streams[&2].flush_counters(&p.host.ctx(2));
     assert_eq!(p.host.counter("intercepted"), 3);
     // ...and the tick's work runs from a stream's hook once due.
     p.error(4, 503);
     p.host.state().now_ms += u64::from(super::TICK_MS);
-    p.host.enter(3);
-    p.streams[&3].tick_if_due();
+    p.streams[&3].tick_if_due(&p.host.ctx(3));
     assert_eq!(p.host.counter("intercepted"), 4);
 }
 
@@ -991,7 +978,7 @@ impl Proxy {
         host.state().now_ms = 1_000_000;
         host.state().detached_calls = true;
         let cfg = config::load(policy.to_string().as_bytes()).unwrap();
-        let worker = Rc::new(Worker::new(&host, std::sync::Arc::new(cfg)));
+        let worker = Rc::new(Worker::new(host.clone(), std::sync::Arc::new(cfg)));
         Proxy { host, worker, streams: BTreeMap::new() }
     }
 
