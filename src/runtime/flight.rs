@@ -1,4 +1,6 @@
-//! Fetches of error objects in flight, and the requests held while one is fetched.
+//! Fetches of error objects in flight, and the requests held while one is fetched. Data
+//! only: the worker changes it (`worker.rs`), the runtime applies what it returns
+//! (`complete.rs`).
 //!
 //! Every request whose object is missing from the cache waits on a `Flight` for it, the one
 //! that dispatched the call included: a flight is the worker's, not a request's. That is
@@ -12,18 +14,9 @@
 //! still fills the cache); else (the dynamic module, whose ABI offers calls only through a
 //! request) the first live waiter. A flight with nobody to ask it again releases its
 //! waiters with the fallback.
-//!
-//! Deadlines: Envoy answers a request itself when its route timeout fires, and once a
-//! filter holds the response headers that reply goes straight to the client, past every
-//! filter (Envoy's filter manager sends it as a "direct local reply"). So a held request
-//! whose deadline is known is answered by the filter a little before it, as Envoy would
-//! have answered: a 504 made by the proxy (code details `response_timeout`), decided by
-//! the policy again for that code (from the cache, else the rule's inline body or the
-//! built-in page: there is no time left for a fetch).
 
 use super::held::Waiter;
 use super::host::HeaderMap;
-use super::schedule::Purpose;
 use crate::cache::Object;
 use crate::config::{ErrorService, ServiceId, Variant};
 use crate::error_service::{self, CallFacts};
@@ -79,6 +72,15 @@ impl Ask {
         let headers = self.headers.iter().filter(|(n, _)| !request_facts.contains(&n.as_ref())).cloned().collect();
         Ask { headers, ..self.clone() }
     }
+}
+
+/// Why the worker fetches an object on its own (`schedule.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    /// An object the cache has never held.
+    Prewarm,
+    /// An object the cache holds (fresh or stale), fetched again before or after it expires.
+    Refresh,
 }
 
 /// A fetch in flight and the requests waiting on it.

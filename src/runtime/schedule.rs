@@ -3,7 +3,7 @@
 //! (refresh), each retried with backoff while the error service fails. State only: the
 //! worker dispatches what `due` returns and reports each answer to `done`.
 
-use super::flight::Ask;
+use super::flight::{Ask, Purpose};
 use crate::cache::{self, Cache, State};
 use crate::config::{Config, RuleKind};
 use crate::error_service;
@@ -19,14 +19,6 @@ pub const MAX_BACKOFF_MS: u64 = 10_000;
 /// object the error service does not have (a `{status}` page for a code it has no page
 /// for) is not asked for forever. Held objects are retried while their stale copy lasts.
 pub const PREWARM_ATTEMPTS: u32 = 5;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Purpose {
-    /// An object the cache has never held.
-    Prewarm,
-    /// An object the cache holds (fresh or stale), fetched again before or after it expires.
-    Refresh,
-}
 
 /// How a background fetch ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

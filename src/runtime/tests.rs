@@ -1408,3 +1408,72 @@ fn the_language_accept_language_chooses_names_the_object_and_varies_the_reply() 
     p.body_chunks(4, &[1]);
     p.log(4, |s| assert_eq!(s.body_out, b"<html lang=\"fr\">"));
 }
+
+// The seams between the worker (which decides and returns data) and the completions
+// (which act on each request through its own context).
+
+#[test]
+fn completing_a_flight_returns_its_waiters_and_acts_on_no_stream() {
+    let mut p = Proxy::new(page_rule());
+    p.error(1, 503);
+    p.error(2, 503);
+    let here = p.host.ctx(1);
+    let released = p.worker.complete(&here, 100, &mut delivered(ok_answer("page"))).expect("its flight");
+    assert_eq!(released.waiters.iter().map(|w| w.id).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(released.fetched_by, Some(1));
+    assert_eq!(released.object.as_deref().map(|o| &*o.body), Some(&b"page"[..]));
+    for id in [1, 2] {
+        p.log(id, |s| {
+            assert_eq!((s.resumed, s.set_headers.is_none(), s.filter_state.is_none()), (0, true, true), "{id}");
+        });
+    }
+    assert!(p.worker.flights.borrow().is_empty(), "the flight is done");
+    assert!(p.worker.complete(&here, 100, &mut delivered(ok_answer("again"))).is_none(), "answered once");
+}
+
+#[test]
+fn an_answer_no_flight_waits_for_returns_nothing_to_apply() {
+    let mut p = Proxy::new(page_rule());
+    p.error(1, 503);
+    let here = p.host.ctx(1);
+    assert!(p.worker.complete(&here, 999, &mut delivered(ok_answer("x"))).is_none());
+    assert_eq!(p.worker.flights.borrow().len(), 1, "the flight for token 100 still waits");
+}
+
+#[test]
+fn only_the_waiters_whose_deadline_came_are_taken_and_one_put_back_waits_again() {
+    let mut p = Proxy::new(deadline_rules(gateway_rule()));
+    p.late_404(1, 1_000_000);
+    p.late_404(2, 1_000_500);
+    let first_deadline = p.streams[&1].deadline().expect("held with a deadline");
+    assert!(p.worker.take_expired(first_deadline - 1).is_empty(), "none due a millisecond early");
+    let due = p.worker.take_expired(first_deadline);
+    assert_eq!(due.iter().map(|(_, w)| w.id).collect::<Vec<_>>(), [1], "only the first is due");
+    assert_eq!(p.worker.flights.borrow().values().map(|f| f.waiters.len()).sum::<usize>(), 1);
+    let (key, waiter) = due.into_iter().next().unwrap();
+    p.worker.wait_again(&key, waiter);
+    assert_eq!(p.worker.flights.borrow()[&key].waiters.len(), 2, "back on its flight");
+}
+
+#[test]
+fn a_context_is_had_for_a_live_stream_only() {
+    use super::host::{Context, Host};
+    let mut p = Proxy::new(page_rule());
+    p.error(1, 503);
+    assert_eq!(p.host.context(1).map(|c| c.id()), Some(1));
+    p.gone(1);
+    assert!(p.host.context(1).is_none(), "gone: nothing to act on");
+    assert!(p.host.context(7).is_none(), "never was");
+}
+
+#[test]
+fn a_leader_answered_early_disowns_its_flight_and_a_waiter_does_not() {
+    let mut p = Proxy::new(page_rule());
+    p.error(1, 503);
+    p.error(2, 503);
+    let key = p.worker.flights.borrow().keys().next().cloned().unwrap();
+    p.worker.disown(&key, 2);
+    assert_eq!(p.worker.flights.borrow()[&key].owner, Some(1), "not the waiter's call");
+    p.worker.disown(&key, 1);
+    assert_eq!(p.worker.flights.borrow()[&key].owner, None, "its call ends with it");
+}

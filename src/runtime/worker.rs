@@ -4,11 +4,11 @@
 //! its request gone) is decided here and returned as data (`Released`, expired waiters):
 //! the worker calls no request's code; `complete.rs` applies what it returns.
 
-use super::flight::{Ask, Flight, Flights, Released};
+use super::flight::{Ask, Flight, Flights, Purpose, Released};
 use super::held::Waiter;
 use super::host::{CallAnswer, Context, Host};
 use super::metrics::Metrics;
-use super::schedule::{self, Done, Purpose, Schedule};
+use super::schedule::{self, Done, Schedule};
 use crate::cache::{self, Cache, Object};
 use crate::config::{Config, Serve, Variant};
 use crate::error_service::{self, FetchFailure};
