@@ -153,8 +153,19 @@ impl Cache {
     /// of 0 or an object too large for the cache stores nothing. Evicts what is past its
     /// stale window first, then stale copies, then the least recently used.
     pub fn put(&mut self, key: String, object: Rc<Object>, ttl_s: u64, stale_s: u64, now_ms: u64) {
+        if ttl_s == 0 {
+            return;
+        }
+        let expires_ms = now_ms.saturating_add(ttl_s.saturating_mul(1000));
+        let stale_until_ms = expires_ms.saturating_add(stale_s.saturating_mul(1000));
+        self.put_until(key, object, expires_ms, stale_until_ms, now_ms);
+    }
+
+    /// Stores an object until `expires_ms`, then as a stale copy until `stale_until_ms`
+    /// (a copy another thread fetched, with the lifetimes it was given there).
+    pub fn put_until(&mut self, key: String, object: Rc<Object>, expires_ms: u64, stale_until_ms: u64, now_ms: u64) {
         let size = object.body.len() + key.len();
-        if ttl_s == 0 || size > self.max_bytes {
+        if stale_until_ms <= now_ms || size > self.max_bytes {
             return;
         }
         self.remove(&key);
@@ -164,8 +175,6 @@ impl Cache {
         }
         self.tick += 1;
         self.bytes += size;
-        let expires_ms = now_ms.saturating_add(ttl_s.saturating_mul(1000));
-        let stale_until_ms = expires_ms.saturating_add(stale_s.saturating_mul(1000));
         self.entries.insert(key, Entry { object, stored_ms: now_ms, expires_ms, stale_until_ms, last_used: self.tick });
     }
 

@@ -133,7 +133,7 @@ type FilterPtr = *mut c_void;
 pub type HeaderList = Vec<(Box<[u8]>, Box<[u8]>)>;
 /// A callout's answer, copied: headers and body.
 pub type Answer = (Vec<(String, Vec<u8>)>, Vec<u8>);
-pub type ConfigPtr = *mut c_void;
+type ConfigPtr = *mut c_void;
 
 extern "C" {
     fn envoy_dynamic_module_callback_log(level: u32, message: ModuleBuffer);
@@ -214,6 +214,26 @@ extern "C" {
     fn envoy_dynamic_module_callback_http_filter_scheduler_commit(scheduler: *mut c_void, event_id: u64);
     fn envoy_dynamic_module_callback_http_filter_scheduler_delete(scheduler: *mut c_void);
     fn envoy_dynamic_module_callback_get_most_specific_route_config(filter: FilterPtr) -> *const c_void;
+    // A filter configuration's own calls, on Envoy's main thread (Envoy 1.39 and later).
+    fn envoy_dynamic_module_callback_http_filter_config_http_callout(
+        config: ConfigPtr,
+        callout_id: *mut u64,
+        cluster_name: ModuleBuffer,
+        headers: *const ModuleHeader,
+        headers_size: usize,
+        body: ModuleBuffer,
+        timeout_milliseconds: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_increment_counter(
+        config: ConfigPtr,
+        id: usize,
+        label_values: *const ModuleBuffer,
+        label_values_length: usize,
+        value: u64,
+    ) -> u32;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_new(config: ConfigPtr) -> *mut c_void;
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_commit(scheduler: *mut c_void, event_id: u64);
+    fn envoy_dynamic_module_callback_http_filter_config_scheduler_delete(scheduler: *mut c_void);
 }
 
 pub fn log(level: LogLevel, message: &str) {
@@ -226,14 +246,27 @@ pub fn log_enabled(level: LogLevel) -> bool {
     unsafe { envoy_dynamic_module_callback_log_enabled(level as u32) }
 }
 
+/// Envoy's object for one filter configuration, as Envoy hands it to the configuration's
+/// hooks below: made only there, never null, and alive until
+/// `on_http_filter_config_destroy`. The main-thread fetcher (`ahead.rs`) keeps a copy,
+/// which that hook drops.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct EnvoyConfig(ConfigPtr);
+
+impl EnvoyConfig {
+    fn of(ptr: ConfigPtr) -> Option<EnvoyConfig> {
+        (!ptr.is_null()).then_some(EnvoyConfig(ptr))
+    }
+}
+
 /// Only during `envoy_dynamic_module_on_http_filter_config_new` (Envoy freezes stat creation
 /// after it).
-pub fn define_counter(config: ConfigPtr, name: &str) -> Option<usize> {
+pub fn define_counter(config: EnvoyConfig, name: &str) -> Option<usize> {
     let mut id = 0usize;
-    // SAFETY: `config` is the pointer Envoy passed to the config hook running now.
+    // SAFETY: `config` is alive (see `EnvoyConfig`).
     let r = unsafe {
         envoy_dynamic_module_callback_http_filter_config_define_counter(
-            config,
+            config.0,
             ModuleBuffer::of(name.as_bytes()),
             std::ptr::null(),
             0,
@@ -241,6 +274,66 @@ pub fn define_counter(config: ConfigPtr, name: &str) -> Option<usize> {
         )
     };
     (r == METRICS_SUCCESS).then_some(id)
+}
+
+/// Main thread only: adds to a counter `define_counter` defined.
+pub fn config_increment_counter(config: EnvoyConfig, id: usize, n: u64) -> bool {
+    // SAFETY: `config` is alive (see `EnvoyConfig`); no labels.
+    unsafe {
+        envoy_dynamic_module_callback_http_filter_config_increment_counter(config.0, id, std::ptr::null(), 0, n)
+            == METRICS_SUCCESS
+    }
+}
+
+/// Main thread only: a callout of the configuration itself (it outlives every request);
+/// its answer arrives in `envoy_dynamic_module_on_http_filter_config_http_callout_done`.
+pub fn config_http_callout(
+    config: EnvoyConfig,
+    cluster: &str,
+    headers: &[(&str, &str)],
+    timeout_ms: u64,
+) -> Option<u64> {
+    let raw: Vec<ModuleHeader> = headers.iter().map(|(k, v)| ModuleHeader::of(k.as_bytes(), v.as_bytes())).collect();
+    let mut id = 0u64;
+    // SAFETY: `config` is alive (see `EnvoyConfig`); every buffer lives until the call returns.
+    let r = unsafe {
+        envoy_dynamic_module_callback_http_filter_config_http_callout(
+            config.0,
+            &mut id,
+            ModuleBuffer::of(cluster.as_bytes()),
+            raw.as_ptr(),
+            raw.len(),
+            ModuleBuffer::NULL,
+            timeout_ms,
+        )
+    };
+    (r == CALLOUT_INIT_SUCCESS).then_some(id)
+}
+
+/// A scheduler for the configuration: an event committed to it, from any thread, runs
+/// `envoy_dynamic_module_on_http_filter_config_scheduled` on Envoy's main thread (not at all
+/// once the configuration is gone: Envoy holds it weakly).
+pub fn config_scheduler(config: EnvoyConfig) -> Option<ConfigScheduler> {
+    // SAFETY: `config` is alive (see `EnvoyConfig`).
+    let raw = unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_new(config.0) };
+    (!raw.is_null()).then_some(ConfigScheduler(raw as usize))
+}
+
+/// A scheduler made by `config_scheduler`, as an address that may cross threads: committed
+/// to any number of times, deleted once (`delete` consumes it).
+pub struct ConfigScheduler(usize);
+
+impl ConfigScheduler {
+    pub fn commit(&self, event_id: u64) {
+        // SAFETY: made by `scheduler_new` and not deleted (`delete` consumes `self`); Envoy
+        // allows commit from any thread.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_commit(self.0 as *mut c_void, event_id) }
+    }
+
+    pub fn delete(self) {
+        // SAFETY: as above; this is its last use.
+        unsafe { envoy_dynamic_module_callback_http_filter_config_scheduler_delete(self.0 as *mut c_void) }
+    }
 }
 
 /// Envoy's filter object for one stream, as Envoy hands it to the hooks below: made only
@@ -517,7 +610,7 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_config_new(
     _name: EnvoyBuffer,
     config: EnvoyBuffer,
 ) -> *const c_void {
-    guard(null(), || ModuleConfig::new(envoy, config.bytes()).map_or(null(), into_raw))
+    guard(null(), || EnvoyConfig::of(envoy).and_then(|e| ModuleConfig::new(e, config.bytes())).map_or(null(), into_raw))
 }
 
 #[no_mangle]
@@ -643,6 +736,43 @@ pub extern "C" fn envoy_dynamic_module_on_http_filter_http_callout_done(
 #[no_mangle]
 pub extern "C" fn envoy_dynamic_module_on_http_filter_scheduled(envoy: FilterPtr, module: *const c_void, _: u64) {
     on_filter(envoy, module, (), |f, envoy| f.on_deadline(envoy))
+}
+
+/// An event committed to the configuration's scheduler (`ahead.rs`): the main thread's tick.
+#[no_mangle]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_scheduled(
+    envoy: ConfigPtr,
+    module: *const c_void,
+    _: u64,
+) {
+    // SAFETY: a config made by `config_new`, alive while Envoy calls its hooks.
+    guard((), || {
+        if let (Some(config), Some(envoy)) = (unsafe { object::<ModuleConfig>(module) }, EnvoyConfig::of(envoy)) {
+            config.on_main_tick(envoy);
+        }
+    })
+}
+
+/// The answer to a callout of the configuration itself (`ahead.rs`).
+#[no_mangle]
+#[allow(clippy::too_many_arguments)]
+pub extern "C" fn envoy_dynamic_module_on_http_filter_config_http_callout_done(
+    envoy: ConfigPtr,
+    module: *const c_void,
+    callout_id: u64,
+    _result: u32,
+    headers: *const EnvoyHeader,
+    headers_size: usize,
+    body: *const EnvoyBuffer,
+    body_size: usize,
+) {
+    // SAFETY: the hook's own arguments, read during the hook; the config as above.
+    let answer = guard(Default::default(), || unsafe { callout_answer(headers, headers_size, body, body_size) });
+    guard((), || {
+        if let (Some(config), Some(envoy)) = (unsafe { object::<ModuleConfig>(module) }, EnvoyConfig::of(envoy)) {
+            config.on_main_callout_done(envoy, callout_id, answer);
+        }
+    })
 }
 
 // Hooks Envoy requires but this filter has no use for.

@@ -20,12 +20,13 @@
 //!   readable by a dynamic module (use `typed_per_filter_config` on the virtual host).
 
 mod abi;
+mod ahead;
 mod host;
 mod timer;
 
 use crate::config::Config;
-use crate::runtime::{self, Stream, Worker};
-use abi::{ConfigPtr, EnvoyFilter};
+use crate::runtime::{self, Sharing, Stream, Worker};
+use abi::{EnvoyConfig, EnvoyFilter};
 use host::{Defined, Hook, Native};
 use log::{error, info};
 use std::cell::RefCell;
@@ -89,12 +90,15 @@ pub struct ModuleConfig {
     /// Counter ids by name, as Envoy defined them here; read by every worker thread.
     counters: Arc<HashMap<String, usize>>,
     metadata_namespace: String,
+    /// The main thread's fetching ahead (prewarm, refresh), and the shelf worker threads
+    /// read; `None` when nothing is fetched ahead.
+    ahead: Option<ahead::Ahead>,
 }
 
 impl ModuleConfig {
     /// `None` refuses the configuration (Envoy logs that the filter failed to initialise;
     /// the line before it names the field).
-    fn new(envoy: ConfigPtr, text: &[u8]) -> Option<ModuleConfig> {
+    fn new(envoy: EnvoyConfig, text: &[u8]) -> Option<ModuleConfig> {
         let cfg = runtime::load_policy(text)?;
         // Counters can only be defined now: Envoy freezes stat creation after this hook.
         let counters = runtime::counter_names(&cfg)
@@ -102,14 +106,22 @@ impl ModuleConfig {
             .filter_map(|name| abi::define_counter(envoy, &name).map(|id| (name, id)))
             .collect::<HashMap<_, _>>();
         let generation = NEXT_GENERATION.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut live) = LIVE_CONFIGS.lock() {
-            live.push(generation);
-        }
+        let live = match LIVE_CONFIGS.lock() {
+            Ok(mut live) => {
+                live.push(generation);
+                live.clone()
+            }
+            Err(_) => vec![generation],
+        };
+        let config = Arc::new(cfg);
+        let counters = Arc::new(counters);
+        let ahead = ahead::Ahead::start(envoy, generation, &config, &counters, &live);
         Some(ModuleConfig {
             generation,
-            metadata_namespace: cfg.metadata_namespace.clone(),
-            config: Arc::new(cfg),
-            counters: Arc::new(counters),
+            metadata_namespace: config.metadata_namespace.clone(),
+            config,
+            counters,
+            ahead,
         })
     }
 
@@ -130,15 +142,29 @@ impl ModuleConfig {
                 counters: self.counters.clone(),
                 metadata_namespace: self.metadata_namespace.clone(),
             }));
-            let worker = Rc::new(Worker::new(host.clone(), self.config.clone()));
+            let sharing = self.ahead.as_ref().map_or(Sharing::Alone, |a| Sharing::Reads(a.shelf.clone()));
+            let worker = Rc::new(Worker::new(host.clone(), self.config.clone()).sharing(sharing));
             workers.push((self.generation, worker.clone(), host.clone()));
             Some((worker, host))
         })
     }
 }
 
+impl ModuleConfig {
+    /// The main thread's tick (`ahead.rs`).
+    fn on_main_tick(&self, envoy: EnvoyConfig) {
+        ahead::on_tick(self.generation, envoy);
+    }
+
+    /// The answer to a callout of the configuration itself (`ahead.rs`).
+    fn on_main_callout_done(&self, envoy: EnvoyConfig, callout_id: u64, answer: abi::Answer) {
+        ahead::on_callout_done(self.generation, envoy, callout_id, answer);
+    }
+}
+
 impl Drop for ModuleConfig {
     fn drop(&mut self) {
+        ahead::forget(self.generation);
         if let Ok(mut live) = LIVE_CONFIGS.lock() {
             live.retain(|g| *g != self.generation);
         }

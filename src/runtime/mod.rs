@@ -13,6 +13,7 @@ mod held;
 pub mod host;
 mod metrics;
 mod schedule;
+mod shelf;
 mod stream;
 mod worker;
 
@@ -24,8 +25,9 @@ mod tests;
 pub use complete::{on_root_call_response, on_tick};
 pub use host::{Answer, CallAnswer, Context, HeaderMap, Headers, Host, Metadata};
 pub use metrics::counter_names;
+pub use shelf::Shelf;
 pub use stream::Stream;
-pub use worker::{Worker, TICK_MS};
+pub use worker::{Sharing, Worker, TICK_MS};
 
 /// Loads a policy delivered by the proxy and says so in its log: the warnings and a summary,
 /// or, for a policy refused, the JSON path and reason (the line the operator sees next to

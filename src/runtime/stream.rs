@@ -174,6 +174,9 @@ impl<H: Host> Stream<H> {
             self.worker.metrics.cache_hit.bump();
             return Ok(Some((object, Outcome::Cache)));
         }
+        if let Some(copy) = self.worker.shelf_copy(&key, now) {
+            return Ok(Some(copy));
+        }
         // An expired copy the worker is fetching again on its own goes out at once: no
         // client waits on an error service that failed the last refresh.
         let stale = || self.worker.cache.borrow_mut().stale(&key, now).map(|o| (o, Outcome::Stale));

@@ -1477,3 +1477,69 @@ fn a_leader_answered_early_disowns_its_flight_and_a_waiter_does_not() {
     p.worker.disown(&key, 1);
     assert_eq!(p.worker.flights.borrow()[&key].owner, None, "its call ends with it");
 }
+
+// One thread fetches ahead for the others (the dynamic module's main thread and its worker
+// threads, each with its own worker and cache).
+
+/// A main-thread worker putting what it fetches on a shelf, and a worker thread reading it.
+fn shelf_pair(policy: serde_json::Value) -> (Proxy, Proxy) {
+    use super::{Sharing, Shelf};
+    let shelf = std::sync::Arc::new(Shelf::new(crate::cache::MAX_ENTRIES));
+    let mut main = Proxy::with_background(policy.clone());
+    let host = main.host.clone();
+    main.worker = Rc::new(Worker::new(host, main.worker.config.clone()).sharing(Sharing::Publishes(shelf.clone())));
+    let mut thread = Proxy::new(policy);
+    let host = thread.host.clone();
+    thread.worker = Rc::new(Worker::new(host, thread.worker.config.clone()).sharing(Sharing::Reads(shelf)));
+    (main, thread)
+}
+
+fn page_of(path: &str) -> Answer {
+    ok_answer(&format!("page {path}"))
+}
+
+#[test]
+fn a_worker_thread_serves_what_the_main_thread_fetched_ahead_with_no_fetch_of_its_own() {
+    let (mut main, mut thread) = shelf_pair(warm_policy(60, 0));
+    main.tick();
+    let mut answered = 0;
+    main.answer_all(&mut answered, page_of);
+    assert!(answered >= 4, "the main thread prewarmed the policy's objects");
+    assert_eq!(thread.error(1, 502), Action::Continue, "at hand: nothing held");
+    thread.body_chunks(1, &[3]);
+    thread.log(1, |s| {
+        assert_eq!(s.body_out, b"page /502.html");
+        let logged = s.filter_state.as_deref().unwrap();
+        assert!(logged.contains("outcome=cache") && logged.contains("cache=prewarmed"), "{logged}");
+    });
+    assert_eq!(thread.calls(), 0, "the worker thread never called the error service");
+    assert_eq!(thread.worker.cache.borrow().len(), 1, "taken into its own cache");
+    // Its twin: an object the main thread does not hold is fetched on the request's path.
+    assert_eq!(thread.error(2, 504), Action::Pause);
+    assert_eq!(thread.calls(), 1);
+}
+
+#[test]
+fn a_copy_past_its_ttl_on_the_shelf_goes_out_stale_at_once_and_never_after_its_window() {
+    let (mut main, mut thread) = shelf_pair(warm_policy(2, 30));
+    main.tick();
+    let mut answered = 0;
+    main.answer_all(&mut answered, page_of);
+    thread.advance(5_000); // past the TTL, within the stale window
+    assert_eq!(thread.error(1, 500), Action::Continue);
+    thread.log(1, |s| assert!(s.filter_state.as_deref().unwrap().contains("outcome=stale")));
+    assert_eq!(thread.calls(), 0, "the main thread is fetching it again: no client waits");
+    thread.advance(30_000); // past the window too
+    assert_eq!(thread.error(2, 500), Action::Pause, "nothing to serve: fetched on the request's path");
+    assert_eq!(thread.calls(), 1);
+}
+
+#[test]
+fn a_worker_that_shares_nothing_puts_nothing_on_a_shelf() {
+    let mut p = Proxy::with_background(warm_policy(60, 0));
+    p.tick();
+    let mut answered = 0;
+    p.answer_all(&mut answered, page_of);
+    assert!(matches!(p.worker.sharing, super::Sharing::Alone));
+    assert!(p.worker.shelf_copy("anything", 1_000_000).is_none());
+}

@@ -9,6 +9,7 @@ use super::held::Waiter;
 use super::host::{CallAnswer, Context, Host};
 use super::metrics::Metrics;
 use super::schedule::{self, Done, Schedule};
+use super::shelf::Shelf;
 use crate::cache::{self, Cache, Object};
 use crate::config::{Config, Serve, Variant};
 use crate::error_service::{self, FetchFailure};
@@ -39,6 +40,20 @@ pub struct Worker<H: Host> {
     /// a request, so it fetches on a request's path alone.
     pub(crate) background: bool,
     pub(super) schedule: RefCell<Schedule>,
+    pub(super) sharing: Sharing,
+}
+
+/// Whether a worker shares what it fetches with the other threads of its process (the
+/// dynamic module: see `shelf.rs`).
+#[derive(Default)]
+pub enum Sharing {
+    /// Its own cache only (a wasm VM).
+    #[default]
+    Alone,
+    /// Puts every object it stores on the shelf (the main thread's worker).
+    Publishes(Arc<Shelf>),
+    /// Takes a copy from the shelf on a miss (a worker thread's).
+    Reads(Arc<Shelf>),
 }
 
 impl<H: Host> Worker<H> {
@@ -58,7 +73,13 @@ impl<H: Host> Worker<H> {
             warned: RefCell::new(HashSet::new()),
             background,
             schedule: RefCell::new(schedule),
+            sharing: Sharing::Alone,
         }
+    }
+
+    /// The same worker, sharing with other threads as `sharing` says.
+    pub fn sharing(self, sharing: Sharing) -> Worker<H> {
+        Worker { sharing, ..self }
     }
 
     /// Adds the counts not yet flushed to the proxy's counters, through `via` (before a new
@@ -178,6 +199,16 @@ impl<H: Host> Worker<H> {
                         Done::NoRoom
                     } else {
                         cache.put(key.to_string(), object.clone(), ttl, stale, now);
+                        if let Sharing::Publishes(shelf) = &self.sharing {
+                            let expires_ms = now.saturating_add(ttl.saturating_mul(1000));
+                            shelf.put(
+                                key,
+                                &object,
+                                expires_ms,
+                                expires_ms.saturating_add(stale.saturating_mul(1000)),
+                                now,
+                            );
+                        }
                         Done::Stored
                     };
                     (Some(object), done)
@@ -292,11 +323,27 @@ impl<H: Host> Worker<H> {
         let tag = serve.languages.get(language).map_or("", String::as_str);
         let path = error_service::object_path(variant.path.as_deref()?, status, tag);
         let key = cache::key(serve.service?, &path, &variant.content_type);
-        let mut cache = self.cache.borrow_mut();
-        if let Some(object) = cache.get(&key, self.clock.get()) {
+        let now = self.clock.get();
+        if let Some(object) = self.cache.borrow_mut().get(&key, now) {
             self.metrics.cache_hit.bump();
             return Some((object, Outcome::Cache));
         }
-        cache.stale(&key, self.clock.get()).map(|o| (o, Outcome::Stale))
+        self.shelf_copy(&key, now).or_else(|| self.cache.borrow_mut().stale(&key, now).map(|o| (o, Outcome::Stale)))
+    }
+
+    /// On a miss in a worker thread's cache: the copy another thread fetched ahead, taken
+    /// into this cache while fresh; an expired one (its refresh failing there) goes out as
+    /// stale at once, as the worker's own kept copies do.
+    pub(super) fn shelf_copy(&self, key: &str, now: u64) -> Option<(Rc<Object>, Outcome)> {
+        let Sharing::Reads(shelf) = &self.sharing else { return None };
+        let shelved = shelf.get(key, now)?;
+        let object = shelved.object();
+        if shelved.expires_ms <= now {
+            return Some((object, Outcome::Stale));
+        }
+        let mut cache = self.cache.borrow_mut();
+        cache.put_until(key.to_string(), object.clone(), shelved.expires_ms, shelved.stale_until_ms, now);
+        self.metrics.cache_hit.bump();
+        Some((object, Outcome::Cache))
     }
 }

@@ -2,25 +2,23 @@
 (prewarm), fetched again before they expire (refresh), and served stale while the error
 service is down; the built-in page is never a success. Each case is listed in docs/faults.md.
 
-Prewarm and refresh run from the proxy-wasm root context, whose calls outlive requests; the
-dynamic module's calls live within a request, so it fetches on a request's path and keeps
-stale copies (docs/native.md)."""
+Prewarm and refresh run where calls outlive requests: each proxy-wasm root context (one per
+VM), and the dynamic module's main thread (once per configuration, for every worker thread;
+docs/native.md)."""
 
 import re
 import time
 
-import pytest
 from harness import BUILD, CONCURRENCY
 
 WORKERS = int(CONCURRENCY)
-# Envoy runs the wasm module's root context on its main thread as well as on each worker
-# (measured: one worker, five objects, ten prewarm fetches): each of them prewarms.
-VMS = WORKERS + 1
+# Who prewarms each object: Envoy runs the wasm module's root context on its main thread as
+# well as on each worker (measured: one worker, five objects, ten prewarm fetches), each of
+# them for its own cache; the dynamic module's main thread once, for all worker threads.
+VMS = 1 if BUILD == "native" else WORKERS + 1
 SVC = {"cluster": "error_pages", "authority": "errors.internal", "timeoutMs": 500}
 PAGE_404 = {"matchResponseCodes": ["404"], "path": "/e/404.html"}
 PAGE_5XX = {"matchResponseCodes": ["5xx"], "path": "/e/{status}.html"}
-WASM_ONLY = pytest.mark.wasm_only(reason="prewarm and refresh run from the proxy-wasm root context; "
-                                         "the dynamic module's calls live within a request (docs/native.md)")
 
 
 def policy(*rules, **svc):
@@ -44,7 +42,6 @@ def outcome(e, path):
     return line.split(" outcome=")[1].split()[0], line
 
 
-@WASM_ONLY
 def test_the_first_error_after_start_is_served_with_no_fetch_on_its_path(start_envoy, errors):
     serve_pages(errors)
     e = start_envoy(policy(PAGE_404, PAGE_5XX, prewarmCodes=[500, 502, 503, 504]))
@@ -59,7 +56,6 @@ def test_the_first_error_after_start_is_served_with_no_fetch_on_its_path(start_e
     assert all(r["headers"].get("x-request-id") is None for r in errors.requests), "no request's facts in a prewarm"
 
 
-@WASM_ONLY
 def test_prewarm_off_fetches_on_the_first_errors_path(start_envoy, errors):
     serve_pages(errors)
     e = start_envoy(policy(PAGE_404, prewarm=False))
@@ -70,20 +66,13 @@ def test_prewarm_off_fetches_on_the_first_errors_path(start_envoy, errors):
 
 
 def warm(e, errors, paths):
-    """Every worker holds each path's object: prewarmed (wasm), or fetched on a request's
-    path (the dynamic module; with one worker, one request each)."""
-    if BUILD == "native":
-        for path in paths:
-            e.request(path + "?warm")
-    else:
-        assert e.counter("prewarmed", len(paths) * VMS, timeout=10) == len(paths) * VMS
+    """Every worker can serve each path's object: prewarmed."""
+    assert e.counter("prewarmed", len(paths) * VMS, timeout=10) == len(paths) * VMS
 
 
 def test_an_error_service_outage_keeps_every_rule_on_its_own_page(start_envoy, errors):
     """TTL 2 s, the error service stopped after warm-up: for 30 s every rule still serves its
     own page (a stale copy), never the built-in one; the error service back: fresh again."""
-    if BUILD == "native" and WORKERS > 1:
-        pytest.skip("the dynamic module does not prewarm: a worker that never fetched an object has no copy of it")
     serve_pages(errors)
     e = start_envoy(policy(PAGE_404, PAGE_5XX, cacheTtlSeconds=2, prewarmCodes=[502]))
     warm(e, errors, ["/status/404", "/status/502"])
@@ -112,7 +101,6 @@ def test_an_error_service_outage_keeps_every_rule_on_its_own_page(start_envoy, e
     wait_for(fresh_again, timeout=60, what="a fresh copy after the outage")
 
 
-@WASM_ONLY
 def test_envoys_route_timeout_during_a_cold_fetch_gets_the_504_rules_own_object(start_envoy, errors):
     """The 404 object may not be cached (so its fetch is on the request's path, 2 s), the
     route's timeout is 1 s: the filter answers in Envoy's place with the 504 rule's object,
@@ -155,7 +143,6 @@ def many_objects(errors, codes):
     return {"matchResponseCodes": ["4xx", "5xx"], "path": "/e/{status}.html", "variants": variants}
 
 
-@WASM_ONLY
 def test_a_policy_naming_more_objects_than_the_cache_holds_prewarms_up_to_the_bound(start_envoy, errors):
     codes = list(range(400, 600))  # 200 codes, 3 variants each: 600 objects, 512 entries per cache
     e = start_envoy(policy(many_objects(errors, codes), prewarmCodes=codes))
@@ -168,7 +155,6 @@ def test_a_policy_naming_more_objects_than_the_cache_holds_prewarms_up_to_the_bo
     assert log.count("more objects than the cache holds") == log.count("policy loaded"), "logged once per load"
 
 
-@WASM_ONLY
 def test_prewarm_does_not_storm_a_slow_error_service(start_envoy, errors):
     codes = list(range(400, 600))
     for code in codes:

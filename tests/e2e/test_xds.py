@@ -155,7 +155,6 @@ def test_rss_stays_flat_over_hundreds_of_swaps(xds, errors):
     assert after - before < 20 * 1024, f"{before} -> {after} KiB"
 
 
-@pytest.mark.wasm_only(reason="prewarm runs from the proxy-wasm root context (docs/native.md)")
 def test_a_new_policys_objects_are_prewarmed_when_it_goes_live(xds, errors):
     errors.pages["/v1.html"] = {"body": "one"}
     errors.pages["/v3.html"] = {"body": "three"}

@@ -1,0 +1,113 @@
+//! Objects one thread fetched ahead, for the others. The dynamic module's worker threads
+//! cannot fetch on their own (a filter's calls live within its request), but its main
+//! thread can: one `Worker` there prewarms and refreshes a configuration's objects, puts
+//! each copy here, and every worker thread takes a copy into its own cache on a miss. The
+//! wasm build has no use for it: each VM's root context fetches for its own cache.
+
+use crate::cache::Object;
+use crate::fasthash::FastMap;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+
+/// One object on the shelf, with the lifetimes its fetch gave it.
+#[derive(Clone)]
+pub struct Shelved {
+    body: Arc<[u8]>,
+    content_type: String,
+    cache_control: Option<String>,
+    pub expires_ms: u64,
+    pub stale_until_ms: u64,
+}
+
+impl Shelved {
+    /// A thread's own copy (`ahead`: it was fetched before any error asked for it).
+    pub fn object(&self) -> Rc<Object> {
+        Rc::new(Object {
+            body: Rc::from(&*self.body),
+            content_type: self.content_type.clone(),
+            cache_control: self.cache_control.clone(),
+            ahead: true,
+        })
+    }
+}
+
+/// A configuration's shelf, shared by its threads; at most `max_entries` objects, none
+/// kept past its stale window.
+pub struct Shelf {
+    entries: Mutex<FastMap<String, Shelved>>,
+    max_entries: usize,
+}
+
+impl Shelf {
+    pub fn new(max_entries: usize) -> Shelf {
+        Shelf { entries: Mutex::new(FastMap::default()), max_entries }
+    }
+
+    /// Puts (or replaces) the copy of `key`. Copies past their stale window go first; a new
+    /// key beyond the bound is not put (the fetching thread's cache has the same bound).
+    pub fn put(&self, key: &str, object: &Object, expires_ms: u64, stale_until_ms: u64, now_ms: u64) {
+        let Ok(mut entries) = self.entries.lock() else { return };
+        entries.retain(|_, s| s.stale_until_ms > now_ms);
+        if !entries.contains_key(key) && entries.len() >= self.max_entries {
+            return;
+        }
+        let shelved = Shelved {
+            body: Arc::from(&*object.body),
+            content_type: object.content_type.clone(),
+            cache_control: object.cache_control.clone(),
+            expires_ms,
+            stale_until_ms,
+        };
+        entries.insert(key.to_string(), shelved);
+    }
+
+    /// The copy of `key`, if one is within its stale window at `now_ms`.
+    pub fn get(&self, key: &str, now_ms: u64) -> Option<Shelved> {
+        let entries = self.entries.lock().ok()?;
+        entries.get(key).filter(|s| s.stale_until_ms > now_ms).cloned()
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.lock().map_or(0, |e| e.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(body: &str) -> Object {
+        Object { body: body.as_bytes().into(), content_type: "text/html".into(), cache_control: None, ahead: true }
+    }
+
+    #[test]
+    fn a_copy_is_had_within_its_stale_window_only() {
+        let shelf = Shelf::new(4);
+        shelf.put("k", &object("page"), 2_000, 5_000, 1_000);
+        let got = shelf.get("k", 1_500).expect("fresh");
+        assert_eq!((&*got.object().body, got.expires_ms, got.stale_until_ms), (&b"page"[..], 2_000, 5_000));
+        assert!(got.object().ahead, "a thread's copy says it was fetched ahead");
+        assert!(shelf.get("k", 4_999).is_some(), "stale, still had");
+        assert!(shelf.get("k", 5_000).is_none(), "past its stale window");
+        assert!(shelf.get("other", 1_500).is_none());
+    }
+
+    #[test]
+    fn a_newer_copy_replaces_the_old_and_the_bound_holds_for_new_keys() {
+        let shelf = Shelf::new(2);
+        shelf.put("a", &object("a1"), 2_000, 2_000, 1_000);
+        shelf.put("b", &object("b"), 2_000, 2_000, 1_000);
+        shelf.put("c", &object("c"), 2_000, 2_000, 1_000);
+        assert_eq!((shelf.len(), shelf.get("c", 1_000).is_none()), (2, true), "full: a new key waits");
+        shelf.put("a", &object("a2"), 9_000, 9_000, 1_500);
+        assert_eq!(&*shelf.get("a", 1_500).unwrap().object().body, b"a2", "a key it holds is replaced");
+        shelf.put("c", &object("c"), 9_000, 9_000, 3_000);
+        assert!(shelf.get("c", 3_000).is_some(), "b's window passed: room for c");
+        assert!(shelf.get("b", 3_000).is_none());
+        assert!(!shelf.is_empty());
+    }
+}
