@@ -704,8 +704,8 @@ def ready(b, args):
             "One connection, one request after another, starting the moment Envoy reports ready or a second later. "
             "Without prewarm the first error waits for the fetch; with it the page is asked for on the worker's first tick "
             "(within 100 ms of the configuration going live), so an error in that first tick still waits (on the prewarm's "
-            "fetch). The dynamic module fetches on a request's path (Envoy gives its filters no call outside a request, "
-            "docs/native.md): its prewarm rows show that.", "",
+            "fetch). The dynamic module prewarms the same way from Envoy's main thread (once per configuration, for every "
+            "worker thread; docs/native.md).", "",
             "| build | prewarm | traffic starts | first error ms | p50 ms | p99 ms | the policy's page |", "|---|---|---|---:|---:|---:|---:|"]
     for build in ("wasm", "dm"):
         for prewarm in (False, True):

@@ -165,7 +165,7 @@ fn explain(args: &[String]) -> Result<(), String> {
                     println!(
                         "  prewarmed: {}",
                         if prewarmed {
-                            "yes (wasm build: fetched when the configuration goes live, refreshed before it expires)"
+                            "yes (fetched when the configuration goes live, refreshed before it expires)"
                         } else {
                             "no (fetched on the first such error's path)"
                         }

@@ -9,10 +9,12 @@
 //!   and validated once when Envoy loads the configuration, and each worker thread builds
 //!   its own `Worker` (cache, fetches in flight) around that shared policy on its first
 //!   stream, as a VM would.
-//! - No tick: the runtime's tick (clock, counters, fetches whose request is gone, deadlines)
-//!   runs from the response hook when it is due, counters are also added when a stream
-//!   completes, and the end of a request whose call was in flight has the fetch asked again
-//!   by a waiting request at once (no call outlives its request in this ABI).
+//! - No tick for a filter: the runtime's tick (clock, counters, fetches whose request is
+//!   gone, deadlines) runs from the response hook when it is due, counters are also added
+//!   when a stream completes, and the end of a request whose call was in flight has the fetch
+//!   asked again by a waiting request at once (a filter's call does not outlive its request).
+//! - Prewarm and refresh run on Envoy's main thread, once per configuration, with the
+//!   configuration's own calls (`ahead.rs`); worker threads take copies from its shelf.
 //! - Envoy's deadline for a held request (its route timeout, which a dynamic module can read
 //!   from the request) fires through `timer.rs`: the ABI has no timer for a filter.
 //! - A route's `typed_per_filter_config` can name the policy (`{"policy": "checkout"}`);

@@ -3,7 +3,8 @@
 //! tests' fake host implement them. Host-free, so it compiles and is unit-tested on the
 //! host. Layers, each importing only those below it: `held`/`facts` (data) <- `flight` <-
 //! `worker` (state; returns what to do) <- `finish` (one reply) <- `complete` (applies the
-//! worker's results by stream id) <- `stream` (one request's hooks).
+//! worker's results by stream id) <- `stream` (one request's hooks); `shelf` (what one thread
+//! fetched ahead, for the others) is a leaf `worker` reads and writes.
 
 mod complete;
 mod facts;
