@@ -133,11 +133,12 @@ def wasm(policy, vm_id, module=None):
                    "failure_policy": "FAIL_RELOAD"}}}
 
 
-def dynamic_module(policy):
-    """The same engine as an Envoy dynamic module (make build-native), same policy."""
+def dynamic_module(policy, module="custom_error_pages"):
+    """The same engine as an Envoy dynamic module (make build-native), same policy; `module`
+    names another build's `lib<module>.so` in the same folder."""
     return {"name": "custom_error_pages", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.dynamic_modules.v3.DynamicModuleFilter",
-        "dynamic_module_config": {"name": "custom_error_pages"}, "filter_name": "custom_error_pages",
+        "dynamic_module_config": {"name": module}, "filter_name": "custom_error_pages",
         "filter_config": {"@type": "type.googleapis.com/google.protobuf.StringValue", "value": json.dumps(policy)}}}
 
 
@@ -272,11 +273,17 @@ def main():
     ap.add_argument("--only", help="quick A/B: comma-separated kind:variant list, e.g. err:ours,err:native (no report)")
     ap.add_argument("--modules", help="with --only: comma-separated other builds of the module; variant bN is `ours` "
                     "with the Nth (A/B of builds in one Envoy), e.g. --modules old.wasm --only err:ours,err:b1")
+    ap.add_argument("--dm-modules", help="with --only: comma-separated other builds of the dynamic module (.so); variant "
+                    "dN is `dm` with the Nth, copied next to ours under another name, e.g. --dm-modules old.so --only ok:dm,ok:d1")
     ap.add_argument("--ready", action="store_true", help="first errors after a fresh start, and an error-service outage (bench/READY.md)")
     ap.add_argument("--outage-seconds", type=int, default=60)
     args = ap.parse_args()
     for i, module in enumerate((args.modules or "").split(",") if args.modules else [], 1):
         VARIANTS[f"b{i}"] = (lambda m=module, i=i: [wasm(realistic_policy(300), f"b{i}", m)], f"our filter, realistic policy, cached, {module}")
+    for i, so in enumerate((args.dm_modules or "").split(",") if args.dm_modules else [], 1):
+        name = f"custom_error_pages_d{i}"
+        shutil.copy(so, NATIVE_DIR / f"lib{name}.so")
+        VARIANTS[f"d{i}"] = (lambda n=name: [dynamic_module(realistic_policy(300), n)], f"our dynamic module, {so}")
     for tool in ("wrk", "nginx"):
         if not shutil.which(tool):
             sys.exit(f"bench: {tool} missing (scripts/setup.sh bench installs it)")
