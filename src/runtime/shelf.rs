@@ -109,5 +109,15 @@ mod tests {
         assert!(shelf.get("c", 3_000).is_some(), "b's window passed: room for c");
         assert!(shelf.get("b", 3_000).is_none());
         assert!(!shelf.is_empty());
+        assert!(Shelf::new(1).is_empty());
+    }
+
+    #[test]
+    fn a_copy_whose_window_ends_now_makes_room() {
+        let shelf = Shelf::new(1);
+        shelf.put("a", &object("a"), 1_500, 2_000, 1_000);
+        shelf.put("b", &object("b"), 2_500, 3_000, 2_000);
+        assert!(shelf.get("b", 2_000).is_some(), "a's window ended at 2,000: b took its place");
+        assert_eq!(shelf.len(), 1);
     }
 }
