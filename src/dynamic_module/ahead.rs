@@ -34,7 +34,7 @@ pub struct Ahead {
 impl Ahead {
     /// Starts fetching ahead for the configuration `envoy` of generation `generation`
     /// (from its `config_new` hook, on the main thread). `None` when the configuration
-    /// fetches nothing ahead (no error service prewarms) or Envoy gives no scheduler.
+    /// has no error service (nothing to fetch) or Envoy gives no scheduler.
     pub fn start(
         envoy: EnvoyConfig,
         generation: u64,
@@ -42,7 +42,7 @@ impl Ahead {
         counters: &Arc<HashMap<String, usize>>,
         live: &[u64],
     ) -> Option<Ahead> {
-        if !config.services.iter().any(|s| s.prewarm) {
+        if config.services.is_empty() {
             return None;
         }
         let scheduler = abi::config_scheduler(envoy)?;

@@ -32,6 +32,7 @@ pub fn on_tick<H: Host>(worker: &Worker<H>, here: &H::Context) {
     expire_due(worker, Some(here));
     release_orphans(worker, Some(here));
     if worker.background {
+        worker.take_handed();
         worker.fetch_due(here);
     }
 }

@@ -79,6 +79,11 @@ impl Schedule {
 
     /// Whether this worker keeps `key` fresh in the background (so a stale copy may be
     /// served at once while it is fetched again).
+    #[cfg(test)]
+    pub(super) fn ask_of(&self, key: &str) -> Option<Ask> {
+        self.known.get(key).map(|k| k.ask.clone())
+    }
+
     pub fn keeps(&self, key: &str) -> bool {
         self.known.get(key).is_some_and(|k| k.held)
     }

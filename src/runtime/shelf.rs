@@ -4,6 +4,7 @@
 //! each copy here, and every worker thread takes a copy into its own cache on a miss. The
 //! wasm build has no use for it: each VM's root context fetches for its own cache.
 
+use super::flight::Ask;
 use crate::cache::Object;
 use crate::fasthash::FastMap;
 use std::rc::Rc;
@@ -20,6 +21,16 @@ pub struct Shelved {
 }
 
 impl Shelved {
+    fn of(object: &Object, expires_ms: u64, stale_until_ms: u64) -> Shelved {
+        Shelved {
+            body: Arc::from(&*object.body),
+            content_type: object.content_type.clone(),
+            cache_control: object.cache_control.clone(),
+            expires_ms,
+            stale_until_ms,
+        }
+    }
+
     /// A thread's own copy (`ahead`: it was fetched before any error asked for it).
     pub fn object(&self) -> Rc<Object> {
         Rc::new(Object {
@@ -35,12 +46,15 @@ impl Shelved {
 /// kept past its stale window.
 pub struct Shelf {
     entries: Mutex<FastMap<String, Shelved>>,
+    /// Objects worker threads fetched on a request's path, with how to ask for them again,
+    /// until the fetching thread takes them (at most `max_entries` waiting).
+    handed: Mutex<Vec<(String, Ask, Shelved)>>,
     max_entries: usize,
 }
 
 impl Shelf {
     pub fn new(max_entries: usize) -> Shelf {
-        Shelf { entries: Mutex::new(FastMap::default()), max_entries }
+        Shelf { entries: Mutex::new(FastMap::default()), handed: Mutex::new(Vec::new()), max_entries }
     }
 
     /// Puts (or replaces) the copy of `key`. Copies past their stale window go first; a new
@@ -51,14 +65,21 @@ impl Shelf {
         if !entries.contains_key(key) && entries.len() >= self.max_entries {
             return;
         }
-        let shelved = Shelved {
-            body: Arc::from(&*object.body),
-            content_type: object.content_type.clone(),
-            cache_control: object.cache_control.clone(),
-            expires_ms,
-            stale_until_ms,
-        };
-        entries.insert(key.to_string(), shelved);
+        entries.insert(key.to_string(), Shelved::of(object, expires_ms, stale_until_ms));
+    }
+
+    /// From a worker thread: an object it fetched on a request's path (`ask` without the
+    /// request's facts), for the fetching thread to shelve and keep fresh.
+    pub(super) fn hand_over(&self, key: &str, ask: &Ask, object: &Object, expires_ms: u64, stale_until_ms: u64) {
+        let Ok(mut handed) = self.handed.lock() else { return };
+        if handed.len() < self.max_entries {
+            handed.push((key.to_string(), ask.background(), Shelved::of(object, expires_ms, stale_until_ms)));
+        }
+    }
+
+    /// For the fetching thread: what worker threads handed over since it last looked.
+    pub(super) fn take_handed(&self) -> Vec<(String, Ask, Shelved)> {
+        self.handed.lock().map(|mut h| std::mem::take(&mut *h)).unwrap_or_default()
     }
 
     /// The copy of `key`, if one is within its stale window at `now_ms`.

@@ -1543,3 +1543,42 @@ fn a_worker_that_shares_nothing_puts_nothing_on_a_shelf() {
     assert!(matches!(p.worker.sharing, super::Sharing::Alone));
     assert!(p.worker.shelf_copy("anything", 1_000_000).is_none());
 }
+
+#[test]
+fn an_object_a_worker_thread_fetched_is_shelved_and_kept_fresh_by_the_main_thread() {
+    let (mut main, mut thread) = shelf_pair(warm_policy(8, 0));
+    main.tick();
+    let mut answered = 0;
+    main.answer_all(&mut answered, page_of);
+    let prewarmed = main.calls();
+    // 504 is not among the codes prewarmed: the worker thread fetches it on the request's path.
+    assert_eq!(thread.error(1, 504), Action::Pause);
+    thread.answer(100, page_of("/504.html"));
+    main.tick();
+    assert!(main.worker.flights.borrow().is_empty(), "taken over without a fetch");
+    let mut other = Proxy::new(warm_policy(8, 0));
+    let host = other.host.clone();
+    other.worker =
+        Rc::new(Worker::new(host, other.worker.config.clone()).sharing(super::Sharing::Reads(shelf_of(&thread))));
+    assert_eq!(other.error(1, 504), Action::Continue, "another worker thread finds it on the shelf");
+    assert_eq!(other.calls(), 0);
+    main.advance(6_000); // past three quarters of its 8 s TTL
+    let refreshed: Vec<String> = main.call_paths()[prewarmed..].to_vec();
+    assert!(refreshed.contains(&"/504.html".to_string()), "the main thread refreshes it: {refreshed:?}");
+    // Its twin: a worker thread's copy of an object the main thread keeps is left alone.
+    let key = crate::cache::key(crate::ids::ServiceId(0), "/502.html", crate::config::DEFAULT_CONTENT_TYPE);
+    let kept = main.worker.cache.borrow_mut().get(&key, main.worker.clock.get()).expect("prewarmed");
+    let ask = main.worker.schedule.borrow().ask_of(&key).expect("kept");
+    let copy = crate::cache::Object { body: b"a worker's copy".to_vec().into(), ..(*kept).clone() };
+    shelf_of(&thread).hand_over(&key, &ask, &copy, u64::MAX, u64::MAX);
+    main.tick();
+    let now = main.worker.clock.get();
+    assert_eq!(main.worker.cache.borrow_mut().get(&key, now).unwrap().body, kept.body, "the main thread's own copy");
+}
+
+fn shelf_of(p: &Proxy) -> std::sync::Arc<super::Shelf> {
+    match &p.worker.sharing {
+        super::Sharing::Reads(shelf) | super::Sharing::Publishes(shelf) => shelf.clone(),
+        super::Sharing::Alone => panic!("shares nothing"),
+    }
+}

@@ -98,6 +98,24 @@ impl<H: Host> Worker<H> {
         token
     }
 
+    /// The fetching thread's worker takes what worker threads fetched on a request's path
+    /// (`shelf.rs`): into its cache and on the shelf, kept fresh from now on (an object it
+    /// already keeps is left as it is).
+    pub(super) fn take_handed(&self) {
+        let Sharing::Publishes(shelf) = &self.sharing else { return };
+        let now = self.clock.get();
+        for (key, ask, shelved) in shelf.take_handed() {
+            if self.schedule.borrow().keeps(&key) {
+                continue;
+            }
+            let object = shelved.object();
+            let (expires_ms, stale_until_ms) = (shelved.expires_ms, shelved.stale_until_ms);
+            self.cache.borrow_mut().put_until(key.clone(), object.clone(), expires_ms, stale_until_ms, now);
+            shelf.put(&key, &object, expires_ms, stale_until_ms, now);
+            self.schedule.borrow_mut().learn(&key, &ask);
+        }
+    }
+
     /// Dispatches, from the worker's own context `root`, the prewarm and refresh fetches
     /// due now, with at most `schedule::CONCURRENCY` of them in flight.
     pub(super) fn fetch_due(&self, root: &H::Context) {
@@ -199,15 +217,14 @@ impl<H: Host> Worker<H> {
                         Done::NoRoom
                     } else {
                         cache.put(key.to_string(), object.clone(), ttl, stale, now);
-                        if let Sharing::Publishes(shelf) = &self.sharing {
-                            let expires_ms = now.saturating_add(ttl.saturating_mul(1000));
-                            shelf.put(
-                                key,
-                                &object,
-                                expires_ms,
-                                expires_ms.saturating_add(stale.saturating_mul(1000)),
-                                now,
-                            );
+                        let expires_ms = now.saturating_add(ttl.saturating_mul(1000));
+                        let stale_until_ms = expires_ms.saturating_add(stale.saturating_mul(1000));
+                        match &self.sharing {
+                            Sharing::Publishes(shelf) => shelf.put(key, &object, expires_ms, stale_until_ms, now),
+                            Sharing::Reads(shelf) => {
+                                shelf.hand_over(key, &flight.ask, &object, expires_ms, stale_until_ms)
+                            }
+                            Sharing::Alone => {}
                         }
                         Done::Stored
                     };

@@ -164,3 +164,20 @@ def test_prewarm_does_not_storm_a_slow_error_service(start_envoy, errors):
                        prewarmCodes=codes, timeoutMs=10000))
     wait_for(lambda: len(errors.requests) >= 40, what="forty prewarm fetches")
     assert 1 <= errors.most_at_once <= 4 * VMS, errors.most_at_once
+
+
+def test_an_object_a_request_fetched_is_kept_fresh_with_no_request_asking(start_envoy, errors):
+    """Prewarm off, TTL 2 s: the first 404 fetches its page on its path; from then on the
+    page is fetched again before it expires with no client asking (the wasm build's root
+    context learns it; the dynamic module's worker hands it to the main thread, which shelves
+    it for every worker and refreshes it)."""
+    serve_pages(errors)
+    e = start_envoy(policy(PAGE_404, prewarm=False, cacheTtlSeconds=2))
+    assert e.request("/status/404?first").body == b"page 404"
+    assert outcome(e, "/status/404?first")[0] == "fetched"
+    wait_for(lambda: len(errors.requests_to("/e/404.html")) >= 3, timeout=10, what="two refreshes")
+    assert e.counter("refreshed", 2, timeout=5) >= 2
+    assert all(r["headers"].get("x-request-id") is None for r in errors.requests[1:]), "no request's facts in a refresh"
+    assert e.request("/status/404?later").body == b"page 404"
+    served, line = outcome(e, "/status/404?later")
+    assert served == "cache" and " cache=" in line and "fetch_ms=" not in line, line
