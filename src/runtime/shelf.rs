@@ -134,6 +134,26 @@ mod tests {
     }
 
     #[test]
+    fn at_most_the_bound_is_handed_over_and_taking_empties_it() {
+        let shelf = Shelf::new(2);
+        let ask = Ask {
+            cluster: "errors".into(),
+            headers: vec![(":path".into(), "/a.html".into()), ("x-request-id".into(), "r1".into())],
+            timeout_ms: 1000,
+            service: crate::ids::ServiceId(0),
+            default_type: "text/html".into(),
+        };
+        for key in ["a", "b", "c"] {
+            shelf.hand_over(key, &ask, &object(key), 2_000, 2_000);
+        }
+        let handed = shelf.take_handed();
+        assert_eq!(handed.iter().map(|(k, _, _)| k.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert!(handed[0].1.headers.iter().all(|(n, _)| n != "x-request-id"), "without the request's facts");
+        assert!(shelf.take_handed().is_empty(), "taken once");
+        assert!(shelf.get("a", 1_000).is_none(), "handed over, not shelved: the fetching thread shelves it");
+    }
+
+    #[test]
     fn a_copy_whose_window_ends_now_makes_room() {
         let shelf = Shelf::new(1);
         shelf.put("a", &object("a"), 1_500, 2_000, 1_000);
