@@ -17,6 +17,10 @@ thread_local! {
     static LIVE: RefCell<FastMap<u32, EnvoyFilter>> = RefCell::new(FastMap::default());
     static NEXT_ID: Cell<u32> = const { Cell::new(1) };
     static DEPTH: Cell<u32> = const { Cell::new(0) };
+    /// Whether the outermost hook's end is running what was deferred: a resume can make
+    /// Envoy run hooks at once, whose ends must not drain the queue again (one loop, not
+    /// a recursion as deep as the queue is long).
+    static DRAINING: Cell<bool> = const { Cell::new(false) };
     static DEFERRED: RefCell<VecDeque<Deferred>> = const { RefCell::new(VecDeque::new()) };
     /// When each live filter's request arrived (ms since the epoch), by stream id.
     static STARTED: RefCell<FastMap<u32, u64>> = RefCell::new(FastMap::default());
@@ -99,11 +103,21 @@ impl Drop for Hook {
             d.set(d.get().saturating_sub(1));
             d.get()
         });
-        if depth == 0 {
+        if depth == 0 && !DRAINING.with(|d| d.replace(true)) {
+            let _done = Drained;
             while let Some(d) = DEFERRED.with(|q| q.borrow_mut().pop_front()) {
                 d.run();
             }
         }
+    }
+}
+
+/// Ends a drain however it ends.
+struct Drained;
+
+impl Drop for Drained {
+    fn drop(&mut self) {
+        DRAINING.with(|d| d.set(false));
     }
 }
 
