@@ -2,7 +2,7 @@
 WASM := target/wasm32-wasip1/release/custom_error_pages.wasm
 PY := .tools/venv/bin/python
 
-.PHONY: setup build build-small build-native lint test test-oldest unit e2e e2e-native e2e-oldest e2e-native-oldest e2e-workers compose-test run dashboard-picture bench soak load mutants clean
+.PHONY: setup build build-small build-native lint test test-oldest unit e2e e2e-native e2e-oldest e2e-native-oldest e2e-workers compose-test flaky run dashboard-picture bench soak load mutants clean
 
 setup:
 	scripts/setup.sh
@@ -71,6 +71,12 @@ e2e-native-oldest: build build-native
 e2e-workers: build build-native
 	ENVOY_CONCURRENCY=2 $(PY) -m pytest -q -m "not one_worker" tests/e2e
 	ENVOY_CONCURRENCY=2 FILTER_BUILD=native $(PY) -m pytest -q -m "not one_worker" tests/e2e
+
+# The two-worker suites RUNS times in a row (default 10), then every test that ever failed,
+# with its count: flakiness seen before it lands (not part of CI; about 8 minutes a run).
+RUNS ?= 10
+flaky: build build-native
+	scripts/flaky.sh $(RUNS)
 
 # envoy/docker-compose.yaml on a real Docker engine (not part of `make test`, which needs no
 # Docker): offline stand-ins for the images it names (scripts/compose-images.sh, cached by
