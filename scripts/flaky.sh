@@ -15,10 +15,10 @@ rm -rf "$out" && mkdir -p "$out"
 for i in $(seq 1 "$runs"); do
   for build in wasm native; do
     log="$out/run-$i-$build.txt"
-    ENVOY_CONCURRENCY=2 FILTER_BUILD=$build .tools/venv/bin/python -m pytest -q -rf -p no:cacheprovider \
+    ENVOY_CONCURRENCY=2 FILTER_BUILD=$build .tools/venv/bin/python -m pytest -q -rfE -p no:cacheprovider \
       -m "not one_worker" "${targets[@]}" >"$log" 2>&1
     echo "flaky: run $i/$runs $build: $(tail -n 1 "$log")"
-    sed -n "s/^FAILED \([^ ]*\).*/$build \1/p" "$log" >>"$out/failed.txt"
+    sed -n -E "s/^(FAILED|ERROR) ([^ ]*).*/$build \2/p" "$log" >>"$out/failed.txt"
   done
 done
 echo "flaky: tests that failed in any of $runs runs per build (count, build, test):"

@@ -2,6 +2,7 @@
 status, and a test error service whose pages, delays and failures each test sets.
 Both record what they receive, so tests can assert what crossed the proxy."""
 
+import os
 import socket
 import threading
 import time
@@ -266,10 +267,37 @@ class Running:
         self.connections = []
 
 
+def _ephemeral_start():
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+# Ports handed to processes that bind them later (Envoy's listener and admin) come from below
+# the kernel's ephemeral range: a port bound and closed inside that range can be taken, before
+# Envoy binds it, by any outgoing connection's local port (Envoy's own to its clusters, or a
+# client's), which failed Envoy's start now and then with "Address already in use". Handed out
+# in turn from an offset of the process id, so that two suites running at once rarely meet.
+_PORTS_HIGH = _ephemeral_start()
+_PORTS_LOW = max(1024, _PORTS_HIGH - 10000)
+_next_port = [os.getpid() * 7919 % (_PORTS_HIGH - _PORTS_LOW)]
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port nothing listens on now, outside the ephemeral range."""
+    span = _PORTS_HIGH - _PORTS_LOW
+    for _ in range(span):
+        port = _PORTS_LOW + _next_port[0]
+        _next_port[0] = (_next_port[0] + 1) % span
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free loopback port in {_PORTS_LOW}-{_PORTS_HIGH - 1}")
 
 
 def dead_port():

@@ -122,7 +122,8 @@ def test_requests_in_flight_during_a_swap_complete(xds, errors):
     e = xds.envoy
     c = http.client.HTTPConnection("127.0.0.1", e.port, timeout=10)
     c.request("GET", "/status/503", headers={"host": "www.test"})
-    time.sleep(0.2)  # the fetch for it is under way (the error service waits 800 ms)
+    # The swap comes while the fetch for it is in the error service's hands (it waits 800 ms).
+    assert until(lambda: errors.at_once >= 1, True) is True, "a fetch under way"
     xds.filter(policy("/v2.html"))
     r = c.getresponse()
     assert (r.status, r.read()) == (503, b"one")
