@@ -73,7 +73,7 @@ e2e-workers: build build-native
 	ENVOY_CONCURRENCY=2 FILTER_BUILD=native $(PY) -m pytest -q -m "not one_worker" tests/e2e
 
 # The two-worker suites RUNS times in a row (default 10), then every test that ever failed,
-# with its count: flakiness seen before it lands (not part of CI; about 8 minutes a run).
+# with its count: flakiness seen before it lands (not part of CI; about 9 minutes a run, as measured).
 RUNS ?= 10
 flaky: build build-native
 	scripts/flaky.sh $(RUNS)

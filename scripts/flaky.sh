@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the two-worker end-to-end suites (both builds, as `make e2e-workers` does) RUNS times
-# and prints every test that failed in any run, with how often. Not part of CI: a way to see
+# and prints every test that failed or errored in any run, with how often. Not part of CI: a way to see
 # a test that passes or fails by chance before it reaches CI. The modules are built first
 # (`make flaky` does it); each run's pytest output goes to target/flaky/ for reading after.
 # Usage: scripts/flaky.sh [RUNS] [pytest arguments...] (default 10 runs, tests/e2e).
